@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export WANDB_MODE ?= disabled
+
+DEMO_DATA := data/generated/receipts
+DEMO_MODEL := artifacts/tiny-qwen2-vl
+
+.PHONY: venv demo test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m vlm_lightning.models.tiny qwen2_vl $(DEMO_MODEL)
+	$(PY) -m vlm_lightning.data.synthetic receipts --out $(DEMO_DATA) --n 400 --seed 0 --split train=0.9,val=0.05,test=0.05
+	$(PY) scripts/demo.py --config configs/quickstart.yaml
+
+test: venv
+	$(PY) -m ruff check vlm_lightning tests scripts
+	$(PY) -m pytest -q -x --timeout 900
+
+lint: venv
+	$(PY) -m ruff check vlm_lightning tests scripts
+	$(PY) -m ruff format --check vlm_lightning tests scripts
+
+clean:
+	rm -rf runs artifacts data/generated

@@ -1,0 +1,67 @@
+"""Collect per-sample rows from test / predict on every rank and write one report on rank 0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The run's log folder (same on every rank)."""
+    local = trainer.log_dir if trainer.loggers else trainer.default_root_dir
+    return Path(trainer.strategy.broadcast(str(local)))
+
+
+def _gather(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return rows
+    parts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, rows)
+    return [row for part in parts for row in part]
+
+
+class PredictionWriter(Callback):
+    """Writes ``predictions.jsonl``, ``predictions.csv`` and ``metrics.json`` into the run folder."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.written: dict[str, Path] = {}
+
+    def _collect(self, outputs: Any) -> None:
+        if outputs:
+            self.rows.extend(outputs)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows = []
+
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+        self._collect(outputs)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+        self._collect(outputs)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        self._write(trainer, metrics)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, None)
+
+    def _write(self, trainer: L.Trainer, metrics: dict[str, float] | None) -> None:
+        rows = _gather(self.rows)
+        folder = run_dir(trainer)
+        if trainer.global_rank != 0:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        from vlm_lightning.evaluation.report import write_reports
+
+        self.written = write_reports(folder, rows, metrics)
+        for name, path in self.written.items():
+            print(f"[vlm_lightning] {name}: {path}")

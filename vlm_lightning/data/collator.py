@@ -1,0 +1,199 @@
+"""Batch collation: chat template + processor + assistant-only labels, and left-padded prompts.
+
+The processor runs once per batch on the first segment of every sample (the part holding the
+images), so image tensors come out in the family's own batched layout; the remaining text segments
+are tokenized with the tokenizer and appended. Generation prompts are cut from the same tokens and
+left-padded, so evaluation never re-processes images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from vlm_lightning.data.masking import MaskStrategy, segment_conversation
+from vlm_lightning.data.records import Record
+from vlm_lightning.models.families import FamilyFacts
+
+IGNORE_INDEX = -100
+
+
+class SampleTooLongError(ValueError):
+    """A sample cannot fit ``max_length`` without cutting image or prompt tokens."""
+
+
+@dataclass
+class EncodedSample:
+    """Token ids, labels and per-token extras of one sample; ``prompt_len`` ends its generation prompt."""
+
+    input_ids: list[int]
+    labels: list[int]
+    extras: dict[str, list[int]]
+    prompt_len: int
+
+
+def to_template_messages(record: Record) -> list[dict]:
+    """Structured template messages: images go to the first user turn, text as typed content parts."""
+    out: list[dict] = []
+    images_placed = False
+    for m in record.messages:
+        parts: list[dict] = []
+        if m["role"] == "user" and not images_placed:
+            parts.extend({"type": "image"} for _ in record.images)
+            images_placed = True
+        parts.append({"type": "text", "text": m["content"]})
+        out.append({"role": m["role"], "content": parts})
+    return out
+
+
+def _answer_text(message: dict) -> str:
+    return "".join(p.get("text", "") for p in message["content"] if p.get("type") == "text")
+
+
+class ChatCollator:
+    """Turn Records with loaded images into model batches for chat-template families."""
+
+    def __init__(
+        self,
+        processor: Any,
+        facts: FamilyFacts,
+        max_length: int = 2048,
+        mask: MaskStrategy = "assistant",
+        pad_to_multiple_of: int | None = None,
+        truncate_answers: bool = True,
+    ) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.facts = facts
+        self.max_length = max_length
+        self.mask = mask
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.truncate_answers = truncate_answers
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.image_token_ids = self._image_token_ids()
+        self.truncated = 0
+
+    def _image_token_ids(self) -> set[int]:
+        ids = set()
+        for name in ("image_token_id", "image_token_index"):
+            value = getattr(self.processor, name, None)
+            if isinstance(value, int):
+                ids.add(value)
+        token = getattr(self.processor, "image_token", None)
+        if isinstance(token, str):
+            ids.add(self.tokenizer.convert_tokens_to_ids(token))
+        return ids
+
+    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        """Render messages with the processor's chat template."""
+        return self.processor.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def encode(self, records: Sequence[Record], images: Sequence[list[Image.Image]]) -> tuple[list[EncodedSample], dict]:
+        """Encode samples; return per-sample encodings and the batched image tensors."""
+        convs = [
+            segment_conversation(to_template_messages(r), self.render, self.facts.end_of_turn, self.mask, _answer_text)
+            for r in records
+        ]
+        first_texts = [c.segments[0].text for c in convs]
+        proc_kwargs: dict[str, Any] = {"text": first_texts, "return_tensors": "pt", "padding": True}
+        if any(images):
+            proc_kwargs["images"] = [list(imgs) for imgs in images]
+        batch = self.processor(**proc_kwargs, add_special_tokens=False, padding_side="right")
+        first_ids = batch.pop("input_ids")
+        attention = batch.pop("attention_mask")
+        token_keys = [k for k, v in batch.items() if torch.is_tensor(v) and v.shape == first_ids.shape]
+        token_extras = {k: batch.pop(k) for k in token_keys}
+        rest = [seg.text for c in convs for seg in c.segments[1:]]
+        rest_ids = iter(self.tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else [])
+        samples: list[EncodedSample] = []
+        for i, (record, conv) in enumerate(zip(records, convs)):
+            n = int(attention[i].sum())
+            if conv.segments[0].learn:
+                raise ValueError("the first segment holds the prompt and is never learned")
+            ids = first_ids[i, :n].tolist()
+            labels = [IGNORE_INDEX] * n
+            prompt_len = n
+            for j, seg in enumerate(conv.segments[1:], start=1):
+                seg_ids = next(rest_ids)
+                if j == conv.generation_cut:
+                    prompt_len = len(ids)
+                ids.extend(seg_ids)
+                labels.extend(seg_ids if seg.learn else [IGNORE_INDEX] * len(seg_ids))
+            extras = {k: v[i, :n].tolist() + [0] * (len(ids) - n) for k, v in token_extras.items()}
+            samples.append(self._fit_length(record, EncodedSample(ids, labels, extras, prompt_len)))
+        return samples, dict(batch)
+
+    def _fit_length(self, record: Record, sample: EncodedSample) -> EncodedSample:
+        """Refuse to cut image or prompt tokens; cut the answer's tail if allowed."""
+        length = len(sample.input_ids)
+        if length <= self.max_length:
+            return sample
+        last_image = max((i for i, t in enumerate(sample.input_ids) if t in self.image_token_ids), default=-1)
+        if last_image >= self.max_length or sample.prompt_len >= self.max_length or not self.truncate_answers:
+            what = "image tokens" if last_image >= self.max_length else "the prompt"
+            if self.truncate_answers and what == "the prompt" and sample.prompt_len < self.max_length:
+                what = "the answer"
+            raise SampleTooLongError(
+                f"sample '{record.id}' ({record.meta.get('source', '?')}:{record.meta.get('line', '?')}) needs "
+                f"{length} tokens (prompt with images: {sample.prompt_len}); max_length={self.max_length} would cut "
+                f"{what}. Raise data.max_length to at least {length} or lower the image token budget "
+                "(data.image_max_tokens)."
+            )
+        self.truncated += 1
+        m = self.max_length
+        extras = {k: v[:m] for k, v in sample.extras.items()}
+        return EncodedSample(sample.input_ids[:m], sample.labels[:m], extras, sample.prompt_len)
+
+    def _pad_len(self, longest: int) -> int:
+        if self.pad_to_multiple_of:
+            k = self.pad_to_multiple_of
+            return -(-longest // k) * k
+        return longest
+
+    def __call__(self, items: Sequence[tuple[Record, list[Image.Image]]]) -> dict[str, Any]:
+        """Collate (record, images) pairs into a training batch plus left-padded generation inputs."""
+        records = [r for r, _ in items]
+        samples, image_tensors = self.encode(records, [imgs for _, imgs in items])
+        width = self._pad_len(max(len(s.input_ids) for s in samples))
+        bsz = len(samples)
+        input_ids = torch.full((bsz, width), self.pad_id, dtype=torch.long)
+        labels = torch.full((bsz, width), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((bsz, width), dtype=torch.long)
+        extras = {k: torch.zeros((bsz, width), dtype=torch.long) for k in samples[0].extras}
+        for i, s in enumerate(samples):
+            n = len(s.input_ids)
+            input_ids[i, :n] = torch.tensor(s.input_ids)
+            labels[i, :n] = torch.tensor(s.labels)
+            attention[i, :n] = 1
+            for k, v in s.extras.items():
+                extras[k][i, :n] = torch.tensor(v)
+        inputs = {"input_ids": input_ids, "attention_mask": attention, **extras, **image_tensors}
+        return {
+            "inputs": inputs,
+            "labels": labels,
+            "generation_inputs": self._left_padded_prompts(samples, image_tensors),
+            "ids": [r.id for r in records],
+            "answers": [list(r.answers) for r in records],
+            "prompts": [r.prompt_text for r in records],
+            "meta": [dict(r.meta) for r in records],
+        }
+
+    def _left_padded_prompts(self, samples: Sequence[EncodedSample], image_tensors: dict) -> dict[str, Any]:
+        width = max(s.prompt_len for s in samples)
+        bsz = len(samples)
+        input_ids = torch.full((bsz, width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((bsz, width), dtype=torch.long)
+        extras = {k: torch.zeros((bsz, width), dtype=torch.long) for k in samples[0].extras}
+        for i, s in enumerate(samples):
+            n = s.prompt_len
+            input_ids[i, width - n :] = torch.tensor(s.input_ids[:n])
+            attention[i, width - n :] = 1
+            for k, v in s.extras.items():
+                extras[k][i, width - n :] = torch.tensor(v[:n])
+        return {"input_ids": input_ids, "attention_mask": attention, **extras, **image_tensors}

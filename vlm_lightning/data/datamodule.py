@@ -1,0 +1,257 @@
+"""The LightningDataModule: load and validate records, split, augment (train only), batch."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from vlm_lightning.data.collator import ChatCollator
+from vlm_lightning.data.masking import MaskStrategy
+from vlm_lightning.data.records import DataValidationError, Record, RowProblem, load_image, read_jsonl
+
+log = logging.getLogger(__name__)
+Split = Literal["train", "val", "test", "predict"]
+
+
+class ImageLoadError(RuntimeError):
+    """An image could not be loaded while batching; names the file and row."""
+
+
+class RecordDataset(Dataset):
+    """Records with their images loaded (and, for training, augmented) on access."""
+
+    def __init__(self, records: list[Record], augmenter: Any = None, max_image_side: int | None = None) -> None:
+        self.records = records
+        self.augmenter = augmenter
+        self.max_image_side = max_image_side
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[Record, list[Image.Image]]:
+        record = self.records[index]
+        images = []
+        for image in record.images:
+            try:
+                im = load_image(image)
+            except Exception as exc:
+                where = f"{record.meta.get('source', '?')}:{record.meta.get('line', record.meta.get('row', '?'))}"
+                raise ImageLoadError(f"{where}: sample '{record.id}': cannot load image {image}: {exc}") from exc
+            if self.max_image_side and max(im.size) > self.max_image_side:
+                im.thumbnail((self.max_image_side, self.max_image_side), Image.Resampling.BICUBIC)
+            if self.augmenter is not None and "augment_key" in record.meta:
+                im = self.augmenter(im, key=record.meta["augment_key"])
+            images.append(im)
+        return record, images
+
+
+class DocumentDataModule(L.LightningDataModule):
+    """Loads JSONL splits (or dataset specs), validates every row up front and batches them.
+
+    Args:
+        train, val, test, predict: JSONL paths (rows: image/images, question+answer, messages or target).
+        processor_name: the processor's hub id or folder; linked from ``model.name_or_path`` by the CLI.
+        batch_size: training batch size per device; ``eval_batch_size`` for val/test/predict (default: same).
+        max_length: token limit per sample; a sample that would lose image or prompt tokens is an error.
+        prompt: instruction used for rows that carry only a ``target`` / ``answer``.
+        system: system prompt added to every conversation (a row's own ``system`` wins).
+        mask: learn every assistant turn (``assistant``) or only the last one (``last``).
+        val_fraction: when ``val`` is not given, hold out this fraction of ``train`` (deterministic by seed).
+        val_limit: evaluate on at most this many validation samples (generation is the costly part).
+        image_max_tokens / image_min_tokens: image-token budget, translated to the family's processor knobs.
+        max_image_side: shrink larger images (longest side, pixels) before the processor sees them.
+        augment: albumentations pipeline for training only (``"default"`` or a list of transforms).
+        augment_copies / augment_p: augmented copies added per training sample, and per-copy probability.
+        on_bad_row: ``error`` stops with every problem listed; ``skip`` drops those rows, reports the count
+            and writes the list next to the run.
+        pad_to_multiple_of: pad batches to a multiple of this length (static shapes for compiled kernels).
+        num_workers: dataloader workers (processor work happens in them).
+    """
+
+    def __init__(
+        self,
+        train: str | None = None,
+        val: str | None = None,
+        test: str | None = None,
+        predict: str | None = None,
+        processor_name: str | None = None,
+        batch_size: int = 4,
+        eval_batch_size: int | None = None,
+        max_length: int = 2048,
+        prompt: str = "Extract the information in this document as JSON.",
+        system: str | None = None,
+        mask: MaskStrategy = "assistant",
+        val_fraction: float = 0.0,
+        val_limit: int | None = None,
+        image_max_tokens: int | None = None,
+        image_min_tokens: int | None = None,
+        max_image_side: int | None = None,
+        augment: str | list[dict] | None = None,
+        augment_copies: int = 0,
+        augment_p: float = 0.6,
+        on_bad_row: Literal["error", "skip"] = "error",
+        pad_to_multiple_of: int | None = None,
+        num_workers: int = 0,
+        trust_remote_code: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.paths: dict[Split, str | None] = {"train": train, "val": val, "test": test, "predict": predict}
+        self.processor_name = processor_name
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.datasets: dict[Split, RecordDataset] = {}
+        self.skipped: list[RowProblem] = []
+        self._processor: Any = None
+        self._collator: ChatCollator | None = None
+
+    # --- processor and collator -------------------------------------------------------------
+    @property
+    def processor(self) -> Any:
+        """The family's processor, with the configured image-token budget applied."""
+        if self._processor is None:
+            from vlm_lightning.models.loading import load_processor
+
+            self._processor = load_processor(
+                self._require_processor_name(),
+                image_max_tokens=self.hparams.image_max_tokens,
+                image_min_tokens=self.hparams.image_min_tokens,
+                trust_remote_code=self.hparams.trust_remote_code,
+            )
+        return self._processor
+
+    def _require_processor_name(self) -> str:
+        if not self.processor_name:
+            raise ValueError("data.processor_name is not set (the CLI links it from model.name_or_path)")
+        return self.processor_name
+
+    @property
+    def collator(self) -> ChatCollator:
+        """The batch collator for this model family."""
+        if self._collator is None:
+            from vlm_lightning.models.loading import family_of, make_collator
+
+            self._collator = make_collator(
+                self.processor,
+                family_of(self._require_processor_name(), trust_remote_code=self.hparams.trust_remote_code),
+                max_length=self.hparams.max_length,
+                mask=self.hparams.mask,
+                pad_to_multiple_of=self.hparams.pad_to_multiple_of,
+            )
+        return self._collator
+
+    # --- loading ----------------------------------------------------------------------------
+    def _read(self, split: Split) -> list[Record]:
+        path = self.paths[split]
+        if path is None:
+            return []
+        records, problems = read_jsonl(
+            path,
+            default_prompt=self.hparams.prompt,
+            default_system=self.hparams.system,
+            require_answer=split != "predict",
+        )
+        if problems:
+            if self.hparams.on_bad_row == "error":
+                raise DataValidationError(
+                    problems, hint="\nFix these rows, or set data.on_bad_row=skip to train without them."
+                )
+            self.skipped.extend(problems)
+            log.warning("skipping %d bad row(s) of %s (list written to the run folder)", len(problems), path)
+        return records
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read and validate the splits the stage needs; all problems are reported together."""
+        needed: list[Split] = {
+            "fit": ["train", "val"],
+            "validate": ["val"],
+            "test": ["test"],
+            "predict": ["predict"],
+        }.get(stage or "fit", ["train", "val", "test", "predict"])
+        if stage == "fit" and not self.paths["train"]:
+            raise ValueError("fit needs data.train (a JSONL path)")
+        if stage in ("test", "validate", "predict") and not self.paths[needed[0]]:
+            raise ValueError(f"{stage} needs data.{needed[0]} (a JSONL path)")
+        loaded = {split: self._read(split) for split in needed}
+        if "train" in loaded and not loaded.get("val") and self.hparams.val_fraction > 0:
+            loaded["train"], loaded["val"] = self._hold_out(loaded["train"], self.hparams.val_fraction)
+        if loaded.get("val") and self.hparams.val_limit:
+            loaded["val"] = loaded["val"][: self.hparams.val_limit]
+        for split, records in loaded.items():
+            augmenter = None
+            if split == "train":
+                records, augmenter = self._augment(records)
+            self.datasets[split] = RecordDataset(records, augmenter, self.hparams.max_image_side)
+
+    def _hold_out(self, records: list[Record], fraction: float) -> tuple[list[Record], list[Record]]:
+        order = list(range(len(records)))
+        random.Random(self.hparams.seed).shuffle(order)
+        n_val = max(1, round(len(records) * fraction))
+        val_idx = set(order[:n_val])
+        return [r for i, r in enumerate(records) if i not in val_idx], [records[i] for i in sorted(val_idx)]
+
+    def _augment(self, records: list[Record]) -> tuple[list[Record], Any]:
+        if not self.hparams.augment:
+            return records, None
+        from vlm_lightning.data.augment import build_augmentation, expand_with_copies
+
+        augmenter = build_augmentation(self.hparams.augment, seed=self.hparams.seed)
+        return expand_with_copies(records, self.hparams.augment_copies, self.hparams.augment_p), augmenter
+
+    # --- dataloaders ------------------------------------------------------------------------
+    def _loader(self, split: Split, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test", "predict": "predict"}[split])
+        dataset = self.datasets[split]
+        sampler = None
+        trainer = self._trainer
+        if not shuffle and trainer is not None and trainer.world_size > 1:
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            # every sample exactly once across ranks: no padding duplicates in metrics or predictions
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.datasets.get("val") and not self.paths["val"]:
+            return []
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", shuffle=False)
+
+    def write_skipped(self, run_dir: str | Path) -> Path | None:
+        """Write the list of skipped rows next to the run (``on_bad_row: skip``)."""
+        if not self.skipped:
+            return None
+        path = Path(run_dir) / "skipped_rows.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(str(p) for p in self.skipped) + "\n")
+        return path

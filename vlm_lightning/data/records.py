@@ -1,0 +1,285 @@
+"""The record schema every source is turned into, and the JSONL loader that validates rows.
+
+A record is one training / evaluation sample: images, a conversation and the accepted answers for
+its last assistant turn. Every problem found in a file is collected and reported together, naming
+the file, line and field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+
+Role = Literal["system", "user", "assistant"]
+ImageLike = str | Path | Image.Image
+
+IMAGE_KEYS = ("image", "image_path", "images")
+QUESTION_KEYS = ("question", "prompt")
+ANSWER_KEYS = ("answer", "response", "answers")
+
+
+@dataclass
+class Record:
+    """One sample: images, a conversation and the accepted answers of its final assistant turn.
+
+    ``messages`` ends with the assistant turn to learn / predict; images are attached to the first
+    user turn. ``answers[0]`` is the training target text; all of ``answers`` count for metrics.
+    """
+
+    id: str
+    images: list[ImageLike]
+    messages: list[dict[str, str]]
+    answers: list[str]
+    target: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt_messages(self) -> list[dict[str, str]]:
+        """The conversation without its final assistant turn (what generation starts from)."""
+        return self.messages[:-1]
+
+    @property
+    def prompt_text(self) -> str:
+        """The last user instruction, for reports."""
+        users = [m["content"] for m in self.messages if m["role"] == "user"]
+        return users[-1] if users else ""
+
+
+@dataclass
+class RowProblem:
+    """A problem with one field of one row of a data file."""
+
+    source: str
+    line: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: field '{self.field}': {self.reason}"
+
+
+class DataValidationError(ValueError):
+    """Raised with every problem of a data file listed, one per line."""
+
+    def __init__(self, problems: Sequence[RowProblem], hint: str = "") -> None:
+        self.problems = list(problems)
+        shown = "\n  ".join(str(p) for p in self.problems[:50])
+        more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
+        super().__init__(f"{len(self.problems)} bad row(s):\n  {shown}{more}{hint}")
+
+
+def compact_json(value: Any) -> str:
+    """Render a target object as the compact JSON the model learns to emit."""
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+def _first(row: dict[str, Any], keys: Iterable[str]) -> tuple[str | None, Any]:
+    for key in keys:
+        if key in row and row[key] is not None:
+            return key, row[key]
+    return None, None
+
+
+def _as_answers(key: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [str(value)]
+    raise TypeError(f"expected a string (or list of strings), got {type(value).__name__}")
+
+
+def _check_image(path: Path) -> str | None:
+    """Return a reason if the image file cannot be used, else None."""
+    if not path.is_file():
+        return f"image file not found: {path}"
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as exc:  # PIL raises many types for corrupt files
+        return f"unreadable image {path}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def record_from_row(
+    row: Any,
+    *,
+    source: str,
+    line: int,
+    root: Path,
+    default_prompt: str,
+    default_system: str | None,
+    check_images: bool = True,
+    restrict_to_root: bool = False,
+    require_answer: bool = True,
+) -> tuple[Record | None, list[RowProblem]]:
+    """Turn one parsed JSONL row into a Record, or return every problem found in it."""
+    problems: list[RowProblem] = []
+
+    def bad(fld: str, reason: str) -> None:
+        problems.append(RowProblem(source, line, fld, reason))
+
+    if not isinstance(row, dict):
+        bad("<row>", f"expected a JSON object, got {type(row).__name__}")
+        return None, problems
+
+    rid = row.get("id", f"{Path(source).stem}-{line}")
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+        bad("id", f"expected a string or integer, got {type(rid).__name__}")
+    rid = str(rid)
+
+    # images
+    images: list[ImageLike] = []
+    ikey, ival = _first(row, IMAGE_KEYS)
+    if ikey is None:
+        bad("image", "missing (one of 'image', 'image_path', 'images')")
+    else:
+        values = ival if isinstance(ival, list) else [ival]
+        if not values:
+            bad(ikey, "empty image list")
+        for i, value in enumerate(values):
+            fld = f"{ikey}[{i}]" if isinstance(ival, list) else ikey
+            if not isinstance(value, str) or not value.strip():
+                bad(fld, f"expected a file path string, got {type(value).__name__}")
+                continue
+            path = Path(value)
+            if restrict_to_root and (path.is_absolute() or ".." in path.parts):
+                bad(fld, f"path escapes the dataset root {root}: {value}")
+                continue
+            path = path if path.is_absolute() else root / path
+            if check_images and (reason := _check_image(path)):
+                bad(fld, reason)
+                continue
+            images.append(str(path))
+
+    system = row.get("system", default_system)
+    if system is not None and not isinstance(system, str):
+        bad("system", f"expected a string, got {type(system).__name__}")
+        system = None
+
+    messages: list[dict[str, str]] = []
+    answers: list[str] = []
+    target = None
+    if "messages" in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            bad("messages", "expected a non-empty list of {role, content} objects")
+        else:
+            for i, m in enumerate(msgs):
+                if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+                    bad(f"messages[{i}].role", "expected role system, user or assistant")
+                    continue
+                content = m.get("content")
+                if not isinstance(content, str) or (m["role"] == "assistant" and not content.strip()):
+                    bad(f"messages[{i}].content", "expected a non-empty string")
+                    continue
+                messages.append({"role": m["role"], "content": content})
+            if require_answer and messages and messages[-1]["role"] != "assistant":
+                bad("messages", "the last turn must be the assistant's answer")
+            if not any(m["role"] == "user" for m in messages):
+                bad("messages", "no user turn")
+            if messages and messages[-1]["role"] == "assistant":
+                answers = [messages[-1]["content"]]
+            if system is not None and messages and messages[0]["role"] != "system":
+                messages.insert(0, {"role": "system", "content": system})
+    else:
+        qkey, question = _first(row, QUESTION_KEYS)
+        if question is None:
+            question = default_prompt
+        elif not isinstance(question, str) or not question.strip():
+            bad(qkey or "question", "expected a non-empty string")
+            question = ""
+        akey, answer = _first(row, ANSWER_KEYS)
+        if "target" in row and row["target"] is not None:
+            target = row["target"]
+            try:
+                answers = [compact_json(target)]
+            except (TypeError, ValueError) as exc:
+                bad("target", f"not JSON-serialisable: {exc}")
+        elif akey is None and not require_answer:
+            pass
+        elif akey is None:
+            bad("answer", "missing (one of 'answer', 'response', 'answers', 'target' or 'messages')")
+        else:
+            try:
+                answers = _as_answers(akey, answer)
+            except TypeError as exc:
+                bad(akey, str(exc))
+            if answers and not answers[0].strip():
+                bad(akey, "empty answer")
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": question})
+        if answers:
+            messages.append({"role": "assistant", "content": answers[0]})
+
+    if problems:
+        return None, problems
+    meta = {"source": source, "line": line}
+    for key in ("doc_type", "document_type", "question_type"):
+        if key in row:
+            meta["doc_type"] = row[key]
+    return Record(rid, images, messages, answers, target, meta), []
+
+
+def read_jsonl(
+    path: str | Path,
+    *,
+    default_prompt: str = "Extract the information in this document as JSON.",
+    default_system: str | None = None,
+    check_images: bool = True,
+    restrict_to_root: bool = False,
+    require_answer: bool = True,
+) -> tuple[list[Record], list[RowProblem]]:
+    """Read a JSONL file into Records; return them with every problem found (nothing is dropped silently)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    records: list[Record] = []
+    problems: list[RowProblem] = []
+    root = path.parent
+    with path.open("rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append(RowProblem(str(path), line_no, "<row>", f"invalid UTF-8: {exc}"))
+                continue
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                problems.append(RowProblem(str(path), line_no, "<row>", f"JSON syntax error: {exc}"))
+                continue
+            record, row_problems = record_from_row(
+                row,
+                source=str(path),
+                line=line_no,
+                root=root,
+                default_prompt=default_prompt,
+                default_system=default_system,
+                check_images=check_images,
+                restrict_to_root=restrict_to_root,
+                require_answer=require_answer,
+            )
+            problems.extend(row_problems)
+            if record is not None:
+                records.append(record)
+    if not records and not problems:
+        problems.append(RowProblem(str(path), 0, "<file>", "no rows"))
+    return records, problems
+
+
+def load_image(image: ImageLike) -> Image.Image:
+    """Open an image as RGB."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    with Image.open(image) as im:
+        return im.convert("RGB")

@@ -1,0 +1,1 @@
+"""Evaluation reports: predictions, metrics, breakdowns."""

@@ -1,0 +1,1 @@
+"""Model families, loading, PEFT wrapping and offline tiny replicas."""

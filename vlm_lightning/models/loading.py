@@ -1,0 +1,124 @@
+"""Load processors and models from a hub id or a local folder through ``from_pretrained``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from vlm_lightning.models.families import FamilyFacts, family_for_model_type
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class ModelLoadError(OSError):
+    """The model or processor could not be loaded; says why in user terms."""
+
+
+def _explain(name_or_path: str, exc: Exception) -> ModelLoadError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    if Path(name_or_path).exists():
+        hint = f"the folder {name_or_path} exists but is not a complete checkpoint ({type(exc).__name__}: {exc})"
+    elif name_or_path.startswith((".", "/")) or os.sep in name_or_path.rstrip("/").split("/", 1)[-1]:
+        hint = f"no such folder: {name_or_path}"
+    elif offline:
+        hint = (
+            f"'{name_or_path}' looks like a hub id but HF_HUB_OFFLINE=1 and it is not in the local cache; "
+            "download it once online or point model.name_or_path at a local folder"
+        )
+    else:
+        hint = f"could not load '{name_or_path}' from the hub or disk: {type(exc).__name__}: {exc}"
+    return ModelLoadError(f"cannot load model/processor: {hint}")
+
+
+def _check_remote_code(name_or_path: str, trust_remote_code: bool) -> None:
+    if trust_remote_code:
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ModelLoadError(
+                f"'{name_or_path}' needs code from its repository to run. That code executes on your machine: "
+                "set model.trust_remote_code=true only if you trust its authors (not verified by vlm_lightning)."
+            ) from exc
+        raise
+
+
+def family_of(name_or_path: str, trust_remote_code: bool = False) -> FamilyFacts:
+    """The family facts of a checkpoint, from its config's ``model_type``."""
+    from transformers import AutoConfig
+
+    _check_remote_code(name_or_path, trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise _explain(name_or_path, exc) from exc
+    return family_for_model_type(config.model_type)
+
+
+def load_processor(
+    name_or_path: str,
+    *,
+    image_max_tokens: int | None = None,
+    image_min_tokens: int | None = None,
+    trust_remote_code: bool = False,
+) -> Any:
+    """Load the processor and apply an image-token budget through the family's own knobs."""
+    from transformers import AutoProcessor
+
+    facts = family_of(name_or_path, trust_remote_code)
+    try:
+        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise _explain(name_or_path, exc) from exc
+    if (image_max_tokens or image_min_tokens) and facts.set_image_tokens is not None:
+        facts.set_image_tokens(processor, image_min_tokens, image_max_tokens)
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return processor
+
+
+def make_collator(processor: Any, facts: FamilyFacts, **kwargs: Any) -> Any:
+    """The collator adapter for the family's prompt style."""
+    if facts.prompt_style == "chat":
+        from vlm_lightning.data.collator import ChatCollator
+
+        return ChatCollator(processor, facts, **kwargs)
+    if facts.prompt_style == "prefix_suffix":
+        from vlm_lightning.data.prefix_collator import PrefixSuffixCollator
+
+        return PrefixSuffixCollator(processor, facts, **kwargs)
+    raise ValueError(f"unknown prompt style {facts.prompt_style!r} for family {facts.name}")
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    dtype: Dtype = "auto",
+    quantization: Any = None,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+) -> torch.nn.Module:
+    """Load an image-text-to-text model by hub id or folder."""
+    from transformers import AutoModelForImageTextToText
+
+    _check_remote_code(name_or_path, trust_remote_code)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if dtype == "auto":
+        kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    else:
+        kwargs["dtype"] = DTYPES[dtype]
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        return AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _explain(name_or_path, exc) from exc

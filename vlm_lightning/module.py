@@ -1,0 +1,247 @@
+"""The LightningModule: a PEFT-wrapped VLM, one shared step, generation-based evaluation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torchmetrics import MeanMetric
+
+from vlm_lightning.generation import end_of_turn_ids, generate_batch
+from vlm_lightning.models.families import FamilyFacts
+from vlm_lightning.models.loading import Dtype, family_of, load_model, load_processor
+from vlm_lightning.models.peft_setup import LoraSettings, Mode, apply_training_mode, parameter_report, qlora_config
+
+log = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint does not belong to this model / training mode."""
+
+
+def _default_optimizer(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
+
+
+class VLMFineTuner(L.LightningModule):
+    """Fine-tune a vision-language model with LoRA, QLoRA or full LM training.
+
+    Args:
+        name_or_path: hub id (e.g. ``Qwen/Qwen2-VL-2B-Instruct``) or local folder.
+        mode: ``lora`` (default), ``qlora`` (4-bit NF4 base, bf16 compute) or ``full`` (language model).
+        lora: LoRA rank, alpha, dropout and targets (``attention``, ``attention_mlp``, ``all_linear`` or a regex).
+        optimizer: optimizer factory (AdamW by default; fused on CUDA).
+        scheduler: ``cosine``, ``linear`` or ``constant``, after ``warmup_steps`` (or ``warmup_ratio``) of warm-up.
+        metrics: document metrics computed from generated text (``json``, ``receipt``, ``anls``, ...).
+        generate_max_new_tokens: generation budget during validation / test / predict.
+        val_generate: generate during validation (costly); otherwise only val/loss.
+        train_vision / train_projector: unfreeze the vision tower / projector.
+        gradient_checkpointing: non-reentrant activation checkpointing of the language model.
+        dtype: weight dtype (``auto``: bf16 on CUDA, fp32 on CPU).
+        trust_remote_code: allow models whose code lives in their hub repository (off by default).
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        mode: Mode = "lora",
+        lora: LoraSettings | None = None,
+        optimizer: OptimizerCallable = _default_optimizer,
+        scheduler: Literal["cosine", "linear", "constant"] = "cosine",
+        warmup_steps: int = 0,
+        warmup_ratio: float = 0.0,
+        metrics: list[str] | None = None,
+        generate_max_new_tokens: int = 256,
+        val_generate: bool = True,
+        train_vision: bool = False,
+        train_projector: bool = False,
+        gradient_checkpointing: bool = False,
+        dtype: Dtype = "auto",
+        attn_implementation: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.lora = lora or LoraSettings()
+        self.optimizer_factory = optimizer
+        self.facts: FamilyFacts = family_of(name_or_path, trust_remote_code)
+        self.processor = load_processor(name_or_path, trust_remote_code=trust_remote_code)
+        self.tokenizer = self.processor.tokenizer
+        self.stop_ids = end_of_turn_ids(self.tokenizer, self.facts.end_of_turn)
+        base = load_model(
+            name_or_path,
+            dtype=dtype,
+            quantization=qlora_config() if mode == "qlora" else None,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
+        self.model = apply_training_mode(
+            base,
+            self.facts,
+            mode,
+            self.lora,
+            train_vision=train_vision,
+            train_projector=train_projector,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+        self.trainable, self.total, summary = parameter_report(self.model)
+        log.info("%s", summary)
+        print(f"[vlm_lightning] {self.facts.name} {mode}: {summary}")
+        self.strict_loading = False
+        from vlm_lightning.metrics import build_metrics
+
+        names = list(metrics or ["exact_match"])
+        self.val_metrics = build_metrics(names)
+        self.test_metrics = build_metrics(names)
+        self.val_loss = _TokenMean()
+        self.train_token_acc = MeanMetric()
+        self.val_token_acc = _TokenMean()
+
+    # --- one shared step ----------------------------------------------------------------------
+    def model_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward with labels; return mean loss, labelled-token count and correct-token count."""
+        labels = batch["labels"]
+        out = self.model(**batch["inputs"], labels=labels, use_cache=False)
+        with torch.no_grad():
+            pred = out.logits[:, :-1].argmax(-1)
+            target = labels[:, 1:]
+            mask = target != IGNORE_INDEX
+            n_tokens = mask.sum()
+            correct = ((pred == target) & mask).sum()
+        return out.loss, n_tokens, correct
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, n_tokens, correct = self.model_step(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss {loss.item()} at global step {self.global_step}, batch ids {batch['ids']}"
+            )
+        bsz = batch["labels"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
+        self.log("train/token_acc", correct / n_tokens.clamp(min=1), batch_size=bsz)
+        self.log("train/tokens", n_tokens.float(), reduce_fx="sum", batch_size=bsz)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(grads)))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, n_tokens, correct = self.model_step(batch)
+        self.val_loss.update(loss.detach(), n_tokens)
+        self.val_token_acc.update(correct.float() / n_tokens.clamp(min=1), n_tokens)
+        if self.hparams.val_generate:
+            texts, _ = self.generate(batch)
+            self.val_metrics.update(texts, batch["answers"])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
+        self.log("val/token_acc", self.val_token_acc.compute())
+        self.val_loss.reset()
+        self.val_token_acc.reset()
+        if self.hparams.val_generate:
+            for name, value in self.val_metrics.compute().items():
+                self.log(f"val/{name}", value, prog_bar=name in ("json_valid_rate", "exact_match", "anls"))
+            self.val_metrics.reset()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        start = time.perf_counter()
+        texts, new_tokens = self.generate(batch)
+        latency_ms = 1000 * (time.perf_counter() - start) / max(1, len(texts))
+        self.test_metrics.update(texts, batch["answers"])
+        return self._rows(batch, texts, latency_ms, with_scores=True)
+
+    def on_test_epoch_end(self) -> None:
+        for name, value in self.test_metrics.compute().items():
+            self.log(f"test/{name}", value)
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        start = time.perf_counter()
+        texts, _ = self.generate(batch)
+        latency_ms = 1000 * (time.perf_counter() - start) / max(1, len(texts))
+        return self._rows(batch, texts, latency_ms, with_scores=any(batch["answers"]))
+
+    def _rows(self, batch: dict[str, Any], texts: list[str], latency_ms: float, with_scores: bool) -> list[dict]:
+        rows = []
+        for i, text in enumerate(texts):
+            answers = batch["answers"][i]
+            row = {
+                "id": batch["ids"][i],
+                "prompt": batch["prompts"][i],
+                "prediction": text,
+                "target": answers[0] if len(answers) == 1 else answers,
+                "latency_ms": round(latency_ms, 2),
+                "meta": batch["meta"][i],
+            }
+            if with_scores and answers:
+                row["scores"] = self.test_metrics.score_sample(text, answers)
+            rows.append(row)
+        return rows
+
+    def generate(self, batch: dict[str, Any], **kwargs: Any) -> tuple[list[str], torch.Tensor]:
+        """Greedy batched generation from the batch's left-padded prompts."""
+        kwargs.setdefault("max_new_tokens", self.hparams.generate_max_new_tokens)
+        return generate_batch(self.model, batch["generation_inputs"], self.tokenizer, self.stop_ids, **kwargs)
+
+    # --- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if isinstance(optimizer, torch.optim.AdamW) and self.device.type == "cuda":
+            for group in optimizer.param_groups:
+                group["fused"] = True
+            optimizer.defaults["fused"] = True
+        from transformers import get_scheduler
+
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = self.hparams.warmup_steps or int(self.hparams.warmup_ratio * total)
+        name = {"constant": "constant_with_warmup"}.get(self.hparams.scheduler, self.hparams.scheduler)
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- checkpoints hold trainable weights only ----------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the weights that train (LoRA adapters, or the LM in full mode)."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v.detach().cpu() for k, v in self.state_dict().items() if k in names}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = self.trainable_state_dict()
+        checkpoint["vlm_lightning"] = {
+            "family": self.facts.name,
+            "mode": self.hparams.mode,
+            "name_or_path": self.hparams.name_or_path,
+            "trainable_keys": len(checkpoint["state_dict"]),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get("vlm_lightning")
+        if info is None:
+            raise CheckpointMismatchError("this checkpoint was not written by vlm_lightning")
+        if info.get("mode") != self.hparams.mode or info.get("family") != self.facts.name:
+            raise CheckpointMismatchError(
+                f"checkpoint is a {info.get('family')} {info.get('mode')} run; this model is "
+                f"{self.facts.name} {self.hparams.mode}"
+            )
+        expected = {n for n, p in self.named_parameters() if p.requires_grad}
+        got = set(checkpoint["state_dict"])
+        if got != expected:
+            missing, extra = sorted(expected - got)[:3], sorted(got - expected)[:3]
+            raise CheckpointMismatchError(
+                f"checkpoint weights do not match this model's trainable weights (missing e.g. {missing}, "
+                f"unexpected e.g. {extra}): was it trained with other LoRA settings?"
+            )
+
+
+class _TokenMean(MeanMetric):
+    """A token-weighted mean that syncs exactly under DDP (sums of values and weights)."""
+
+
+__all__ = ["VLMFineTuner", "CheckpointMismatchError"]
