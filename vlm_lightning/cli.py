@@ -34,16 +34,17 @@ class VLMLightningCLI(LightningCLI):
         parser.link_arguments("checkpoint.mode", "early_stopping.mode")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
-        trainer_cfg = config["trainer"]
+        trainer_cfg = self._get(self.config_init, "trainer")
         if trainer_cfg.get("logger") in (None, True):
             root = trainer_cfg.get("default_root_dir") or os.getcwd()
             trainer_cfg["logger"] = CSVLogger(save_dir=root, name="")
-        extra = list(kwargs.pop("extra_callbacks", []))
-        extra += [PredictionWriter()]
+        callbacks = trainer_cfg.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        callbacks.append(PredictionWriter())
         if trainer_cfg.get("logger") is not False:
-            extra.append(LearningRateMonitor(logging_interval="step"))
-        return super().instantiate_trainer(extra_callbacks=extra, **kwargs)
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        trainer_cfg["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -51,9 +52,8 @@ class VLMLightningCLI(LightningCLI):
             return
         ckpt = trainer.checkpoint_callback
         datamodule = self.datamodule
-        from vlm_lightning.callbacks.predictions import run_dir
-
-        skipped = datamodule.write_skipped(run_dir(trainer)) if datamodule is not None else None
+        folder = trainer.loggers[0].log_dir if trainer.loggers else trainer.default_root_dir
+        skipped = datamodule.write_skipped(folder) if datamodule is not None else None
         if skipped:
             print(f"[vlm_lightning] skipped rows listed in {skipped}")
         best = getattr(ckpt, "best_model_path", "") or getattr(ckpt, "last_model_path", "")
@@ -64,8 +64,29 @@ class VLMLightningCLI(LightningCLI):
             print(f"[vlm_lightning] evaluate it with:\n  python -m vlm_lightning test{cfg_arg} --ckpt_path {best}")
 
 
-def main(args: list[str] | None = None, run: bool = True) -> VLMLightningCLI:
-    """Entry point of ``python -m vlm_lightning``."""
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from vlm_lightning.data.collator import SampleTooLongError
+    from vlm_lightning.data.datamodule import ImageLoadError
+    from vlm_lightning.data.masking import TemplateMismatchError
+    from vlm_lightning.data.records import DataValidationError
+    from vlm_lightning.models.families import UnknownFamilyError
+    from vlm_lightning.models.loading import ModelLoadError
+    from vlm_lightning.module import CheckpointMismatchError
+
+    return (
+        DataValidationError,
+        SampleTooLongError,
+        ImageLoadError,
+        TemplateMismatchError,
+        UnknownFamilyError,
+        ModelLoadError,
+        CheckpointMismatchError,
+        FileNotFoundError,
+    )
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> VLMLightningCLI:
+    """Build (and by default run) the CLI; raises user errors as exceptions."""
     return VLMLightningCLI(
         VLMFineTuner,
         DocumentDataModule,
@@ -78,6 +99,10 @@ def main(args: list[str] | None = None, run: bool = True) -> VLMLightningCLI:
     )
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-    sys.exit(0)
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``python -m vlm_lightning``: user mistakes end with a clear message, exit code 2."""
+    try:
+        build_cli(args)
+    except _user_errors() as exc:
+        print(f"vlm_lightning: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

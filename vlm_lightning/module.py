@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
@@ -89,6 +91,7 @@ class VLMFineTuner(L.LightningModule):
             train_projector=train_projector,
             gradient_checkpointing=gradient_checkpointing,
         )
+        self.model.train()
         self.trainable, self.total, summary = parameter_report(self.model)
         log.info("%s", summary)
         print(f"[vlm_lightning] {self.facts.name} {mode}: {summary}")
@@ -220,6 +223,7 @@ class VLMFineTuner(L.LightningModule):
             "name_or_path": self.hparams.name_or_path,
             "trainable_keys": len(checkpoint["state_dict"]),
         }
+        checkpoint["rng_states"] = _collect_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("vlm_lightning")
@@ -238,6 +242,31 @@ class VLMFineTuner(L.LightningModule):
                 f"checkpoint weights do not match this model's trainable weights (missing e.g. {missing}, "
                 f"unexpected e.g. {extra}): was it trained with other LoRA settings?"
             )
+        if "rng_states" in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
+            _set_rng_states(checkpoint["rng_states"])
+
+
+def _collect_rng_states() -> dict[str, Any]:
+    """RNG states in a form ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class _TokenMean(MeanMetric):

@@ -213,8 +213,12 @@ class DocumentDataModule(L.LightningDataModule):
             self.setup({"train": "fit", "val": "validate", "test": "test", "predict": "predict"}[split])
         dataset = self.datasets[split]
         sampler = None
-        trainer = self._trainer
-        if not shuffle and trainer is not None and trainer.world_size > 1:
+        trainer = self.trainer
+        if shuffle:
+            from vlm_lightning.data.sampling import EpochShuffleSampler
+
+            sampler = EpochShuffleSampler(len(dataset), seed=self.hparams.seed)
+        elif trainer is not None and trainer.world_size > 1:
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
             # every sample exactly once across ranks: no padding duplicates in metrics or predictions
@@ -224,13 +228,11 @@ class DocumentDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle if sampler is None else False,
             sampler=sampler,
             collate_fn=self.collator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,148 @@
+"""End-to-end CLI runs on the tiny Qwen2-VL replica: fit -> test, resume, checkpoints, offline."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures_data import write_receipt_dataset
+
+from vlm_lightning.cli import build_cli
+
+pytestmark = pytest.mark.slow
+
+
+def base_args(model: Path, data: dict[str, Path], root: Path, *extra: str) -> list[str]:
+    return [
+        "--model.name_or_path", str(model),
+        "--model.metrics", "[json, exact_match]",
+        "--model.generate_max_new_tokens", "24",
+        "--model.optimizer.class_path", "torch.optim.AdamW",
+        "--model.optimizer.init_args.lr", "0.003",
+        "--data.train", str(data["train"]),
+        "--data.val", str(data["val"]),
+        "--data.test", str(data["test"]),
+        "--data.batch_size", "4",
+        "--data.max_length", "400",
+        "--data.image_max_tokens", "16",
+        "--trainer.accelerator", "cpu",
+        "--trainer.devices", "1",
+        "--trainer.default_root_dir", str(root),
+        "--trainer.enable_progress_bar", "false",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_receipt_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_replica, data, tmp_path_factory):  # noqa: ANN001, ANN201
+    root = tmp_path_factory.mktemp("run")
+    cli = build_cli(["fit", *base_args(tiny_replica("qwen2_vl"), data, root, "--trainer.max_steps", "4")])
+    return cli, root
+
+
+def test_fit_writes_best_and_last_with_trainable_weights_only(fitted) -> None:  # noqa: ANN001
+    cli, root = fitted
+    run = Path(cli.trainer.log_dir)
+    assert (run / "best.ckpt").is_file() and (run / "last.ckpt").is_file()
+    ckpt = torch.load(run / "last.ckpt", weights_only=True)
+    keys = list(ckpt["state_dict"])
+    assert keys and all("lora_" in k for k in keys)
+    adapter_bytes = sum(v.numel() * v.element_size() for v in ckpt["state_dict"].values())
+    base_params = sum(p.numel() for p in cli.model.parameters())
+    assert adapter_bytes < base_params * 4  # not the base model
+    assert ckpt["global_step"] == 4
+    assert "optimizer_states" in ckpt and "lr_schedulers" in ckpt
+
+
+def test_test_from_best_checkpoint_writes_reports(fitted, tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
+    cli, _ = fitted
+    best = Path(cli.trainer.log_dir) / "best.ckpt"
+    test_cli = build_cli(["test", *base_args(tiny_replica("qwen2_vl"), data, tmp_path), "--ckpt_path", str(best)])
+    run = Path(test_cli.trainer.log_dir)
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"test-{i}" for i in range(5)]
+    assert all({"id", "prompt", "prediction", "target", "scores"} <= set(r) for r in rows)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_samples"] == 5
+    assert 0.0 <= metrics["test/json_valid_rate"] <= 1.0
+    # the adapter was restored: LoRA B weights are not all zero any more
+    lora_b = [p for n, p in test_cli.model.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)
+
+
+def test_resume_continues_step_optimizer_and_schedule(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
+    model = tiny_replica("qwen2_vl")
+    extra = ["--model.warmup_steps", "2", "--trainer.limit_val_batches", "0", "--model.lora.dropout", "0.1", "--model.scheduler", "linear"]
+    straight = build_cli(["fit", *base_args(model, data, tmp_path / "a", "--trainer.max_steps", "6", *extra)])
+    # the interrupted run has the same schedule horizon (max_steps 6) but stops after epoch 2 (step 4)
+    first = build_cli(
+        ["fit", *base_args(model, data, tmp_path / "b", "--trainer.max_steps", "6", "--trainer.max_epochs", "2", *extra)]
+    )
+    assert first.trainer.global_step == 4
+    last = Path(first.trainer.log_dir) / "last.ckpt"
+    resumed = build_cli(
+        ["fit", *base_args(model, data, tmp_path / "b", "--trainer.max_steps", "6", *extra), "--ckpt_path", str(last)]
+    )
+    assert resumed.trainer.global_step == 6
+    lr_a = straight.trainer.optimizers[0].param_groups[0]["lr"]
+    lr_b = resumed.trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr_a == pytest.approx(lr_b)
+    state_a = straight.trainer.optimizers[0].state_dict()["state"]
+    state_b = resumed.trainer.optimizers[0].state_dict()["state"]
+    assert float(state_b[0]["step"]) == float(state_a[0]["step"]) == 6  # Adam moments continued, not reset
+    assert state_b[0]["exp_avg_sq"].abs().sum() > 0
+
+
+def test_offline_run_makes_no_network_call(tiny_replica, data, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError(f"network call attempted: {args}")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    cli = build_cli(["fit", *base_args(tiny_replica("qwen2_vl"), data, tmp_path, "--trainer.max_steps", "1")])
+    assert cli.trainer.global_step == 1
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vlm_lightning", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_ddp_on_cpu_test_metrics_equal_single_process(fitted, tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
+    cli, _ = fitted
+    best = str(Path(cli.trainer.log_dir) / "best.ckpt")
+    model = tiny_replica("qwen2_vl")
+    results = {}
+    for devices in (1, 2):
+        args = base_args(model, data, tmp_path / f"d{devices}")
+        args = [a if a != "1" or args[i - 1] != "--trainer.devices" else str(devices) for i, a in enumerate(args)]
+        args += ["--data.eval_batch_size", "2", "--ckpt_path", best]
+        if devices == 2:
+            args += ["--trainer.strategy", "ddp"]
+        proc = _run_cli("test", *args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        run = next((tmp_path / f"d{devices}").glob("version_*"))
+        rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+        assert sorted(r["id"] for r in rows) == [f"test-{i}" for i in range(5)]  # no sampler duplicates
+        results[devices] = (json.loads((run / "metrics.json").read_text()), {r["id"]: r["prediction"] for r in rows})
+    assert results[1][1] == results[2][1]
+    for key, value in results[1][0].items():
+        assert results[2][0][key] == pytest.approx(value), key
+
+
+def test_ddp_on_cpu_fit_runs(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
+    args = base_args(tiny_replica("qwen2_vl"), data, tmp_path, "--trainer.max_steps", "2")
+    args = [a if a != "1" or args[i - 1] != "--trainer.devices" else "2" for i, a in enumerate(args)]
+    proc = _run_cli("fit", *args, "--trainer.strategy", "ddp")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best checkpoint:" in proc.stdout
