@@ -94,8 +94,14 @@ class ChatCollator:
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
-    def encode(self, records: Sequence[Record], images: Sequence[list[Image.Image]]) -> tuple[list[EncodedSample], dict]:
-        """Encode samples; return per-sample encodings and the batched image tensors."""
+    def encode(
+        self, records: Sequence[Record], images: Sequence[list[Image.Image]], problems: list[str] | None = None
+    ) -> tuple[list[EncodedSample], dict]:
+        """Encode samples; return per-sample encodings and the batched image tensors.
+
+        A sample too long for ``max_length`` raises ``SampleTooLongError``, or, when a ``problems`` list is
+        given, is reported there (and still returned, cut) so a whole dataset can be checked at once.
+        """
         convs = [
             segment_conversation(to_template_messages(r), self.render, self.facts.end_of_turn, self.mask, _answer_text)
             for r in records
@@ -126,7 +132,14 @@ class ChatCollator:
                 ids.extend(seg_ids)
                 labels.extend(seg_ids if seg.learn else [IGNORE_INDEX] * len(seg_ids))
             extras = {k: v[i, :n].tolist() + [0] * (len(ids) - n) for k, v in token_extras.items()}
-            samples.append(self._fit_length(record, EncodedSample(ids, labels, extras, prompt_len)))
+            sample = EncodedSample(ids, labels, extras, prompt_len)
+            try:
+                samples.append(self._fit_length(record, sample))
+            except SampleTooLongError as exc:
+                if problems is None:
+                    raise
+                problems.append(str(exc))
+                samples.append(sample)
         return samples, dict(batch)
 
     def _fit_length(self, record: Record, sample: EncodedSample) -> EncodedSample:
@@ -149,6 +162,11 @@ class ChatCollator:
         m = self.max_length
         extras = {k: v[:m] for k, v in sample.extras.items()}
         return EncodedSample(sample.input_ids[:m], sample.labels[:m], extras, sample.prompt_len)
+
+    def lengths(self, items: Sequence[tuple[Record, list[Image.Image]]], problems: list[str]) -> list[int]:
+        """Token lengths of samples (before truncation); too-long samples are added to ``problems``."""
+        samples, _ = self.encode([r for r, _ in items], [imgs for _, imgs in items], problems=problems)
+        return [len(s.input_ids) for s in samples]
 
     def _pad_len(self, longest: int) -> int:
         if self.pad_to_multiple_of:

@@ -31,6 +31,7 @@ class RecordDataset(Dataset):
         self.records = records
         self.augmenter = augmenter
         self.max_image_side = max_image_side
+        self.lengths: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -69,6 +70,8 @@ class DocumentDataModule(L.LightningDataModule):
         max_image_side: shrink larger images (longest side, pixels) before the processor sees them.
         augment: albumentations pipeline for training only (``"default"`` or a list of transforms).
         augment_copies / augment_p: augmented copies added per training sample, and per-copy probability.
+        check_lengths: tokenize every sample before training and report all that cannot fit ``max_length``
+            without cutting image or prompt tokens (their lengths are kept for length-aware batching).
         on_bad_row: ``error`` stops with every problem listed; ``skip`` drops those rows, reports the count
             and writes the list next to the run.
         pad_to_multiple_of: pad batches to a multiple of this length (static shapes for compiled kernels).
@@ -97,6 +100,7 @@ class DocumentDataModule(L.LightningDataModule):
         augment_copies: int = 0,
         augment_p: float = 0.6,
         on_bad_row: Literal["error", "skip"] = "error",
+        check_lengths: bool = True,
         pad_to_multiple_of: int | None = None,
         num_workers: int = 0,
         trust_remote_code: bool = False,
@@ -191,6 +195,25 @@ class DocumentDataModule(L.LightningDataModule):
             if split == "train":
                 records, augmenter = self._augment(records)
             self.datasets[split] = RecordDataset(records, augmenter, self.hparams.max_image_side)
+        if self.hparams.check_lengths:
+            self._check_lengths([s for s in needed if s in self.datasets and s != "predict"])
+
+    def _check_lengths(self, splits: list[Split]) -> None:
+        """Tokenize every sample once; report every sample that cannot fit, all together."""
+        problems: list[str] = []
+        for split in splits:
+            dataset = self.datasets[split]
+            lengths: list[int] = []
+            chunk = 16
+            for start in range(0, len(dataset), chunk):
+                items = [dataset[i] for i in range(start, min(start + chunk, len(dataset)))]
+                lengths.extend(self.collator.lengths(items, problems))
+            dataset.lengths = lengths
+        if problems:
+            raise DataValidationError(
+                [RowProblem("<length check>", 0, "max_length", p) for p in problems],
+                hint="\nNo sample was cut silently: raise data.max_length or lower data.image_max_tokens.",
+            )
 
     def _hold_out(self, records: list[Record], fraction: float) -> tuple[list[Record], list[Record]]:
         order = list(range(len(records)))

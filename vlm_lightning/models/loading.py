@@ -22,7 +22,7 @@ def _explain(name_or_path: str, exc: Exception) -> ModelLoadError:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     if Path(name_or_path).exists():
         hint = f"the folder {name_or_path} exists but is not a complete checkpoint ({type(exc).__name__}: {exc})"
-    elif name_or_path.startswith((".", "/")) or os.sep in name_or_path.rstrip("/").split("/", 1)[-1]:
+    elif name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
         hint = f"no such folder: {name_or_path}"
     elif offline:
         hint = (
@@ -41,6 +41,8 @@ def _check_remote_code(name_or_path: str, trust_remote_code: bool) -> None:
 
     try:
         AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
+    except OSError as exc:
+        raise _explain(name_or_path, exc) from exc
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
             raise ModelLoadError(
