@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
+from vlm_lightning.loss import causal_lm_loss
 from vlm_lightning.generation import end_of_turn_ids, generate_batch
 from vlm_lightning.models.families import FamilyFacts
 from vlm_lightning.models.loading import Dtype, family_of, load_model, load_processor
@@ -107,16 +108,8 @@ class VLMFineTuner(L.LightningModule):
 
     # --- one shared step ----------------------------------------------------------------------
     def model_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Forward with labels; return mean loss, labelled-token count and correct-token count."""
-        labels = batch["labels"]
-        out = self.model(**batch["inputs"], labels=labels, use_cache=False)
-        with torch.no_grad():
-            pred = out.logits[:, :-1].argmax(-1)
-            target = labels[:, 1:]
-            mask = target != IGNORE_INDEX
-            n_tokens = mask.sum()
-            correct = ((pred == target) & mask).sum()
-        return out.loss, n_tokens, correct
+        """Forward; return mean loss over labelled tokens, labelled-token count and correct-token count."""
+        return causal_lm_loss(self.model, batch["inputs"], batch["labels"])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, n_tokens, correct = self.model_step(batch)

@@ -1,0 +1,53 @@
+"""A few steps on a fixed batch lower the loss; only LoRA weights change; the tower stays frozen."""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from vlm_lightning.data.collator import ChatCollator
+from vlm_lightning.data.records import Record
+from vlm_lightning.models.loading import family_of, load_processor
+from vlm_lightning.models.peft_setup import LoraSettings
+from vlm_lightning.module import VLMFineTuner
+
+
+def _batch(path: str) -> dict:
+    collator = ChatCollator(load_processor(path, image_max_tokens=16), family_of(path), max_length=300)
+    recs = [Record(str(i), ["x"], [{"role": "user", "content": f"Q{i}"},
+                                   {"role": "assistant", "content": f'{{"n": {i}}}'}], [f'{{"n": {i}}}'])
+            for i in range(3)]
+    return collator([(r, [Image.new("RGB", (64, 80), (i * 40, 255, 255))]) for i, r in enumerate(recs)])
+
+
+def test_lora_steps_lower_loss_and_touch_only_adapters(tiny_replica) -> None:  # noqa: ANN001
+    path = str(tiny_replica("qwen2_vl"))
+    torch.manual_seed(0)
+    module = VLMFineTuner(path, lora=LoraSettings(r=8, alpha=16, dropout=0.0), metrics=["exact_match"])
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not any(".visual." in n for n in trainable)  # vision tower untouched by default
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    batch = _batch(path)
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(8):
+        loss, _, _ = module.model_step(batch)
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0] - 0.05
+    for name, param in module.named_parameters():
+        changed = not torch.equal(before[name], param.detach())
+        assert changed == (name in trainable and "lora_B" in name) or (name in trainable and changed), name
+        if name not in trainable:
+            assert not changed, name
+    assert any(not torch.equal(before[n], p) for n, p in module.named_parameters() if "lora_B" in n)
+
+
+def test_full_mode_trains_language_model_only(tiny_replica) -> None:  # noqa: ANN001
+    module = VLMFineTuner(str(tiny_replica("qwen2_vl")), mode="full", metrics=["exact_match"])
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert any("language_model" in n for n in trainable)
+    assert not any(".visual." in n for n in trainable)
