@@ -7,34 +7,12 @@ predictions are.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-KEYS = ("test/json_valid_rate", "test/exact_match", "test/json_field_f1", "test/partial_match",
-        "test/field_acc/store_name", "test/field_acc/date", "test/field_acc/total", "test/field_acc/currency")
-
-
-def run(args: list[str]) -> str:
-    """Run the CLI, echo its output, return it."""
-    cmd = [sys.executable, "-m", "vlm_lightning", *args]
-    print("$", " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, text=True, capture_output=True)
-    sys.stdout.write(proc.stdout[-4000:])
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-8000:])
-        raise SystemExit(proc.returncode)
-    return proc.stdout
-
-
-def metrics_path(output: str) -> Path:
-    """The metrics.json path the test command printed."""
-    for line in output.splitlines():
-        if line.startswith("[vlm_lightning] metrics:"):
-            return Path(line.split(":", 1)[1].strip())
-    raise SystemExit("test did not report a metrics.json path")
+from vlm_lightning.evaluation.compare import comparison_table, run_test
 
 
 def main() -> None:
@@ -42,20 +20,25 @@ def main() -> None:
     parser.add_argument("--config", default="configs/quickstart.yaml")
     args = parser.parse_args()
     start = time.time()
-    base = json.loads(metrics_path(run(["test", "--config", args.config])).read_text())
-    fit_out = run(["fit", "--config", args.config])
-    best = next(line.split(":", 1)[1].strip() for line in fit_out.splitlines()
-                if line.startswith("[vlm_lightning] best checkpoint:"))
-    test_out = run(["test", "--config", args.config, "--ckpt_path", best])
-    tuned_path = metrics_path(test_out)
-    tuned = json.loads(tuned_path.read_text())
-    print("\n| metric | untrained replica | fine-tuned |\n|---|---|---|")
-    for key in KEYS:
-        if key in tuned:
-            print(f"| {key[5:]} | {base.get(key, float('nan')):.3f} | {tuned[key]:.3f} |")
-    print(f"\nbest checkpoint: {best}")
-    print(f"predictions: {tuned_path.parent / 'predictions.jsonl'}")
-    print(f"demo wall time (evaluate + fit + evaluate): {time.time() - start:.0f} s")
+    baseline = run_test(args.config, None, [])
+    cmd = [sys.executable, "-m", "vlm_lightning", "fit", "--config", args.config]
+    print("$", " ".join(cmd), flush=True)
+    fit = subprocess.run(cmd, capture_output=True, text=True)
+    sys.stdout.write(fit.stdout[-3000:])
+    if fit.returncode != 0:
+        sys.stderr.write(fit.stderr[-6000:])
+        raise SystemExit(fit.returncode)
+    prefix = "[vlm_lightning] best checkpoint:"
+    best = next(line[len(prefix) :].strip() for line in fit.stdout.splitlines() if line.startswith(prefix))
+    tuned = run_test(args.config, best, [])
+    table = comparison_table(baseline, tuned)
+    out = Path(tuned["path"]).parent / "comparison.md"
+    out.write_text(f"# Untrained replica vs fine-tuned\n\n{table}")
+    print("\n" + table)
+    print(f"best checkpoint: {best}")
+    print(f"predictions:     {Path(tuned['path']).parent / 'predictions.jsonl'}")
+    print(f"metrics:         {tuned['path']}")
+    print(f"demo wall time (evaluate, fit, evaluate): {time.time() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ class VLMFineTuner(L.LightningModule):
         gradient_checkpointing: non-reentrant activation checkpointing of the language model.
         dtype: weight dtype (``auto``: bf16 on CUDA, fp32 on CPU).
         trust_remote_code: allow models whose code lives in their hub repository (off by default).
+        usd_per_gpu_hour: price used to report the cost per 1,000 images in test reports.
     """
 
     def __init__(
@@ -67,6 +68,7 @@ class VLMFineTuner(L.LightningModule):
         dtype: Dtype = "auto",
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
+        usd_per_gpu_hour: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])

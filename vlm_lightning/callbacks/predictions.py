@@ -62,6 +62,13 @@ class PredictionWriter(Callback):
         folder.mkdir(parents=True, exist_ok=True)
         from vlm_lightning.evaluation.report import write_reports
 
-        self.written = write_reports(folder, rows, metrics)
+        datamodule = getattr(trainer, "datamodule", None)
+        self.written = write_reports(
+            folder,
+            rows,
+            metrics,
+            batch_size=getattr(datamodule, "eval_batch_size", None),
+            usd_per_gpu_hour=getattr(trainer.lightning_module.hparams, "usd_per_gpu_hour", None),
+        )
         for name, path in self.written.items():
             print(f"[vlm_lightning] {name}: {path}")

@@ -8,9 +8,28 @@ from pathlib import Path
 from typing import Any
 
 
-def write_reports(folder: Path, rows: list[dict[str, Any]], metrics: dict[str, float] | None) -> dict[str, Path]:
-    """Write predictions.jsonl / .csv (sorted by id order of arrival) and metrics.json; return the paths."""
+def write_reports(
+    folder: Path,
+    rows: list[dict[str, Any]],
+    metrics: dict[str, float] | None,
+    batch_size: int | None = None,
+    usd_per_gpu_hour: float | None = None,
+) -> dict[str, Path]:
+    """Write predictions.jsonl / .csv, metrics.json and report.md (breakdowns, latency); return the paths."""
+    from vlm_lightning.evaluation.breakdown import (
+        failure_breakdown,
+        latency_summary,
+        markdown_report,
+        per_document_type,
+        per_field_accuracy,
+    )
+
     written: dict[str, Path] = {}
+    for row in rows:
+        if isinstance(row.get("target"), str) and row["target"].lstrip().startswith(("{", "[")):
+            from vlm_lightning.metrics.functional import extract_json
+
+            row["parsed"] = extract_json(row["prediction"])
     pred_path = folder / "predictions.jsonl"
     with pred_path.open("w", encoding="utf-8") as fh:
         for row in rows:
@@ -20,16 +39,28 @@ def write_reports(folder: Path, rows: list[dict[str, Any]], metrics: dict[str, f
     score_keys = sorted({k for r in rows for k in r.get("scores", {})})
     with csv_path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["id", "prompt", "prediction", "target", "latency_ms", *score_keys])
+        writer.writerow(["id", "prompt", "prediction", "target", "parsed", "latency_ms", *score_keys])
         for r in rows:
             target = r["target"] if isinstance(r["target"], str) else json.dumps(r["target"], ensure_ascii=False)
             scores = r.get("scores", {})
-            writer.writerow([r["id"], r["prompt"], r["prediction"], target, r["latency_ms"],
+            parsed = json.dumps(r["parsed"], ensure_ascii=False) if r.get("parsed") is not None else ""
+            writer.writerow([r["id"], r["prompt"], r["prediction"], target, parsed, r["latency_ms"],
                              *[scores.get(k, "") for k in score_keys]])
     written["predictions_csv"] = csv_path
     if metrics is not None:
         metrics_path = folder / "metrics.json"
-        payload = {"num_samples": len(rows), **dict(sorted(metrics.items()))}
+        latency = latency_summary(rows, batch_size, usd_per_gpu_hour)
+        payload = {
+            "num_samples": len(rows),
+            **dict(sorted(metrics.items())),
+            "per_field": per_field_accuracy(rows),
+            "per_document_type": per_document_type(rows),
+            "failures": {k: v["count"] for k, v in failure_breakdown(rows).items()},
+            "latency": latency,
+        }
         metrics_path.write_text(json.dumps(payload, indent=2) + "\n")
         written["metrics"] = metrics_path
+        report = folder / "report.md"
+        report.write_text(markdown_report(rows, metrics, latency))
+        written["report"] = report
     return written

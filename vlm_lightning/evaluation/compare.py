@@ -1,0 +1,65 @@
+"""Baseline vs fine-tuned: evaluate the base model zero-shot and a checkpoint on the same split.
+
+    python -m vlm_lightning.evaluation.compare --config configs/quickstart.yaml --ckpt_path RUN/best.ckpt \
+        [--out comparison.md] [-- extra CLI arguments such as --data.test other.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+METRICS_LINE = "[vlm_lightning] metrics:"
+
+
+def run_test(config: str, ckpt_path: str | None, extra: list[str]) -> dict:
+    """Run ``python -m vlm_lightning test`` in a fresh process and return its metrics.json."""
+    cmd = [sys.executable, "-m", "vlm_lightning", "test", "--config", config, *extra]
+    if ckpt_path:
+        cmd += ["--ckpt_path", ckpt_path]
+    print("$", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-6000:])
+        raise SystemExit(f"test run failed (exit {proc.returncode})")
+    for line in proc.stdout.splitlines():
+        if line.startswith(METRICS_LINE):
+            path = Path(line[len(METRICS_LINE) :].strip())
+            return {"path": str(path), **json.loads(path.read_text())}
+    raise SystemExit("the test run printed no metrics.json path")
+
+
+def comparison_table(baseline: dict, tuned: dict) -> str:
+    """Markdown table: baseline, fine-tuned and delta for every scalar test metric."""
+    keys = [k for k, v in tuned.items() if k.startswith("test/") and isinstance(v, (int, float))]
+    lines = ["| metric | baseline | fine-tuned | delta |", "|---|---|---|---|"]
+    for key in keys:
+        b, t = baseline.get(key), tuned[key]
+        b_text = f"{b:.4f}" if isinstance(b, (int, float)) else "-"
+        delta = f"{t - b:+.4f}" if isinstance(b, (int, float)) else "-"
+        lines.append(f"| {key[5:]} | {b_text} | {t:.4f} | {delta} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--ckpt_path", required=True)
+    parser.add_argument("--out", default=None, help="markdown file (default: next to the fine-tuned metrics)")
+    args, extra = parser.parse_known_args(argv)
+    extra = [a for a in extra if a != "--"]
+    baseline = run_test(args.config, None, extra)
+    tuned = run_test(args.config, args.ckpt_path, extra)
+    table = comparison_table(baseline, tuned)
+    out = Path(args.out) if args.out else Path(tuned["path"]).parent / "comparison.md"
+    out.write_text(f"# Baseline vs fine-tuned\n\ncheckpoint: `{args.ckpt_path}`\n\n{table}")
+    print(table)
+    print(f"[vlm_lightning] comparison: {out}")
+
+
+if __name__ == "__main__":
+    main()
