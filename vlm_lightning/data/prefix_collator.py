@@ -1,0 +1,105 @@
+"""Collation for prefix + suffix families (PaliGemma): no chat template, the target is the suffix.
+
+The processor builds ``<image>... <bos>prompt\\n`` + ``suffix<eos>`` and marks suffix tokens with
+``token_type_ids == 1``; those (answer + ``<eos>``) are the only labelled tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+
+from vlm_lightning.data.collator import IGNORE_INDEX, SampleTooLongError
+from vlm_lightning.data.records import Record
+from vlm_lightning.models.families import FamilyFacts
+
+
+def prefix_prompt(record: Record) -> str:
+    """The prompt text: system text (if any) and the user turns, one per line."""
+    parts = [m["content"] for m in record.messages if m["role"] in ("system", "user")]
+    return "\n".join(parts)
+
+
+class PrefixSuffixCollator:
+    """Batches for PaliGemma-style models: labels from ``suffix=``, prompts left-padded for generation."""
+
+    def __init__(
+        self,
+        processor: Any,
+        facts: FamilyFacts,
+        max_length: int = 2048,
+        mask: str = "last",
+        pad_to_multiple_of: int | None = None,
+        truncate_answers: bool = True,
+    ) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.facts = facts
+        self.max_length = max_length
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.truncate_answers = truncate_answers
+        self.image_tokens = int(getattr(processor, "image_seq_length", 0))
+
+    def _check(self, records: Sequence[Record], lengths: list[int], prompt_lengths: list[int],
+               problems: list[str] | None) -> None:
+        for record, length, prompt_len in zip(records, lengths, prompt_lengths):
+            if length <= self.max_length or (self.truncate_answers and prompt_len < self.max_length):
+                continue
+            what = "image tokens" if self.image_tokens >= self.max_length else "the prompt"
+            message = (
+                f"sample '{record.id}' ({record.meta.get('source', '?')}:{record.meta.get('line', '?')}) needs "
+                f"{length} tokens (prompt with images: {prompt_len}); max_length={self.max_length} would cut "
+                f"{what}. Raise data.max_length to at least {length}."
+            )
+            if problems is None:
+                raise SampleTooLongError(message)
+            problems.append(message)
+
+    def _images(self, items: Sequence[tuple[Record, list[Image.Image]]]) -> list[list[Image.Image]]:
+        return [list(imgs) for _, imgs in items]
+
+    def lengths(self, items: Sequence[tuple[Record, list[Image.Image]]], problems: list[str]) -> list[int]:
+        """Token lengths of samples; too-long samples are added to ``problems``."""
+        records = [r for r, _ in items]
+        full = self.processor(text=[prefix_prompt(r) for r in records], images=self._images(items),
+                              suffix=[r.answers[0] if r.answers else "" for r in records])
+        prompts = self.processor(text=[prefix_prompt(r) for r in records], images=self._images(items))
+        lengths = [len(ids) for ids in full["input_ids"]]
+        self._check(records, lengths, [len(ids) for ids in prompts["input_ids"]], problems)
+        return lengths
+
+    def __call__(self, items: Sequence[tuple[Record, list[Image.Image]]]) -> dict[str, Any]:
+        """Collate (record, images) pairs into a training batch plus left-padded generation inputs."""
+        records = [r for r, _ in items]
+        prompts = [prefix_prompt(r) for r in records]
+        images = self._images(items)
+        gen = self.processor(text=prompts, images=images, return_tensors="pt", padding="longest",
+                             padding_side="left")
+        out: dict[str, Any] = {
+            "generation_inputs": dict(gen),
+            "ids": [r.id for r in records],
+            "answers": [list(r.answers) for r in records],
+            "prompts": prompts,
+            "meta": [dict(r.meta) for r in records],
+        }
+        if all(r.answers for r in records):
+            kwargs: dict[str, Any] = {"padding": "longest"}
+            if self.pad_to_multiple_of:
+                kwargs["pad_to_multiple_of"] = self.pad_to_multiple_of
+            batch = self.processor(text=prompts, images=images, suffix=[r.answers[0] for r in records],
+                                   return_tensors="pt", padding_side="right", **kwargs)
+            lengths = batch["attention_mask"].sum(1).tolist()
+            prompt_lengths = gen["attention_mask"].sum(1).tolist()
+            self._check(records, lengths, prompt_lengths, None)
+            labels = batch.pop("labels")
+            labels[batch["attention_mask"] == 0] = IGNORE_INDEX
+            if batch["input_ids"].shape[1] > self.max_length:
+                batch = {k: (v[:, : self.max_length] if torch.is_tensor(v) and v.dim() == 2
+                             and v.shape == labels.shape else v) for k, v in batch.items()}
+                labels = labels[:, : self.max_length]
+            out["inputs"] = dict(batch)
+            out["labels"] = labels
+        return out
