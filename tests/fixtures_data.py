@@ -16,9 +16,14 @@ def write_receipt_split(folder: Path, name: str, n: int, seed: int) -> Path:
     path = folder / f"{name}.jsonl"
     with path.open("w") as fh:
         for i in range(n):
-            target = {"store_name": rng.choice(["ACME", "Bolt", "Coop"]), "total": round(rng.uniform(1, 99), 2)}
+            target = {
+                "store_name": rng.choice(["ACME", "Bolt", "Coop"]),
+                "total": round(rng.uniform(1, 99), 2),
+            }
             image = Image.new("RGB", (112, 140), "white")
-            ImageDraw.Draw(image).text((8, 8), f"{target['store_name']}\nTOTAL {target['total']}", fill="black")
+            ImageDraw.Draw(image).text(
+                (8, 8), f"{target['store_name']}\nTOTAL {target['total']}", fill="black"
+            )
             rel = f"images/{name}-{i}.png"
             image.save(folder / rel)
             fh.write(json.dumps({"id": f"{name}-{i}", "image": rel, "target": target}) + "\n")

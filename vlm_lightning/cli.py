@@ -61,20 +61,26 @@ class VLMLightningCLI(LightningCLI):
             config = getattr(self.config.get("fit", self.config), "config", None)
             cfg_arg = f" --config {config[0]}" if config else ""
             print(f"[vlm_lightning] best checkpoint: {best}")
-            print(f"[vlm_lightning] evaluate it with:\n  python -m vlm_lightning test{cfg_arg} --ckpt_path {best}")
+            print(
+                f"[vlm_lightning] evaluate it with:\n  python -m vlm_lightning test{cfg_arg} --ckpt_path {best}"
+            )
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from vlm_lightning.data.collator import SampleTooLongError
     from vlm_lightning.data.datamodule import ImageLoadError
+    from vlm_lightning.data.leakage import LeakageError
     from vlm_lightning.data.masking import TemplateMismatchError
     from vlm_lightning.data.records import DataValidationError
+    from vlm_lightning.data.sources import HubUnreachableError
     from vlm_lightning.models.families import UnknownFamilyError
     from vlm_lightning.models.loading import ModelLoadError
     from vlm_lightning.module import CheckpointMismatchError
 
     return (
         DataValidationError,
+        LeakageError,
+        HubUnreachableError,
         SampleTooLongError,
         ImageLoadError,
         TemplateMismatchError,

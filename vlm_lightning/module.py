@@ -13,11 +13,17 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
-from vlm_lightning.loss import causal_lm_loss
 from vlm_lightning.generation import end_of_turn_ids, generate_batch
+from vlm_lightning.loss import causal_lm_loss
 from vlm_lightning.models.families import FamilyFacts
 from vlm_lightning.models.loading import Dtype, family_of, load_model, load_processor
-from vlm_lightning.models.peft_setup import LoraSettings, Mode, apply_training_mode, parameter_report, qlora_config
+from vlm_lightning.models.peft_setup import (
+    LoraSettings,
+    Mode,
+    apply_training_mode,
+    parameter_report,
+    qlora_config,
+)
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -166,7 +172,9 @@ class VLMFineTuner(L.LightningModule):
         latency_ms = 1000 * (time.perf_counter() - start) / max(1, len(texts))
         return self._rows(batch, texts, latency_ms, with_scores=any(batch["answers"]))
 
-    def _rows(self, batch: dict[str, Any], texts: list[str], latency_ms: float, with_scores: bool) -> list[dict]:
+    def _rows(
+        self, batch: dict[str, Any], texts: list[str], latency_ms: float, with_scores: bool
+    ) -> list[dict]:
         rows = []
         for i, text in enumerate(texts):
             answers = batch["answers"][i]

@@ -14,12 +14,26 @@ pytestmark = pytest.mark.slow
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlm_lightning", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "vlm_lightning", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def common(model: Path, data: dict[str, Path], root: Path) -> list[str]:
-    return ["--model.name_or_path", str(model), "--data.train", str(data["train"]), "--data.val", str(data["val"]),
-            "--trainer.accelerator", "cpu", "--trainer.max_steps", "1", "--trainer.default_root_dir", str(root)]
+    return [
+        "--model.name_or_path",
+        str(model),
+        "--data.train",
+        str(data["train"]),
+        "--data.val",
+        str(data["val"]),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_steps",
+        "1",
+        "--trainer.default_root_dir",
+        str(root),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +51,37 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None
 def test_bad_rows_are_listed_together(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
     bad = tmp_path / "bad.jsonl"
     rows = data["train"].read_text().splitlines()
-    lines = [rows[0], json.dumps({"image": "images/nope.png", "target": {"a": 1}}), "{oops", json.dumps({"image": rows and json.loads(rows[1])["image"]})]
+    lines = [
+        rows[0],
+        json.dumps({"image": "images/nope.png", "target": {"a": 1}}),
+        "{oops",
+        json.dumps({"image": rows and json.loads(rows[1])["image"]}),
+    ]
     bad.write_text("\n".join(lines) + "\n")
     (tmp_path / "images").symlink_to(data["train"].parent / "images")
     proc = run_cli("fit", *common(tiny_replica("qwen2_vl"), {**data, "train": bad}, tmp_path))
-    assert_clean_error(proc, "3 bad row(s)", f"{bad}:2: field 'image'", f"{bad}:3: field '<row>'",
-                       f"{bad}:4: field 'answer'", "on_bad_row=skip")
+    assert_clean_error(
+        proc,
+        "3 bad row(s)",
+        f"{bad}:2: field 'image'",
+        f"{bad}:3: field '<row>'",
+        f"{bad}:4: field 'answer'",
+        "on_bad_row=skip",
+    )
 
 
 def test_skip_bad_rows_reports_count_and_list(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
     bad = tmp_path / "train.jsonl"
     bad.write_text(data["train"].read_text() + json.dumps({"image": "nope.png", "answer": "x"}) + "\n")
     (tmp_path / "images").symlink_to(data["train"].parent / "images")
-    proc = run_cli("fit", *common(tiny_replica("qwen2_vl"), {**data, "train": bad}, tmp_path / "run"),
-                   "--data.on_bad_row", "skip", "--trainer.limit_val_batches", "0")
+    proc = run_cli(
+        "fit",
+        *common(tiny_replica("qwen2_vl"), {**data, "train": bad}, tmp_path / "run"),
+        "--data.on_bad_row",
+        "skip",
+        "--trainer.limit_val_batches",
+        "0",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     listing = next((tmp_path / "run").glob("version_*/skipped_rows.txt")).read_text()
     assert f"{bad}:5: field 'image'" in listing
@@ -77,5 +108,7 @@ def test_hub_id_offline_fails_fast(data, tmp_path) -> None:  # noqa: ANN001
 
 
 def test_missing_data_file(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
-    proc = run_cli("fit", *common(tiny_replica("qwen2_vl"), {**data, "train": tmp_path / "nope.jsonl"}, tmp_path))
+    proc = run_cli(
+        "fit", *common(tiny_replica("qwen2_vl"), {**data, "train": tmp_path / "nope.jsonl"}, tmp_path)
+    )
     assert_clean_error(proc, "data file not found", "nope.jsonl")

@@ -19,21 +19,36 @@ pytestmark = pytest.mark.slow
 
 def base_args(model: Path, data: dict[str, Path], root: Path, *extra: str) -> list[str]:
     return [
-        "--model.name_or_path", str(model),
-        "--model.metrics", "[json, exact_match]",
-        "--model.generate_max_new_tokens", "24",
-        "--model.optimizer.class_path", "torch.optim.AdamW",
-        "--model.optimizer.init_args.lr", "0.003",
-        "--data.train", str(data["train"]),
-        "--data.val", str(data["val"]),
-        "--data.test", str(data["test"]),
-        "--data.batch_size", "4",
-        "--data.max_length", "400",
-        "--data.image_max_tokens", "16",
-        "--trainer.accelerator", "cpu",
-        "--trainer.devices", "1",
-        "--trainer.default_root_dir", str(root),
-        "--trainer.enable_progress_bar", "false",
+        "--model.name_or_path",
+        str(model),
+        "--model.metrics",
+        "[json, exact_match]",
+        "--model.generate_max_new_tokens",
+        "24",
+        "--model.optimizer.class_path",
+        "torch.optim.AdamW",
+        "--model.optimizer.init_args.lr",
+        "0.003",
+        "--data.train",
+        str(data["train"]),
+        "--data.val",
+        str(data["val"]),
+        "--data.test",
+        str(data["test"]),
+        "--data.batch_size",
+        "4",
+        "--data.max_length",
+        "400",
+        "--data.image_max_tokens",
+        "16",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
         *extra,
     ]
 
@@ -67,7 +82,9 @@ def test_fit_writes_best_and_last_with_trainable_weights_only(fitted) -> None:  
 def test_test_from_best_checkpoint_writes_reports(fitted, tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
     cli, _ = fitted
     best = Path(cli.trainer.log_dir) / "best.ckpt"
-    test_cli = build_cli(["test", *base_args(tiny_replica("qwen2_vl"), data, tmp_path), "--ckpt_path", str(best)])
+    test_cli = build_cli(
+        ["test", *base_args(tiny_replica("qwen2_vl"), data, tmp_path), "--ckpt_path", str(best)]
+    )
     run = Path(test_cli.trainer.log_dir)
     rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"test-{i}" for i in range(5)]
@@ -82,16 +99,35 @@ def test_test_from_best_checkpoint_writes_reports(fitted, tiny_replica, data, tm
 
 def test_resume_continues_step_optimizer_and_schedule(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
     model = tiny_replica("qwen2_vl")
-    extra = ["--model.warmup_steps", "2", "--trainer.limit_val_batches", "0", "--model.lora.dropout", "0.1", "--model.scheduler", "linear"]
+    extra = [
+        "--model.warmup_steps",
+        "2",
+        "--trainer.limit_val_batches",
+        "0",
+        "--model.lora.dropout",
+        "0.1",
+        "--model.scheduler",
+        "linear",
+    ]
     straight = build_cli(["fit", *base_args(model, data, tmp_path / "a", "--trainer.max_steps", "6", *extra)])
     # the interrupted run has the same schedule horizon (max_steps 6) but stops after epoch 2 (step 4)
     first = build_cli(
-        ["fit", *base_args(model, data, tmp_path / "b", "--trainer.max_steps", "6", "--trainer.max_epochs", "2", *extra)]
+        [
+            "fit",
+            *base_args(
+                model, data, tmp_path / "b", "--trainer.max_steps", "6", "--trainer.max_epochs", "2", *extra
+            ),
+        ]
     )
     assert first.trainer.global_step == 4
     last = Path(first.trainer.log_dir) / "last.ckpt"
     resumed = build_cli(
-        ["fit", *base_args(model, data, tmp_path / "b", "--trainer.max_steps", "6", *extra), "--ckpt_path", str(last)]
+        [
+            "fit",
+            *base_args(model, data, tmp_path / "b", "--trainer.max_steps", "6", *extra),
+            "--ckpt_path",
+            str(last),
+        ]
     )
     assert resumed.trainer.global_step == 6
     lr_a = straight.trainer.optimizers[0].param_groups[0]["lr"]
@@ -115,7 +151,9 @@ def test_offline_run_makes_no_network_call(tiny_replica, data, tmp_path, monkeyp
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlm_lightning", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "vlm_lightning", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_ddp_on_cpu_test_metrics_equal_single_process(fitted, tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
@@ -125,7 +163,9 @@ def test_ddp_on_cpu_test_metrics_equal_single_process(fitted, tiny_replica, data
     results = {}
     for devices in (1, 2):
         args = base_args(model, data, tmp_path / f"d{devices}")
-        args = [a if a != "1" or args[i - 1] != "--trainer.devices" else str(devices) for i, a in enumerate(args)]
+        args = [
+            a if a != "1" or args[i - 1] != "--trainer.devices" else str(devices) for i, a in enumerate(args)
+        ]
         args += ["--data.eval_batch_size", "2", "--ckpt_path", best]
         if devices == 2:
             args += ["--trainer.strategy", "ddp"]
@@ -134,7 +174,10 @@ def test_ddp_on_cpu_test_metrics_equal_single_process(fitted, tiny_replica, data
         run = next((tmp_path / f"d{devices}").glob("version_*"))
         rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
         assert sorted(r["id"] for r in rows) == [f"test-{i}" for i in range(5)]  # no sampler duplicates
-        results[devices] = (json.loads((run / "metrics.json").read_text()), {r["id"]: r["prediction"] for r in rows})
+        results[devices] = (
+            json.loads((run / "metrics.json").read_text()),
+            {r["id"]: r["prediction"] for r in rows},
+        )
     assert results[1][1] == results[2][1]
     for key, value in results[1][0].items():
         assert results[2][0][key] == pytest.approx(value), key

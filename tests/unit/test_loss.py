@@ -20,9 +20,21 @@ def test_matches_hf_loss_and_gradients(tiny_replica) -> None:  # noqa: ANN001
     path = str(tiny_replica("qwen2_vl"))
     collator = ChatCollator(load_processor(path, image_max_tokens=16), family_of(path), max_length=300)
     recs = [
-        Record("a", ["x"], [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "short"}], ["short"]),
-        Record("b", ["x"], [{"role": "user", "content": "Longer question"},
-                            {"role": "assistant", "content": "a much longer answer"}], ["a much longer answer"]),
+        Record(
+            "a",
+            ["x"],
+            [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "short"}],
+            ["short"],
+        ),
+        Record(
+            "b",
+            ["x"],
+            [
+                {"role": "user", "content": "Longer question"},
+                {"role": "assistant", "content": "a much longer answer"},
+            ],
+            ["a much longer answer"],
+        ),
     ]
     batch = collator([(r, [Image.new("RGB", (64, 80), "white")]) for r in recs])
     torch.manual_seed(0)

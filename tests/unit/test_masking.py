@@ -84,15 +84,24 @@ def _image(w: int = 120, h: int = 160) -> Image.Image:
 
 
 def test_collated_labels_decode_to_answer_and_end_of_turn(qwen_collator: ChatCollator) -> None:
-    single = Record("s", ["unused"], [{"role": "user", "content": "Read it."},
-                                      {"role": "assistant", "content": ' {"total": 12.5}'}], [' {"total": 12.5}'])
-    multi = Record("m", ["unused"], [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Q1"},
-        {"role": "assistant", "content": "first answer"},
-        {"role": "user", "content": "Q2"},
-        {"role": "assistant", "content": "second"},
-    ], ["second"])
+    single = Record(
+        "s",
+        ["unused"],
+        [{"role": "user", "content": "Read it."}, {"role": "assistant", "content": ' {"total": 12.5}'}],
+        [' {"total": 12.5}'],
+    )
+    multi = Record(
+        "m",
+        ["unused"],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "first answer"},
+            {"role": "user", "content": "Q2"},
+            {"role": "assistant", "content": "second"},
+        ],
+        ["second"],
+    )
     batch = qwen_collator([(single, [_image()]), (multi, [_image(200, 100)])])
     tok = qwen_collator.tokenizer
     labels = batch["labels"]
@@ -114,8 +123,13 @@ def test_collated_labels_decode_to_answer_and_end_of_turn(qwen_collator: ChatCol
 
 
 def test_sample_that_would_cut_image_tokens_is_refused(qwen_collator: ChatCollator) -> None:
-    rec = Record("big-1", ["x"], [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], ["A"],
-                 meta={"source": "data.jsonl", "line": 7})
+    rec = Record(
+        "big-1",
+        ["x"],
+        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+        ["A"],
+        meta={"source": "data.jsonl", "line": 7},
+    )
     qwen_collator.max_length = 30
     try:
         with pytest.raises(SampleTooLongError, match=r"big-1.*data.jsonl:7.*needs \d+ tokens"):
@@ -126,7 +140,9 @@ def test_sample_that_would_cut_image_tokens_is_refused(qwen_collator: ChatCollat
 
 def test_long_answer_is_cut_but_prompt_kept(qwen_collator: ChatCollator) -> None:
     answer = "x" * 500
-    rec = Record("long", ["x"], [{"role": "user", "content": "Q"}, {"role": "assistant", "content": answer}], [answer])
+    rec = Record(
+        "long", ["x"], [{"role": "user", "content": "Q"}, {"role": "assistant", "content": answer}], [answer]
+    )
     batch = qwen_collator([(rec, [_image()])])
     assert batch["inputs"]["input_ids"].shape[1] == 400
     assert (batch["labels"][0] != IGNORE_INDEX).sum() > 0

@@ -14,9 +14,15 @@ from vlm_lightning.module import VLMFineTuner
 
 def _batch(path: str) -> dict:
     collator = ChatCollator(load_processor(path, image_max_tokens=16), family_of(path), max_length=300)
-    recs = [Record(str(i), ["x"], [{"role": "user", "content": f"Q{i}"},
-                                   {"role": "assistant", "content": f'{{"n": {i}}}'}], [f'{{"n": {i}}}'])
-            for i in range(3)]
+    recs = [
+        Record(
+            str(i),
+            ["x"],
+            [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f'{{"n": {i}}}'}],
+            [f'{{"n": {i}}}'],
+        )
+        for i in range(3)
+    ]
     return collator([(r, [Image.new("RGB", (64, 80), (i * 40, 255, 255))]) for i, r in enumerate(recs)])
 
 

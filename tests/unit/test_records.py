@@ -20,15 +20,25 @@ def write(tmp_path: Path, rows: list) -> Path:
 
 
 def test_aliases_and_formats(tmp_path: Path) -> None:
-    path = write(tmp_path, [
-        {"id": "a", "image": "ok.png", "question": "Q?", "answer": "A"},
-        {"image_path": "ok.png", "prompt": "P", "response": "R"},
-        {"images": ["ok.png", "ok.png"], "question": "Q", "answers": ["x", "y"]},
-        {"image": "ok.png", "target": {"total": 1.5, "items": [{"name": "tea"}]}},
-        {"image": "ok.png", "system": "S", "messages": [
-            {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
-            {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]},
-    ])
+    path = write(
+        tmp_path,
+        [
+            {"id": "a", "image": "ok.png", "question": "Q?", "answer": "A"},
+            {"image_path": "ok.png", "prompt": "P", "response": "R"},
+            {"images": ["ok.png", "ok.png"], "question": "Q", "answers": ["x", "y"]},
+            {"image": "ok.png", "target": {"total": 1.5, "items": [{"name": "tea"}]}},
+            {
+                "image": "ok.png",
+                "system": "S",
+                "messages": [
+                    {"role": "user", "content": "Q1"},
+                    {"role": "assistant", "content": "A1"},
+                    {"role": "user", "content": "Q2"},
+                    {"role": "assistant", "content": "A2"},
+                ],
+            },
+        ],
+    )
     records, problems = read_jsonl(path, default_prompt="Extract.")
     assert problems == []
     assert [r.id for r in records] == ["a", "data-2", "data-3", "data-4", "data-5"]
@@ -42,21 +52,31 @@ def test_aliases_and_formats(tmp_path: Path) -> None:
 
 
 def test_every_bad_row_is_reported_with_file_line_field(tmp_path: Path) -> None:
-    path = write(tmp_path, [
-        {"image": "ok.png", "question": "Q", "answer": "A"},
-        {"image": "missing.png", "question": "Q", "answer": "A"},
-        {"image": "bad.png", "question": "Q", "answer": "A"},
-        {"image": "ok.png", "question": "Q"},
-        "{not json",
-        {"image": "ok.png", "question": "Q", "answer": "   "},
-        {"image": "ok.png", "question": "Q", "answer": {"not": "a string"}},
-        {"image": "ok.png", "messages": []},
-    ])
+    path = write(
+        tmp_path,
+        [
+            {"image": "ok.png", "question": "Q", "answer": "A"},
+            {"image": "missing.png", "question": "Q", "answer": "A"},
+            {"image": "bad.png", "question": "Q", "answer": "A"},
+            {"image": "ok.png", "question": "Q"},
+            "{not json",
+            {"image": "ok.png", "question": "Q", "answer": "   "},
+            {"image": "ok.png", "question": "Q", "answer": {"not": "a string"}},
+            {"image": "ok.png", "messages": []},
+        ],
+    )
     records, problems = read_jsonl(path)
     assert [r.id for r in records] == ["data-1"]
     found = {(p.line, p.field) for p in problems}
-    assert found == {(2, "image"), (3, "image"), (4, "answer"), (5, "<row>"), (6, "answer"), (7, "answer"),
-                     (8, "messages")}
+    assert found == {
+        (2, "image"),
+        (3, "image"),
+        (4, "answer"),
+        (5, "<row>"),
+        (6, "answer"),
+        (7, "answer"),
+        (8, "messages"),
+    }
     assert all(p.source == str(path) for p in problems)
     text = {p.line: str(p) for p in problems}
     assert "missing.png" in text[2] and "not found" in text[2]
@@ -71,8 +91,13 @@ def test_predict_rows_need_no_answer(tmp_path: Path) -> None:
 
 
 def test_paths_escaping_the_root_are_refused_when_asked(tmp_path: Path) -> None:
-    path = write(tmp_path, [{"image": "../ok.png", "question": "Q", "answer": "A"},
-                            {"image": "/etc/passwd", "question": "Q", "answer": "A"}])
+    path = write(
+        tmp_path,
+        [
+            {"image": "../ok.png", "question": "Q", "answer": "A"},
+            {"image": "/etc/passwd", "question": "Q", "answer": "A"},
+        ],
+    )
     _, problems = read_jsonl(path, restrict_to_root=True)
     assert [p.line for p in problems] == [1, 2] and all("escapes" in p.reason for p in problems)
 

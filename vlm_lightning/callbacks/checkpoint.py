@@ -13,8 +13,14 @@ class RunCheckpoint(ModelCheckpoint):
     scheduler and loop state, so ``fit --ckpt_path <run>/last.ckpt`` resumes exactly.
     """
 
-    def __init__(self, monitor: str | None = "val/loss", mode: str = "min", every_n_train_steps: int | None = None,
-                 save_last: bool = True, dirpath: str | None = None) -> None:
+    def __init__(
+        self,
+        monitor: str | None = "val/loss",
+        mode: str = "min",
+        every_n_train_steps: int | None = None,
+        save_last: bool = True,
+        dirpath: str | None = None,
+    ) -> None:
         super().__init__(
             dirpath=dirpath,
             filename="best",

@@ -88,7 +88,12 @@ class Augmenter:
         rng = np.random.default_rng([self.seed % _U64, int(key) % _U64])
         if rng.random() >= self.p:
             return image
-        self.compose.set_random_seed(int(rng.integers(2**31 - 1)))
+        seeds = rng.integers(2**31 - 1, size=len(self.transforms) + 1)
+        # albumentations 2.0 gives every child the Compose's seed, which makes their draws identical
+        # (two p=0.5 transforms always fire together): seed each one on its own.
+        self.compose.set_random_seed(int(seeds[0]))
+        for transform, child_seed in zip(self.transforms, seeds[1:]):
+            transform.set_random_seed(int(child_seed))
         if image.mode not in ("RGB", "L"):
             image = image.convert("RGB")
         out = self.compose(image=np.asarray(image))["image"]

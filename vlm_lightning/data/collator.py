@@ -95,7 +95,10 @@ class ChatCollator:
         )
 
     def encode(
-        self, records: Sequence[Record], images: Sequence[list[Image.Image]], problems: list[str] | None = None
+        self,
+        records: Sequence[Record],
+        images: Sequence[list[Image.Image]],
+        problems: list[str] | None = None,
     ) -> tuple[list[EncodedSample], dict]:
         """Encode samples; return per-sample encodings and the batched image tensors.
 
@@ -103,7 +106,9 @@ class ChatCollator:
         given, is reported there (and still returned, cut) so a whole dataset can be checked at once.
         """
         convs = [
-            segment_conversation(to_template_messages(r), self.render, self.facts.end_of_turn, self.mask, _answer_text)
+            segment_conversation(
+                to_template_messages(r), self.render, self.facts.end_of_turn, self.mask, _answer_text
+            )
             for r in records
         ]
         first_texts = [c.segments[0].text for c in convs]

@@ -27,7 +27,9 @@ class ImageLoadError(RuntimeError):
 class RecordDataset(Dataset):
     """Records with their images loaded (and, for training, augmented) on access."""
 
-    def __init__(self, records: list[Record], augmenter: Any = None, max_image_side: int | None = None) -> None:
+    def __init__(
+        self, records: list[Record], augmenter: Any = None, max_image_side: int | None = None
+    ) -> None:
         self.records = records
         self.augmenter = augmenter
         self.max_image_side = max_image_side
@@ -43,8 +45,12 @@ class RecordDataset(Dataset):
             try:
                 im = load_image(image)
             except Exception as exc:
-                where = f"{record.meta.get('source', '?')}:{record.meta.get('line', record.meta.get('row', '?'))}"
-                raise ImageLoadError(f"{where}: sample '{record.id}': cannot load image {image}: {exc}") from exc
+                where = (
+                    f"{record.meta.get('source', '?')}:{record.meta.get('line', record.meta.get('row', '?'))}"
+                )
+                raise ImageLoadError(
+                    f"{where}: sample '{record.id}': cannot load image {image}: {exc}"
+                ) from exc
             if self.max_image_side and max(im.size) > self.max_image_side:
                 im.thumbnail((self.max_image_side, self.max_image_side), Image.Resampling.BICUBIC)
             if self.augmenter is not None and "augment_key" in record.meta:
@@ -57,7 +63,11 @@ class DocumentDataModule(L.LightningDataModule):
     """Loads JSONL splits (or dataset specs), validates every row up front and batches them.
 
     Args:
-        train, val, test, predict: JSONL paths (rows: image/images, question+answer, messages or target).
+        train, val, test, predict: a JSONL path (rows: image/images, question+answer, messages or target),
+            or a dataset spec ``{path, name, split, adapter, columns, limit, prompt}`` for a Hugging Face
+            dataset (hub name, or local parquet / arrow / save_to_disk / image folder) through a task
+            adapter (``cord``, ``docvqa``, ``infovqa``, ``chartqa``, ``latex_ocr``, ``captcha``,
+            ``receipts_json``, ``generic``).
         processor_name: the processor's hub id or folder; linked from ``model.name_or_path`` by the CLI.
         batch_size: training batch size per device; ``eval_batch_size`` for val/test/predict (default: same).
         max_length: token limit per sample; a sample that would lose image or prompt tokens is an error.
@@ -70,6 +80,9 @@ class DocumentDataModule(L.LightningDataModule):
         max_image_side: shrink larger images (longest side, pixels) before the processor sees them.
         augment: albumentations pipeline for training only (``"default"`` or a list of transforms).
         augment_copies / augment_p: augmented copies added per training sample, and per-copy probability.
+        leakage: overlap of ids, images or (image, question) pairs between splits is an ``error`` (default),
+            a ``warn``-ing, or not checked (``off``).
+        restrict_image_paths: refuse image paths that leave the JSONL file's folder (``..``, absolute).
         check_lengths: tokenize every sample before training and report all that cannot fit ``max_length``
             without cutting image or prompt tokens (their lengths are kept for length-aware batching).
         on_bad_row: ``error`` stops with every problem listed; ``skip`` drops those rows, reports the count
@@ -80,10 +93,10 @@ class DocumentDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train: str | None = None,
-        val: str | None = None,
-        test: str | None = None,
-        predict: str | None = None,
+        train: str | dict | None = None,
+        val: str | dict | None = None,
+        test: str | dict | None = None,
+        predict: str | dict | None = None,
         processor_name: str | None = None,
         batch_size: int = 4,
         eval_batch_size: int | None = None,
@@ -101,6 +114,8 @@ class DocumentDataModule(L.LightningDataModule):
         augment_p: float = 0.6,
         on_bad_row: Literal["error", "skip"] = "error",
         check_lengths: bool = True,
+        leakage: Literal["error", "warn", "off"] = "error",
+        restrict_image_paths: bool = False,
         pad_to_multiple_of: int | None = None,
         num_workers: int = 0,
         trust_remote_code: bool = False,
@@ -158,12 +173,23 @@ class DocumentDataModule(L.LightningDataModule):
         path = self.paths[split]
         if path is None:
             return []
-        records, problems = read_jsonl(
-            path,
-            default_prompt=self.hparams.prompt,
-            default_system=self.hparams.system,
-            require_answer=split != "predict",
-        )
+        if isinstance(path, str) and path.endswith(".jsonl"):
+            records, problems = read_jsonl(
+                path,
+                default_prompt=self.hparams.prompt,
+                default_system=self.hparams.system,
+                require_answer=split != "predict",
+                restrict_to_root=self.hparams.restrict_image_paths,
+            )
+        else:
+            from vlm_lightning.data.sources import load_spec
+
+            records, problems = load_spec(
+                path,
+                default_prompt=self.hparams.prompt,
+                default_system=self.hparams.system,
+                require_answer=split != "predict",
+            )
         if problems:
             if self.hparams.on_bad_row == "error":
                 raise DataValidationError(
@@ -182,12 +208,23 @@ class DocumentDataModule(L.LightningDataModule):
             "predict": ["predict"],
         }.get(stage or "fit", ["train", "val", "test", "predict"])
         if stage == "fit" and not self.paths["train"]:
-            raise ValueError("fit needs data.train (a JSONL path)")
+            raise ValueError("fit needs data.train (a JSONL path or a dataset spec)")
         if stage in ("test", "validate", "predict") and not self.paths[needed[0]]:
             raise ValueError(f"{stage} needs data.{needed[0]} (a JSONL path)")
         loaded = {split: self._read(split) for split in needed}
+        if stage == "fit" and self.hparams.leakage != "off" and self.paths["test"]:
+            loaded_test = self._read("test")
+        else:
+            loaded_test = []
         if "train" in loaded and not loaded.get("val") and self.hparams.val_fraction > 0:
             loaded["train"], loaded["val"] = self._hold_out(loaded["train"], self.hparams.val_fraction)
+        if self.hparams.leakage != "off" and sum(bool(v) for v in loaded.values()) + bool(loaded_test) > 1:
+            from vlm_lightning.data.leakage import check_leakage
+
+            splits = {k: v for k, v in loaded.items() if v}
+            if loaded_test:
+                splits["test"] = loaded_test
+            check_leakage(splits).raise_if_any(allow=self.hparams.leakage == "warn")
         if loaded.get("val") and self.hparams.val_limit:
             loaded["val"] = loaded["val"][: self.hparams.val_limit]
         for split, records in loaded.items():
@@ -228,6 +265,8 @@ class DocumentDataModule(L.LightningDataModule):
         from vlm_lightning.data.augment import build_augmentation, expand_with_copies
 
         augmenter = build_augmentation(self.hparams.augment, seed=self.hparams.seed)
+        if self.hparams.augment_copies < 1:
+            raise ValueError("data.augment is set but data.augment_copies is 0: set how many copies to add")
         return expand_with_copies(records, self.hparams.augment_copies, self.hparams.augment_p), augmenter
 
     # --- dataloaders ------------------------------------------------------------------------

@@ -90,7 +90,9 @@ def segment_conversation(
     return SegmentedConversation(segments, generation_cut)
 
 
-def labels_from_segments(segment_ids: Sequence[Sequence[int]], learn: Sequence[bool], ignore_index: int = -100) -> list[int]:
+def labels_from_segments(
+    segment_ids: Sequence[Sequence[int]], learn: Sequence[bool], ignore_index: int = -100
+) -> list[int]:
     """Concatenate token ids of segments into labels: ids where learned, ``ignore_index`` elsewhere."""
     labels: list[int] = []
     for ids, keep in zip(segment_ids, learn, strict=True):

@@ -43,8 +43,13 @@ class PrefixSuffixCollator:
         self.truncate_answers = truncate_answers
         self.image_tokens = int(getattr(processor, "image_seq_length", 0))
 
-    def _check(self, records: Sequence[Record], lengths: list[int], prompt_lengths: list[int],
-               problems: list[str] | None) -> None:
+    def _check(
+        self,
+        records: Sequence[Record],
+        lengths: list[int],
+        prompt_lengths: list[int],
+        problems: list[str] | None,
+    ) -> None:
         for record, length, prompt_len in zip(records, lengths, prompt_lengths):
             if length <= self.max_length or (self.truncate_answers and prompt_len < self.max_length):
                 continue
@@ -64,8 +69,11 @@ class PrefixSuffixCollator:
     def lengths(self, items: Sequence[tuple[Record, list[Image.Image]]], problems: list[str]) -> list[int]:
         """Token lengths of samples; too-long samples are added to ``problems``."""
         records = [r for r, _ in items]
-        full = self.processor(text=[prefix_prompt(r) for r in records], images=self._images(items),
-                              suffix=[r.answers[0] if r.answers else "" for r in records])
+        full = self.processor(
+            text=[prefix_prompt(r) for r in records],
+            images=self._images(items),
+            suffix=[r.answers[0] if r.answers else "" for r in records],
+        )
         prompts = self.processor(text=[prefix_prompt(r) for r in records], images=self._images(items))
         lengths = [len(ids) for ids in full["input_ids"]]
         self._check(records, lengths, [len(ids) for ids in prompts["input_ids"]], problems)
@@ -76,8 +84,9 @@ class PrefixSuffixCollator:
         records = [r for r, _ in items]
         prompts = [prefix_prompt(r) for r in records]
         images = self._images(items)
-        gen = self.processor(text=prompts, images=images, return_tensors="pt", padding="longest",
-                             padding_side="left")
+        gen = self.processor(
+            text=prompts, images=images, return_tensors="pt", padding="longest", padding_side="left"
+        )
         out: dict[str, Any] = {
             "generation_inputs": dict(gen),
             "ids": [r.id for r in records],
@@ -89,16 +98,28 @@ class PrefixSuffixCollator:
             kwargs: dict[str, Any] = {"padding": "longest"}
             if self.pad_to_multiple_of:
                 kwargs["pad_to_multiple_of"] = self.pad_to_multiple_of
-            batch = self.processor(text=prompts, images=images, suffix=[r.answers[0] for r in records],
-                                   return_tensors="pt", padding_side="right", **kwargs)
+            batch = self.processor(
+                text=prompts,
+                images=images,
+                suffix=[r.answers[0] for r in records],
+                return_tensors="pt",
+                padding_side="right",
+                **kwargs,
+            )
             lengths = batch["attention_mask"].sum(1).tolist()
             prompt_lengths = gen["attention_mask"].sum(1).tolist()
             self._check(records, lengths, prompt_lengths, None)
             labels = batch.pop("labels")
             labels[batch["attention_mask"] == 0] = IGNORE_INDEX
             if batch["input_ids"].shape[1] > self.max_length:
-                batch = {k: (v[:, : self.max_length] if torch.is_tensor(v) and v.dim() == 2
-                             and v.shape == labels.shape else v) for k, v in batch.items()}
+                batch = {
+                    k: (
+                        v[:, : self.max_length]
+                        if torch.is_tensor(v) and v.dim() == 2 and v.shape == labels.shape
+                        else v
+                    )
+                    for k, v in batch.items()
+                }
                 labels = labels[:, : self.max_length]
             out["inputs"] = dict(batch)
             out["labels"] = labels

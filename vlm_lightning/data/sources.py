@@ -13,7 +13,6 @@ falls back to ``default_prompt``. In question-answering adapters the prompt is a
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -162,11 +161,11 @@ class Adapter:
         messages.append({"role": "user", "content": _prompt_text(ctx.prompt, question)})
         if answers:
             messages.append({"role": "assistant", "content": answers[0]})
-        rid = values.get("id")
         meta: dict[str, Any] = {"source": ctx.source, "row": ctx.row}
         doc_type = values.get("doc_type", self.doc_type)
         if doc_type is not None:
             meta["doc_type"] = ", ".join(map(str, doc_type)) if isinstance(doc_type, list) else doc_type
+        rid = values.get("id")
         rid = ctx.default_id if rid is None or rid == "" else str(rid)
         return Record(rid, images or [], messages, answers, target, meta)
 
@@ -190,10 +189,14 @@ def _collect(errors: list[RowError], fn: Callable[[], Any]) -> Any:
 def _one_image(value: Any) -> ImageLike:
     if isinstance(value, Image.Image):
         return value
-    if isinstance(value, dict) and value.get("bytes"):
-        return Image.open(io.BytesIO(value["bytes"]))
-    if isinstance(value, dict) and value.get("path"):
-        value = value["path"]
+    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        from datasets import Image as ImageFeature
+
+        try:  # decoded here, not by datasets, so that one corrupt image is a row problem
+            return ImageFeature().decode_example(value)
+        except Exception as exc:
+            where = value.get("path") or "embedded bytes"
+            raise RowError("image", f"unreadable image ({where}): {type(exc).__name__}: {exc}") from exc
     if isinstance(value, (str, Path)) and str(value).strip():
         if not Path(value).is_file():
             raise RowError("image", f"image file not found: {value}")
@@ -467,6 +470,15 @@ def _source_name(path: str, name: str | None, split: str) -> str:
     return f"{path}[{name}]:{split}" if name else f"{path}:{split}"
 
 
+def _id_prefix(source: str) -> str:
+    """``cord-v2-train`` for ``naver-clova-ix/cord-v2:train``; file suffixes are dropped."""
+    location, _, split = source.rpartition(":")
+    stem = Path(location.split("[")[0].rstrip("/")).name
+    if Path(stem).suffix.lower() in FILE_BUILDERS:
+        stem = Path(stem).stem
+    return f"{stem}-{split}"
+
+
 def _resolve_prompt(
     adapter: Adapter, resolved: Mapping[str, str], prompt: str | None, default_prompt: str
 ) -> str:
@@ -478,6 +490,20 @@ def _resolve_prompt(
             f"the prompt uses {{question}} but adapter '{adapter.name}' found no question column"
         )
     return text
+
+
+def _undecoded_images(dataset: Any, column: str) -> Any:
+    """Turn off datasets' image decoding for ``column`` (images are decoded row by row, with errors
+    reported per row instead of stopping the whole load)."""
+    from datasets import Image as ImageFeature
+    from datasets import List, Sequence
+
+    feature = dataset.features[column]
+    if isinstance(feature, ImageFeature):
+        return dataset.cast_column(column, ImageFeature(decode=False))
+    if isinstance(feature, (List, Sequence)) and isinstance(feature.feature, ImageFeature):
+        return dataset.cast_column(column, type(feature)(ImageFeature(decode=False)))
+    return dataset
 
 
 def _label_decoders(features: Mapping[str, Any], resolved: Mapping[str, str]) -> dict[str, Callable]:
@@ -502,16 +528,20 @@ def records_from_dataset(
     default_system: str | None = None,
     limit: int | None = None,
     require_answer: bool = True,
+    id_prefix: str | None = None,
 ) -> tuple[list[Record], list[RowProblem]]:
-    """Convert an opened ``datasets.Dataset`` into Records and the problems of its bad rows."""
+    """Convert an opened ``datasets.Dataset`` into Records and the problems of its bad rows.
+
+    Rows without an id column get ``{id_prefix}-{row}`` (default: dataset stem and split).
+    """
     adapter = get_adapter(adapter) if isinstance(adapter, str) else adapter
     resolved = resolve_columns(adapter, dataset.column_names, columns, source, require_answer)
     template = _resolve_prompt(adapter, resolved, prompt, default_prompt)
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
-    dataset = dataset.select_columns(sorted(set(resolved.values())))
+    dataset = _undecoded_images(dataset.select_columns(sorted(set(resolved.values()))), resolved["image"])
     decoders = _label_decoders(dataset.features, resolved)
-    stem = source.split(":")[0].rstrip("/").split("/")[-1]
+    id_prefix = id_prefix or _id_prefix(source)
     records: list[Record] = []
     problems: list[RowProblem] = []
     for index, row in enumerate(dataset):
@@ -519,8 +549,7 @@ def records_from_dataset(
         for logical, decode in decoders.items():
             if values[logical] is not None:
                 values[logical] = decode(values[logical])
-        split = source.rsplit(":", 1)[-1]
-        ctx = RowContext(source, index, f"{stem}-{split}-{index}", template, default_system, require_answer)
+        ctx = RowContext(source, index, f"{id_prefix}-{index}", template, default_system, require_answer)
         try:
             records.append(adapter(values, ctx))
         except RowErrors as exc:

@@ -69,11 +69,16 @@ def per_document_type(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]
     table = {}
     for doc_type, scores in sorted(groups.items()):
         keys = sorted({k for s in scores for k in s})
-        table[doc_type] = {"n": len(scores), **{k: statistics.fmean(s.get(k, 0.0) for s in scores) for k in keys}}
+        table[doc_type] = {
+            "n": len(scores),
+            **{k: statistics.fmean(s.get(k, 0.0) for s in scores) for k in keys},
+        }
     return table
 
 
-def latency_summary(rows: list[dict[str, Any]], batch_size: int | None, usd_per_gpu_hour: float | None) -> dict:
+def latency_summary(
+    rows: list[dict[str, Any]], batch_size: int | None, usd_per_gpu_hour: float | None
+) -> dict:
     """Mean / p50 / p95 per-image latency, images per second and cost per 1,000 images."""
     lat = sorted(float(r["latency_ms"]) for r in rows if "latency_ms" in r)
     if not lat:
@@ -81,8 +86,13 @@ def latency_summary(rows: list[dict[str, Any]], batch_size: int | None, usd_per_
     p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
     mean = statistics.fmean(lat)
     images_per_s = 1000.0 / mean if mean > 0 else float("inf")
-    out = {"mean_ms": mean, "p50_ms": statistics.median(lat), "p95_ms": p95, "images_per_s": images_per_s,
-           "batch_size": batch_size}
+    out = {
+        "mean_ms": mean,
+        "p50_ms": statistics.median(lat),
+        "p95_ms": p95,
+        "images_per_s": images_per_s,
+        "batch_size": batch_size,
+    }
     if usd_per_gpu_hour:
         out["usd_per_1000_images"] = usd_per_gpu_hour / 3600.0 * 1000.0 / images_per_s
     return out
@@ -92,7 +102,9 @@ def markdown_report(rows: list[dict[str, Any]], metrics: dict[str, float] | None
     """A human-readable report of all the tables."""
     lines = ["# Evaluation report", ""]
     if metrics:
-        lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in metrics.items()] + [""]
+        lines += (
+            ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in metrics.items()] + [""]
+        )
     fields = per_field_accuracy(rows)
     if fields:
         lines += ["## Per field", "", "| field | accuracy |", "|---|---|"]
@@ -100,8 +112,12 @@ def markdown_report(rows: list[dict[str, Any]], metrics: dict[str, float] | None
     by_type = per_document_type(rows)
     if by_type:
         keys = sorted({k for v in by_type.values() for k in v if k != "n"})
-        lines += ["## Per document type", "", "| type | n | " + " | ".join(keys) + " |",
-                  "|---|---|" + "---|" * len(keys)]
+        lines += [
+            "## Per document type",
+            "",
+            "| type | n | " + " | ".join(keys) + " |",
+            "|---|---|" + "---|" * len(keys),
+        ]
         for t, v in by_type.items():
             lines.append(f"| {t} | {v['n']} | " + " | ".join(f"{v.get(k, 0):.3f}" for k in keys) + " |")
         lines.append("")
@@ -110,6 +126,14 @@ def markdown_report(rows: list[dict[str, Any]], metrics: dict[str, float] | None
         ex = json.dumps(entry["example"], ensure_ascii=False) if entry["example"] else ""
         lines.append(f"| {kind} | {entry['count']} | {ex.replace('|', '/')} |")
     if latency:
-        lines += ["", "## Latency", "", "| " + " | ".join(latency) + " |", "|" + "---|" * len(latency),
-                  "| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in latency.values()) + " |"]
+        lines += [
+            "",
+            "## Latency",
+            "",
+            "| " + " | ".join(latency) + " |",
+            "|" + "---|" * len(latency),
+            "| "
+            + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in latency.values())
+            + " |",
+        ]
     return "\n".join(lines) + "\n"

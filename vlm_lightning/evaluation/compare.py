@@ -46,7 +46,9 @@ def comparison_table(baseline: dict, tuned: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True)
     parser.add_argument("--ckpt_path", required=True)
     parser.add_argument("--out", default=None, help="markdown file (default: next to the fine-tuned metrics)")

@@ -41,11 +41,22 @@ def write_reports(
         writer = csv.writer(fh)
         writer.writerow(["id", "prompt", "prediction", "target", "parsed", "latency_ms", *score_keys])
         for r in rows:
-            target = r["target"] if isinstance(r["target"], str) else json.dumps(r["target"], ensure_ascii=False)
+            target = (
+                r["target"] if isinstance(r["target"], str) else json.dumps(r["target"], ensure_ascii=False)
+            )
             scores = r.get("scores", {})
             parsed = json.dumps(r["parsed"], ensure_ascii=False) if r.get("parsed") is not None else ""
-            writer.writerow([r["id"], r["prompt"], r["prediction"], target, parsed, r["latency_ms"],
-                             *[scores.get(k, "") for k in score_keys]])
+            writer.writerow(
+                [
+                    r["id"],
+                    r["prompt"],
+                    r["prediction"],
+                    target,
+                    parsed,
+                    r["latency_ms"],
+                    *[scores.get(k, "") for k in score_keys],
+                ]
+            )
     written["predictions_csv"] = csv_path
     if metrics is not None:
         metrics_path = folder / "metrics.json"

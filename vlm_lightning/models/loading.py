@@ -21,7 +21,9 @@ class ModelLoadError(OSError):
 def _explain(name_or_path: str, exc: Exception) -> ModelLoadError:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     if Path(name_or_path).exists():
-        hint = f"the folder {name_or_path} exists but is not a complete checkpoint ({type(exc).__name__}: {exc})"
+        hint = (
+            f"the folder {name_or_path} exists but is not a complete checkpoint ({type(exc).__name__}: {exc})"
+        )
     elif name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
         hint = f"no such folder: {name_or_path}"
     elif offline:

@@ -1,0 +1,97 @@
+"""The datamodule: augmentation on train only and reproducible, leakage refused, dataset specs, lengths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures_data import write_receipt_dataset
+
+from vlm_lightning.data.datamodule import DocumentDataModule
+from vlm_lightning.data.leakage import LeakageError
+
+
+def make(tiny_replica, data: dict[str, Path], **kwargs) -> DocumentDataModule:  # noqa: ANN001
+    args = {
+        "train": str(data["train"]),
+        "val": str(data["val"]),
+        "test": str(data["test"]),
+        "processor_name": str(tiny_replica("qwen2_vl")),
+        "max_length": 400,
+        "image_max_tokens": 16,
+    }
+    return DocumentDataModule(**{**args, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_receipt_dataset(tmp_path_factory.mktemp("dm"), n_train=4, n_val=2, n_test=2)
+
+
+def test_augmentation_applies_to_train_copies_only_and_is_reproducible(tiny_replica, data) -> None:  # noqa: ANN001
+    dm = make(tiny_replica, data, augment="default", augment_copies=2, augment_p=1.0)
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    assert len(train) == 4 * 3
+    originals = [i for i, r in enumerate(train.records) if "augment_key" not in r.meta]
+    copies = [i for i, r in enumerate(train.records) if "augment_key" in r.meta]
+    assert len(originals) == 4 and len(copies) == 8
+    orig_pixels = np.asarray(train[originals[0]][1][0])
+    copy_pixels = np.asarray(train[copies[0]][1][0])
+    assert not np.array_equal(orig_pixels, copy_pixels)
+    assert np.array_equal(copy_pixels, np.asarray(train[copies[0]][1][0]))  # same key -> same image
+    again = make(tiny_replica, data, augment="default", augment_copies=2, augment_p=1.0)
+    again.setup("fit")
+    assert np.array_equal(copy_pixels, np.asarray(again.datasets["train"][copies[0]][1][0]))
+    val = dm.datasets["val"]
+    assert all("augment_key" not in r.meta for r in val.records) and val.augmenter is None
+
+
+def test_lengths_are_recorded_for_length_aware_batching(tiny_replica, data) -> None:  # noqa: ANN001
+    dm = make(tiny_replica, data)
+    dm.setup("fit")
+    lengths = dm.datasets["train"].lengths
+    assert lengths is not None and len(lengths) == 4 and all(n > 16 for n in lengths)
+
+
+def test_leakage_between_train_and_test_is_an_error(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
+    leaky = tmp_path / "test.jsonl"
+    first = json.loads(data["train"].read_text().splitlines()[0])
+    first["image"] = str(data["train"].parent / first["image"])
+    first["id"] = "fresh-id"
+    leaky.write_text(json.dumps(first) + "\n")
+    with pytest.raises(LeakageError, match="train"):
+        make(tiny_replica, {**data, "test": leaky}).setup("fit")
+    make(tiny_replica, {**data, "test": leaky}, leakage="warn").setup("fit")
+
+
+def test_dataset_spec_with_adapter(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
+    import datasets
+    from PIL import Image
+
+    image = Image.open(data["train"].parent / "images" / "train-0.png")
+    ds = datasets.Dataset.from_dict(
+        {
+            "image": [image, image],
+            "query": ["What is the total?", "Store?"],
+            "label": [["12.5"], ["ACME"]],
+            "human_or_machine": [0, 1],
+        },
+        features=datasets.Features(
+            {
+                "image": datasets.Image(),
+                "query": datasets.Value("string"),
+                "label": datasets.Sequence(datasets.Value("string")),
+                "human_or_machine": datasets.ClassLabel(names=["human", "machine"]),
+            }
+        ),
+    )
+    folder = tmp_path / "chartqa"
+    ds.save_to_disk(str(folder))
+    dm = make(tiny_replica, data, train={"path": str(folder), "adapter": "chartqa"}, leakage="off")
+    dm.setup("fit")
+    records = dm.datasets["train"].records
+    assert [r.answers for r in records] == [["12.5"], ["ACME"]]
+    assert "What is the total?" in records[0].messages[-2]["content"]
