@@ -54,6 +54,8 @@ class VLMFineTuner(L.LightningModule):
         dtype: weight dtype (``auto``: bf16 on CUDA, fp32 on CPU).
         trust_remote_code: allow models whose code lives in their hub repository (off by default).
         usd_per_gpu_hour: price used to report the cost per 1,000 images in test reports.
+        compile_language_model: ``torch.compile`` the language model (static shapes help: set
+            ``data.pad_to_multiple_of``); the vision tower stays eager.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class VLMFineTuner(L.LightningModule):
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
         usd_per_gpu_hour: float | None = None,
+        compile_language_model: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -195,6 +198,14 @@ class VLMFineTuner(L.LightningModule):
         """Greedy batched generation from the batch's left-padded prompts."""
         kwargs.setdefault("max_new_tokens", self.hparams.generate_max_new_tokens)
         return generate_batch(self.model, batch["generation_inputs"], self.tokenizer, self.stop_ids, **kwargs)
+
+    def configure_model(self) -> None:
+        if self.hparams.compile_language_model and not getattr(self, "_compiled", False):
+            for name, module in self.model.named_modules():
+                if name.endswith(self.facts.language_model):
+                    module.compile(dynamic=None)
+                    self._compiled = True
+                    break
 
     # --- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -179,8 +179,11 @@ def test_ddp_on_cpu_test_metrics_equal_single_process(fitted, tiny_replica, data
             {r["id"]: r["prediction"] for r in rows},
         )
     assert results[1][1] == results[2][1]
-    for key, value in results[1][0].items():
+    scalars = {k: v for k, v in results[1][0].items() if k.startswith("test/")}
+    assert scalars
+    for key, value in scalars.items():
         assert results[2][0][key] == pytest.approx(value), key
+    assert results[1][0]["per_field"] == results[2][0]["per_field"]
 
 
 def test_ddp_on_cpu_fit_runs(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001

@@ -239,7 +239,7 @@ def _insert_remove_cost(node: zss.Node) -> int:
 
 def tree_edit_distance(a: zss.Node, b: zss.Node) -> float:
     """Zhang-Shasha distance with Donut's insert/remove/update costs."""
-    return zss.distance(
+    distance = zss.distance(
         a,
         b,
         get_children=zss.Node.get_children,
@@ -248,19 +248,21 @@ def tree_edit_distance(a: zss.Node, b: zss.Node) -> float:
         update_cost=_update_cost,
         return_operations=False,
     )
+    return float(distance)
 
 
 def ted_accuracy(prediction: dict | list, target: dict | list) -> float:
     """Donut ``cal_acc``: ``max(0, 1 - TED(pred, gt) / TED(empty, gt))`` on normalised trees.
 
-    Unlike Donut (ZeroDivisionError), an empty target gives 1.0 for an empty prediction, else 0.0.
+    A target that normalises to nothing (``{}``, only falsy values) gives 0.0, as Donut does (its
+    numpy ``0/0`` or ``x/0`` ends in ``max(0, nan or -inf)``), here without the RuntimeWarning.
     """
     pred_tree = construct_tree_from_dict(normalize_dict(prediction))
     gt_tree = construct_tree_from_dict(normalize_dict(target))
     size = tree_edit_distance(construct_tree_from_dict(normalize_dict({})), gt_tree)
     distance = tree_edit_distance(pred_tree, gt_tree)
     if size == 0:
-        return 1.0 if distance == 0 else 0.0
+        return 0.0
     return max(0.0, 1.0 - distance / size)
 
 
@@ -279,9 +281,9 @@ def field_f1_counts(prediction: dict | list, target: dict | list) -> tuple[int, 
 
 
 def f1_from_counts(tp: float, fn_or_fp: float) -> float:
-    """``tp / (tp + (fn + fp) / 2)``; 1.0 when there are no fields at all (Donut divides by zero)."""
+    """``tp / (tp + (fn + fp) / 2)``; 0.0 when there are no fields at all (Donut divides by zero)."""
     denominator = tp + fn_or_fp / 2
-    return 1.0 if denominator == 0 else tp / denominator
+    return 0.0 if denominator == 0 else tp / denominator
 
 
 def field_f1(predictions: Sequence[dict | list], targets: Sequence[dict | list]) -> float:

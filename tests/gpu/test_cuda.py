@@ -1,0 +1,76 @@
+"""CUDA-only checks (run on the GPU machine: ``pytest -m gpu tests/gpu``): bf16 LoRA, 4-bit QLoRA, fit on GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures_data import write_receipt_dataset
+from PIL import Image
+
+from vlm_lightning.data.collator import ChatCollator
+from vlm_lightning.data.records import Record
+from vlm_lightning.models.loading import family_of, load_processor
+from vlm_lightning.models.peft_setup import LoraSettings
+from vlm_lightning.module import VLMFineTuner
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def _batch(path: str) -> dict:
+    collator = ChatCollator(load_processor(path, image_max_tokens=16), family_of(path), max_length=300)
+    recs = [
+        Record(str(i), ["x"], [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f"A {i}"}],
+               [f"A {i}"])
+        for i in range(4)
+    ]
+    return collator([(r, [Image.new("RGB", (64, 80), (i * 40, 255, 255))]) for i, r in enumerate(recs)])
+
+
+def _to(batch: dict, device: str) -> dict:
+    return {k: ({kk: vv.to(device) if torch.is_tensor(vv) else vv for kk, vv in v.items()} if isinstance(v, dict)
+                else v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("mode", ["lora", "qlora"])
+def test_training_steps_on_cuda(tiny_replica, mode: str) -> None:  # noqa: ANN001
+    if mode == "qlora":
+        pytest.importorskip("bitsandbytes")
+    path = str(tiny_replica("qwen2_vl"))
+    module = VLMFineTuner(path, mode=mode, lora=LoraSettings(r=8, alpha=16, dropout=0.0), dtype="bfloat16",
+                          metrics=["exact_match"]).cuda()
+    if mode == "qlora":
+        import bitsandbytes as bnb
+
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in module.modules())
+    batch = _to(_batch(path), "cuda")
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2, fused=True)
+    losses = []
+    for _ in range(10):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss, _, _ = module.model_step(batch)
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+    texts, _ = module.generate(batch, max_new_tokens=8)
+    assert len(texts) == 4
+
+
+def test_cli_fit_and_test_on_gpu(tiny_replica, tmp_path: Path) -> None:  # noqa: ANN001
+    from vlm_lightning.cli import build_cli
+
+    data = write_receipt_dataset(tmp_path / "data")
+    common = ["--model.name_or_path", str(tiny_replica("qwen2_vl")), "--model.metrics", "[json, exact_match]",
+              "--model.generate_max_new_tokens", "16", "--data.train", str(data["train"]),
+              "--data.val", str(data["val"]), "--data.test", str(data["test"]), "--data.image_max_tokens", "16",
+              "--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.precision", "bf16-mixed",
+              "--trainer.default_root_dir", str(tmp_path / "runs")]
+    cli = build_cli(["fit", *common, "--trainer.max_steps", "4"])
+    best = Path(cli.trainer.log_dir) / "best.ckpt"
+    assert best.is_file()
+    test = build_cli(["test", *common, "--ckpt_path", str(best)])
+    assert (Path(test.trainer.log_dir) / "predictions.jsonl").is_file()
