@@ -17,10 +17,10 @@ from vlm_lightning.data.records import Record
 from vlm_lightning.models.families import FamilyFacts
 
 
-def prefix_prompt(record: Record) -> str:
-    """The prompt text: system text (if any) and the user turns, one per line."""
+def prefix_prompt(record: Record, image_token: str = "<image>") -> str:
+    """``<image>`` per image, then the system text (if any) and the user turns, one per line."""
     parts = [m["content"] for m in record.messages if m["role"] in ("system", "user")]
-    return "\n".join(parts)
+    return image_token * len(record.images) + "\n".join(parts)
 
 
 class PrefixSuffixCollator:
@@ -42,6 +42,7 @@ class PrefixSuffixCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
         self.truncate_answers = truncate_answers
         self.image_tokens = int(getattr(processor, "image_seq_length", 0))
+        self.image_token = getattr(processor, "image_token", "<image>")
 
     def _check(
         self,
@@ -70,11 +71,11 @@ class PrefixSuffixCollator:
         """Token lengths of samples; too-long samples are added to ``problems``."""
         records = [r for r, _ in items]
         full = self.processor(
-            text=[prefix_prompt(r) for r in records],
+            text=[prefix_prompt(r, self.image_token) for r in records],
             images=self._images(items),
             suffix=[r.answers[0] if r.answers else "" for r in records],
         )
-        prompts = self.processor(text=[prefix_prompt(r) for r in records], images=self._images(items))
+        prompts = self.processor(text=[prefix_prompt(r, self.image_token) for r in records], images=self._images(items))
         lengths = [len(ids) for ids in full["input_ids"]]
         self._check(records, lengths, [len(ids) for ids in prompts["input_ids"]], problems)
         return lengths
@@ -82,7 +83,7 @@ class PrefixSuffixCollator:
     def __call__(self, items: Sequence[tuple[Record, list[Image.Image]]]) -> dict[str, Any]:
         """Collate (record, images) pairs into a training batch plus left-padded generation inputs."""
         records = [r for r, _ in items]
-        prompts = [prefix_prompt(r) for r in records]
+        prompts = [prefix_prompt(r, self.image_token) for r in records]
         images = self._images(items)
         gen = self.processor(
             text=prompts, images=images, return_tensors="pt", padding="longest", padding_side="left"
@@ -91,7 +92,7 @@ class PrefixSuffixCollator:
             "generation_inputs": dict(gen),
             "ids": [r.id for r in records],
             "answers": [list(r.answers) for r in records],
-            "prompts": prompts,
+            "prompts": [r.prompt_text for r in records],
             "meta": [dict(r.meta) for r in records],
         }
         if all(r.answers for r in records):

@@ -1,0 +1,89 @@
+"""Per family, through our own collators: labels are exactly answer + end-of-turn; generation prompts hold
+no answer; batched generation from collated prompts equals one-at-a-time; save -> load round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from vlm_lightning.data.collator import IGNORE_INDEX
+from vlm_lightning.data.records import Record
+from vlm_lightning.generation import end_of_turn_ids, generate_batch
+from vlm_lightning.models.families import FAMILIES
+from vlm_lightning.models.loading import family_of, load_model, load_processor, make_collator
+
+FAMILY_NAMES = sorted(FAMILIES)
+
+
+def records() -> list[Record]:
+    return [
+        Record("a", ["x"], [{"role": "user", "content": "Read the total."},
+                            {"role": "assistant", "content": '{"total": 12.5}'}], ['{"total": 12.5}']),
+        Record("b", ["x"], [{"role": "system", "content": "Answer briefly."},
+                            {"role": "user", "content": "Which store is it?"},
+                            {"role": "assistant", "content": "Corner Cafe"}], ["Corner Cafe"]),
+    ]
+
+
+def items(recs: list[Record]) -> list:
+    return [(r, [Image.new("RGB", (96 + 32 * i, 128), (255, 255 - 60 * i, 255))]) for i, r in enumerate(recs)]
+
+
+@pytest.fixture(scope="module", params=FAMILY_NAMES)
+def family(request, tiny_replica):  # noqa: ANN001, ANN201
+    path = str(tiny_replica(request.param))
+    facts = family_of(path)
+    processor = load_processor(path)
+    return request.param, path, facts, processor, make_collator(processor, facts, max_length=1024)
+
+
+def test_labels_are_answer_plus_end_of_turn(family) -> None:  # noqa: ANN001
+    name, _, facts, processor, collator = family
+    batch = collator(items(records()))
+    tok = processor.tokenizer
+    for i, rec in enumerate(records()):
+        labels = batch["labels"][i]
+        learned = tok.decode(labels[labels != IGNORE_INDEX])
+        # SmolVLM / Idefics3 templates end the prompt with "Assistant:" so the answer starts with a space
+        assert learned.lstrip(" ") == rec.answers[0] + facts.end_of_turn, (name, learned)
+        pad = batch["inputs"]["attention_mask"][i] == 0
+        assert (labels[pad] == IGNORE_INDEX).all()
+        prompt_ids = batch["generation_inputs"]["input_ids"][i][batch["generation_inputs"]["attention_mask"][i].bool()]
+        assert rec.answers[0] not in tok.decode(prompt_ids)
+
+
+def test_batched_generation_equals_single(family) -> None:  # noqa: ANN001
+    name, path, facts, processor, collator = family
+    torch.manual_seed(0)
+    model = load_model(path, dtype="float32").eval()
+    stop = end_of_turn_ids(processor.tokenizer, facts.end_of_turn)
+    recs = records()
+    batched, _ = generate_batch(model, collator(items(recs))["generation_inputs"], processor.tokenizer, stop,
+                                max_new_tokens=6)
+    single = [generate_batch(model, collator(items(recs)[i : i + 1])["generation_inputs"], processor.tokenizer,
+                             stop, max_new_tokens=6)[0][0] for i in range(len(recs))]
+    assert batched == single, name
+
+
+def test_lora_save_load_round_trip_gives_identical_outputs(family, tmp_path: Path) -> None:  # noqa: ANN001
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    name, path, facts, _, collator = family
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(path, dtype="float32"),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=facts.lora_target_regex("attention_mlp")))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.02)
+    model.eval()
+    batch = collator(items(records()))
+    with torch.no_grad():
+        before = model(**batch["inputs"]).logits
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(load_model(path, dtype="float32"), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        after = reloaded(**batch["inputs"]).logits
+    torch.testing.assert_close(before, after)
