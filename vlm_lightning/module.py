@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -236,8 +237,17 @@ class VLMFineTuner(L.LightningModule):
             "mode": self.hparams.mode,
             "name_or_path": self.hparams.name_or_path,
             "trainable_keys": len(checkpoint["state_dict"]),
+            "lora": dataclasses.asdict(self.lora),
+            "data": self._inference_settings(),
         }
         checkpoint["rng_states"] = _collect_rng_states()
+
+    def _inference_settings(self) -> dict[str, Any]:
+        """Prompt and image settings inference needs to reproduce training inputs."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        hparams = getattr(datamodule, "hparams", {}) or {}
+        keys = ("prompt", "system", "image_max_tokens", "image_min_tokens", "max_image_side", "max_length", "mask")
+        return {k: hparams[k] for k in keys if k in hparams}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("vlm_lightning")

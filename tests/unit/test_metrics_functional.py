@@ -194,3 +194,12 @@ def test_field_f1_is_micro_over_corpus() -> None:
     assert F.field_f1([{}], [{}]) == 0.0
     with pytest.raises(ValueError):
         F.field_f1([{}], [])
+
+
+def test_extract_json_ignores_fragments_nested_in_a_broken_object() -> None:
+    from vlm_lightning.metrics.functional import extract_json
+
+    broken = '{"store_name": "Coo", "items": [{"name": "Tea", "price": 1.0}'
+    assert extract_json(broken) is None
+    assert extract_json('{"a": "x" {"b": 1}') is None
+    assert extract_json('Sure: {"a": [1, {"b": "}"}]} bye') == {"a": [1, {"b": "}"}]}

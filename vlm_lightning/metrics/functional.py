@@ -98,11 +98,38 @@ _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
 _DECODER = json.JSONDecoder()
 
 
+def _top_level_openings(text: str) -> list[int]:
+    """Positions of ``{`` / ``[`` not nested inside an earlier bracket (strings are skipped)."""
+    positions: list[int] = []
+    depth, in_string, escaped = 0, False, False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"' and depth > 0:
+            in_string = True
+        elif ch in "{[":
+            if depth == 0:
+                positions.append(i)
+            depth += 1
+        elif ch in "}]" and depth > 0:
+            depth -= 1
+    return positions
+
+
 def _first_json_in(text: str) -> dict | list | None:
-    """The JSON object or array starting at the first ``{`` / ``[`` of ``text`` that decodes."""
-    for match in re.finditer(r"[{\[]", text):
+    """The first top-level JSON object or array of ``text`` that decodes.
+
+    A fragment nested inside a broken object (``{"a": "x" {"b": 1}``) does not count: only brackets
+    at nesting depth 0 are candidates, so a truncated or malformed answer is invalid JSON.
+    """
+    for start in _top_level_openings(text):
         try:
-            value, _ = _DECODER.raw_decode(text, match.start())
+            value, _ = _DECODER.raw_decode(text, start)
         except ValueError:
             continue
         return value

@@ -1,0 +1,247 @@
+"""Export a fitted tiny Qwen2-VL run, reload it with plain transformers + peft, and run the inference CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fixtures_data import write_receipt_dataset
+from PIL import Image
+
+from vlm_lightning.cli import build_cli
+
+MAX_NEW = 16
+PROMPT = "Read this receipt as JSON."  # the run's prompt: inference must pick it up without being told
+
+
+@pytest.fixture(scope="module")
+def run(tiny_replica, tmp_path_factory) -> dict[str, Any]:  # noqa: ANN001
+    root = tmp_path_factory.mktemp("export_run")
+    data = write_receipt_dataset(root / "data", n_train=4, n_val=2, n_test=1)
+    model = tiny_replica("qwen2_vl")
+    cli = build_cli(
+        [
+            "fit",
+            "--model.name_or_path",
+            str(model),
+            "--model.val_generate",
+            "false",
+            "--model.optimizer.class_path",
+            "torch.optim.AdamW",
+            "--model.optimizer.init_args.lr",
+            "0.003",
+            "--data.train",
+            str(data["train"]),
+            "--data.val",
+            str(data["val"]),
+            "--data.batch_size",
+            "4",
+            "--data.prompt",
+            PROMPT,
+            "--data.max_length",
+            "400",
+            "--data.image_max_tokens",
+            "16",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            "--trainer.default_root_dir",
+            str(root / "runs"),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.max_steps",
+            "3",
+        ]
+    )
+    best = Path(cli.trainer.log_dir) / "best.ckpt"
+    assert best.is_file()
+    return {"cli": cli, "best": best, "model": model, "data": data, "root": root}
+
+
+@pytest.fixture(scope="module")
+def exported(run) -> Path:  # noqa: ANN001
+    from vlm_lightning.export import main as export_main
+
+    out = run["root"] / "export" / "receipts"
+    export_main(["--ckpt", str(run["best"]), "--out", str(out), "--merge", "--zip"])
+    return out
+
+
+def _val_images(run: dict[str, Any]) -> list[Path]:
+    rows = [json.loads(line) for line in run["data"]["val"].read_text().splitlines()]
+    return [run["data"]["val"].parent / r["image"] for r in rows]
+
+
+def _plain_inputs(processor: Any, image: Path) -> dict[str, torch.Tensor]:
+    """Prompt built with transformers only: the processor's chat template, then the processor."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    with Image.open(image) as im:
+        return dict(processor(text=[text], images=[im.convert("RGB")], return_tensors="pt"))
+
+
+def _plain_greedy(model: Any, inputs: dict[str, torch.Tensor]) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False)
+    return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def _strip_pad(tokens: list[int], pad: int) -> list[int]:
+    while tokens and tokens[-1] == pad:
+        tokens = tokens[:-1]
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def plain(run, exported) -> dict[str, Any]:  # noqa: ANN001
+    """Greedy tokens from the exported adapter and merged folder, loaded with transformers + peft only."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(exported)
+    base = AutoModelForImageTextToText.from_pretrained(run["model"], dtype=torch.float32)
+    adapted = PeftModel.from_pretrained(base, exported).eval()
+    merged = AutoModelForImageTextToText.from_pretrained(exported / "merged").eval()
+    merged_processor = AutoProcessor.from_pretrained(exported / "merged")
+    result: dict[str, Any] = {"adapter": [], "merged": [], "processor": processor}
+    for i, image in enumerate(_val_images(run)):
+        inputs = _plain_inputs(processor, image)
+        assert torch.equal(inputs["input_ids"], _plain_inputs(merged_processor, image)["input_ids"])
+        if i == 0:
+            with torch.no_grad():
+                tuned = adapted(**inputs).logits
+                merged_logits = merged(**inputs).logits
+                with adapted.disable_adapter():
+                    untuned = adapted(**inputs).logits
+            assert not torch.allclose(tuned, untuned, atol=1e-4), "the adapter changes nothing"
+            torch.testing.assert_close(merged_logits, tuned, atol=1e-4, rtol=1e-4)
+        result["adapter"].append(_plain_greedy(adapted, inputs))
+        result["merged"].append(_plain_greedy(merged, inputs))
+    return result
+
+
+@pytest.mark.slow
+def test_export_writes_adapter_merged_folder_and_zip(run, exported) -> None:  # noqa: ANN001
+    config = json.loads((exported / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == str(run["model"])
+    assert (exported / "adapter_model.safetensors").is_file()
+    assert (exported / "merged" / "config.json").is_file()
+    assert list((exported / "merged").glob("*.safetensors"))
+    info = json.loads((exported / "vlm_lightning_export.json").read_text())
+    assert info["mode"] == "lora" and info["image_max_tokens"] == 16
+    archive = exported.with_name(exported.name + ".zip")
+    names = set(zipfile.ZipFile(archive).namelist())
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json"} <= names
+    assert not any(n.startswith("merged/") for n in names)
+
+
+@pytest.mark.slow
+def test_greedy_tokens_agree_adapter_merged_module_and_checkpoint(run, plain) -> None:  # noqa: ANN001
+    from vlm_lightning.inference import GenerationSettings, Predictor
+    from vlm_lightning.module import VLMFineTuner
+
+    module = VLMFineTuner.load_from_checkpoint(run["best"], map_location="cpu").eval()
+    collator = run["cli"].datamodule.collator  # the validation path: same image budget and template
+    val = run["cli"].datamodule.datasets["val"]
+    pad = module.tokenizer.pad_token_id
+    from_ckpt = Predictor.load(str(run["model"]), ckpt=run["best"], device="cpu")
+    for i in range(len(val)):
+        _, tokens = module.generate(collator([val[i]]), max_new_tokens=MAX_NEW)
+        module_tokens = _strip_pad(tokens[0].tolist(), pad)
+        assert plain["adapter"][i] == module_tokens
+        assert plain["merged"][i] == module_tokens
+        text = from_ckpt.generate([from_ckpt.record(_val_images(run)[i])], GenerationSettings(MAX_NEW))[0]
+        assert text == module.tokenizer.decode(module_tokens, skip_special_tokens=True).strip()
+
+
+@pytest.mark.slow
+def test_infer_cli_streams_text_for_one_image(run, exported, plain) -> None:  # noqa: ANN001
+    image = _val_images(run)[0]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    args = ["--model", str(run["model"]), "--adapter", str(exported), "--image", str(image)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlm_lightning.infer", *args, "--max-new-tokens", str(MAX_NEW)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = plain["processor"].tokenizer.decode(plain["adapter"][0], skip_special_tokens=True).strip()
+    assert expected and proc.stdout.strip() == expected
+
+
+@pytest.mark.slow
+def test_infer_batch_mode_writes_one_row_per_image(run, exported, plain, tmp_path) -> None:  # noqa: ANN001
+    from vlm_lightning.inference import main as infer_main
+
+    images = tmp_path / "scans"
+    images.mkdir()
+    for path in _val_images(run):
+        shutil.copy(path, images / path.name)
+    (images / "notes.txt").write_text("not an image")
+    out = tmp_path / "preds" / "predictions.jsonl"
+    args = ["--model", str(exported / "merged"), "--images-dir", str(images), "--out", str(out)]
+    infer_main([*args, "--max-new-tokens", str(MAX_NEW), "--batch-size", "2"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["val-0", "val-1"]
+    tokenizer = plain["processor"].tokenizer
+    expected = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in plain["merged"]]
+    assert [r["prediction"] for r in rows] == expected
+    assert all(r["prompt"] == PROMPT for r in rows)  # the run's prompt, from the export's info file
+    csv_lines = out.with_suffix(".csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + len(rows) and csv_lines[0].startswith("id,prompt,prediction")
+
+
+@pytest.mark.slow
+def test_qlora_checkpoint_merges_into_unquantized_16_or_32_bit_base(run, exported, tmp_path) -> None:  # noqa: ANN001
+    from transformers import AutoModelForImageTextToText
+
+    from vlm_lightning.export import main as export_main
+
+    # a QLoRA run stores the same LoRA keys; only the mode differs (no bitsandbytes on CPU to train one)
+    ckpt = torch.load(run["best"], weights_only=True)
+    ckpt["vlm_lightning"]["mode"] = ckpt["hyper_parameters"]["mode"] = "qlora"
+    qlora_ckpt = tmp_path / "qlora.ckpt"
+    torch.save(ckpt, qlora_ckpt)
+    out = tmp_path / "qlora_export"
+    export_main(["--ckpt", str(qlora_ckpt), "--out", str(out), "--merge", "--device", "cpu"])
+    config = json.loads((out / "merged" / "config.json").read_text())
+    assert "quantization_config" not in config
+    merged = AutoModelForImageTextToText.from_pretrained(out / "merged")
+    assert {p.dtype for p in merged.parameters()} == {torch.float32}
+    reference = AutoModelForImageTextToText.from_pretrained(exported / "merged")
+    for (name, a), b in zip(merged.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_push_to_hub_refused_without_token(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    from vlm_lightning.export import main as export_main
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        export_main(
+            ["--ckpt", str(tmp_path / "x.ckpt"), "--out", str(tmp_path / "o"), "--push-to-hub", "me/x"]
+        )
+    assert exc.value.code == 2
+    assert "HF_TOKEN" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_refuses_foreign_checkpoint(tmp_path, capsys) -> None:  # noqa: ANN001
+    from vlm_lightning.export import main as export_main
+
+    ckpt = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": {}}, ckpt)
+    with pytest.raises(SystemExit):
+        export_main(["--ckpt", str(ckpt), "--out", str(tmp_path / "o")])
+    assert "not written by vlm_lightning" in capsys.readouterr().err
