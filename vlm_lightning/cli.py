@@ -11,6 +11,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from vlm_lightning.callbacks import PredictionWriter, RunCheckpoint
+from vlm_lightning.callbacks.throughput import Throughput
 from vlm_lightning.data.datamodule import DocumentDataModule
 from vlm_lightning.module import VLMFineTuner
 
@@ -41,6 +42,7 @@ class VLMLightningCLI(LightningCLI):
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         callbacks.append(PredictionWriter())
+        callbacks.append(Throughput())
         if trainer_cfg.get("logger") is not False:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         trainer_cfg["callbacks"] = callbacks
