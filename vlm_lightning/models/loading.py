@@ -119,7 +119,11 @@ def load_model(
     else:
         kwargs["dtype"] = DTYPES[dtype]
     if quantization is not None:
+        if not torch.cuda.is_available():
+            raise ModelLoadError("mode=qlora loads the base in 4 bits with bitsandbytes and needs a CUDA GPU")
         kwargs["quantization_config"] = quantization
+        # 4-bit weights are quantized while loading onto this process's GPU (DDP: one per LOCAL_RANK)
+        kwargs["device_map"] = {"": f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
