@@ -22,8 +22,8 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m vlm_lightning.models.tiny qwen2_vl $(DEMO_MODEL)
-	$(PY) -m vlm_lightning.data.synthetic receipts --out $(DEMO_DATA) --n 400 --seed 0 --split train=0.9,val=0.05,test=0.05
+	$(PY) -m vlm_lightning.models.tiny qwen2_vl $(DEMO_MODEL) --hidden-size 128
+	$(PY) -m vlm_lightning.data.synthetic receipts --out $(DEMO_DATA) --n 400 --seed 0 --split train=0.9,val=0.05,test=0.05 --max-items 2
 	$(PY) scripts/demo.py --config configs/quickstart.yaml
 
 test: venv
