@@ -9,11 +9,16 @@ from typing import Any
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from vlm_lightning.callbacks import PredictionWriter, RunCheckpoint
+from vlm_lightning.callbacks.nonfinite import NonFiniteGuard
+from vlm_lightning.callbacks.preemption import PreemptionCheckpoint
 from vlm_lightning.callbacks.throughput import Throughput
+from vlm_lightning.checkpoint_io import AtomicCheckpointIO
 from vlm_lightning.data.datamodule import DocumentDataModule
 from vlm_lightning.module import VLMFineTuner
+from vlm_lightning.secrets import RedactingSaveConfigCallback, load_env_file
 
 
 class VLMLightningCLI(LightningCLI):
@@ -42,10 +47,19 @@ class VLMLightningCLI(LightningCLI):
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         callbacks.append(PredictionWriter())
+        if not any(isinstance(c, PreemptionCheckpoint) for c in callbacks):
+            callbacks.append(PreemptionCheckpoint())
+        if not any(isinstance(c, NonFiniteGuard) for c in callbacks):
+            callbacks.append(NonFiniteGuard(action="stop"))
         callbacks.append(Throughput())
         if trainer_cfg.get("logger") is not False:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         trainer_cfg["callbacks"] = callbacks
+        plugins = trainer_cfg.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        trainer_cfg["plugins"] = plugins
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
@@ -69,6 +83,8 @@ class VLMLightningCLI(LightningCLI):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from vlm_lightning.callbacks.nonfinite import NonFiniteLossError
+    from vlm_lightning.checkpoint_io import CheckpointError
     from vlm_lightning.data.collator import SampleTooLongError
     from vlm_lightning.data.datamodule import ImageLoadError
     from vlm_lightning.data.leakage import LeakageError
@@ -89,6 +105,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         UnknownFamilyError,
         ModelLoadError,
         CheckpointMismatchError,
+        CheckpointError,
+        NonFiniteLossError,
         FileNotFoundError,
     )
 
@@ -99,6 +117,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> VLMLightningCL
         VLMFineTuner,
         DocumentDataModule,
         seed_everything_default=0,
+        save_config_callback=RedactingSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"default_root_dir": "runs", "log_every_n_steps": 1},
         args=args,
@@ -109,6 +128,9 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> VLMLightningCL
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``python -m vlm_lightning``: user mistakes end with a clear message, exit code 2."""
+    loaded = load_env_file(".env")  # never overrides variables already set
+    if loaded:
+        print(f"[vlm_lightning] loaded from .env: {', '.join(sorted(loaded))}", file=sys.stderr)
     try:
         build_cli(args)
     except _user_errors() as exc:

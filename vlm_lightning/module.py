@@ -126,14 +126,22 @@ class VLMFineTuner(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, n_tokens, correct = self.model_step(batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss {loss.item()} at global step {self.global_step}, batch ids {batch['ids']}"
-            )
+            if not self._nonfinite_guarded():
+                raise FloatingPointError(
+                    f"non-finite loss {loss.item()} at global step {self.global_step}, batch ids {batch['ids']}"
+                )
+            return loss  # NonFiniteGuard stops or drops this update; keep NaN out of the logged means
         bsz = batch["labels"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
         self.log("train/token_acc", correct / n_tokens.clamp(min=1), batch_size=bsz)
         self.log("train/tokens", n_tokens.float(), reduce_fx="sum", batch_size=bsz)
         return loss
+
+    def _nonfinite_guarded(self) -> bool:
+        """Whether a ``NonFiniteGuard`` callback handles non-finite losses (it names step and batch ids)."""
+        from vlm_lightning.callbacks.nonfinite import NonFiniteGuard
+
+        return self._trainer is not None and any(isinstance(c, NonFiniteGuard) for c in self.trainer.callbacks)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]

@@ -132,6 +132,9 @@ class DocumentDataModule(L.LightningDataModule):
         self.skipped: list[RowProblem] = []
         self._processor: Any = None
         self._collator: ChatCollator | None = None
+        from vlm_lightning.data.sampling import StreamPosition
+
+        self.train_position = StreamPosition()
 
     # --- processor and collator -------------------------------------------------------------
     @property
@@ -276,10 +279,14 @@ class DocumentDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         sampler = None
         trainer = self.trainer
+        loader_cls: type[DataLoader] = DataLoader
+        extra: dict[str, Any] = {}
         if shuffle:
-            from vlm_lightning.data.sampling import EpochShuffleSampler
+            from vlm_lightning.data.sampling import EpochShuffleSampler, StreamDataLoader
 
-            sampler = EpochShuffleSampler(len(dataset), seed=self.hparams.seed)
+            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            sampler = EpochShuffleSampler(len(dataset), seed=self.hparams.seed, num_replicas=world, rank=rank)
+            loader_cls, extra = StreamDataLoader, {"position": self.train_position}
         elif trainer is not None and trainer.world_size > 1:
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
@@ -287,7 +294,7 @@ class DocumentDataModule(L.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(
                 dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
             )
-        return DataLoader(
+        return loader_cls(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             sampler=sampler,
@@ -295,6 +302,10 @@ class DocumentDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            # worker seeds come from this generator, not the global RNG: creating an iterator (Lightning
+            # does so a different number of times in resumed runs) must not shift the dropout RNG stream
+            generator=torch.Generator().manual_seed(self.hparams.seed),
+            **extra,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -310,6 +321,15 @@ class DocumentDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", shuffle=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: where training is in the sample stream."""
+        return {"train_position": self.train_position.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restored by ``fit --ckpt_path`` before the train dataloader is built."""
+        if "train_position" in state_dict:
+            self.train_position.load_state_dict(state_dict["train_position"])
 
     def write_skipped(self, run_dir: str | Path) -> Path | None:
         """Write the list of skipped rows next to the run (``on_bad_row: skip``)."""

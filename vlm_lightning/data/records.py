@@ -97,13 +97,37 @@ def _as_answers(key: str, value: Any) -> list[str]:
 
 def _check_image(path: Path) -> str | None:
     """Return a reason if the image file cannot be used, else None."""
-    if not path.is_file():
-        return f"image file not found: {path}"
+    try:
+        if not path.is_file():
+            return f"image file not found: {path}"
+    except (OSError, ValueError) as exc:  # name too long, embedded NUL, ...
+        return f"invalid image path {str(path)[:200]!r}: {type(exc).__name__}: {exc}"
     try:
         with Image.open(path) as im:
             im.verify()
+        with Image.open(path) as im:  # verify() does not decode pixel data: truncated JPEGs pass it
+            im.load()
     except Exception as exc:  # PIL raises many types for corrupt files
         return f"unreadable image {path}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _invalid_text_field(row: Any) -> str | None:
+    """The field of a parsed row holding a string that is not valid text (a lone ``\\udXXX`` escape)."""
+    stack: list[tuple[str, Any]] = [("<row>", row)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return where
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key if where == "<row>" else f"{where}.{key}", item))
+                stack.append((where, key))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
     return None
 
 
@@ -247,7 +271,7 @@ def read_jsonl(
     with path.open("rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")  # tolerate a byte-order mark
             except UnicodeDecodeError as exc:
                 problems.append(RowProblem(str(path), line_no, "<row>", f"invalid UTF-8: {exc}"))
                 continue
@@ -257,6 +281,14 @@ def read_jsonl(
                 row = json.loads(text)
             except json.JSONDecodeError as exc:
                 problems.append(RowProblem(str(path), line_no, "<row>", f"JSON syntax error: {exc}"))
+                continue
+            except (ValueError, RecursionError) as exc:  # integers over 4300 digits, absurdly deep nesting
+                reason = f"unparseable JSON: {type(exc).__name__}: {str(exc)[:200]}"
+                problems.append(RowProblem(str(path), line_no, "<row>", reason))
+                continue
+            if (where := _invalid_text_field(row)) is not None:
+                reason = "invalid Unicode: a lone surrogate escape (such as \\ud800) is not text"
+                problems.append(RowProblem(str(path), line_no, where, reason))
                 continue
             record, row_problems = record_from_row(
                 row,
