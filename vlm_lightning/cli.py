@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from vlm_lightning.callbacks import PredictionWriter, RunCheckpoint
+from vlm_lightning.callbacks.curves import TrainingCurves
 from vlm_lightning.callbacks.nonfinite import NonFiniteGuard
 from vlm_lightning.callbacks.preemption import PreemptionCheckpoint
 from vlm_lightning.callbacks.throughput import Throughput
@@ -19,9 +20,10 @@ from vlm_lightning.checkpoint_io import AtomicCheckpointIO
 from vlm_lightning.data.datamodule import DocumentDataModule
 from vlm_lightning.module import VLMFineTuner
 from vlm_lightning.secrets import RedactingSaveConfigCallback, load_env_file
+from vlm_lightning.tracking import PredictionTable, TrackingChecks
 
 
-class VLMLightningCLI(LightningCLI):
+class VLMLightningCLI(TrackingChecks, LightningCLI):
     """LightningCLI wiring: processor linked from the model, checkpoint + early stopping composed."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -52,6 +54,8 @@ class VLMLightningCLI(LightningCLI):
         if not any(isinstance(c, NonFiniteGuard) for c in callbacks):
             callbacks.append(NonFiniteGuard(action="stop"))
         callbacks.append(Throughput())
+        callbacks.append(TrainingCurves())
+        callbacks.append(PredictionTable())
         if trainer_cfg.get("logger") is not False:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         trainer_cfg["callbacks"] = callbacks
@@ -94,6 +98,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from vlm_lightning.models.families import UnknownFamilyError
     from vlm_lightning.models.loading import ModelLoadError
     from vlm_lightning.module import CheckpointMismatchError
+    from vlm_lightning.tracking import TrackingConfigError
 
     return (
         DataValidationError,
@@ -107,6 +112,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         CheckpointMismatchError,
         CheckpointError,
         NonFiniteLossError,
+        TrackingConfigError,
         FileNotFoundError,
     )
 

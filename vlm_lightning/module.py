@@ -117,6 +117,7 @@ class VLMFineTuner(L.LightningModule):
         self.val_loss = _TokenMean()
         self.train_token_acc = MeanMetric()
         self.val_token_acc = _TokenMean()
+        self.last_val_samples: list[dict[str, Any]] = []  # first val batch, for tracking.PredictionTable
 
     # --- one shared step ----------------------------------------------------------------------
     def model_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -141,7 +142,9 @@ class VLMFineTuner(L.LightningModule):
         """Whether a ``NonFiniteGuard`` callback handles non-finite losses (it names step and batch ids)."""
         from vlm_lightning.callbacks.nonfinite import NonFiniteGuard
 
-        return self._trainer is not None and any(isinstance(c, NonFiniteGuard) for c in self.trainer.callbacks)
+        return self._trainer is not None and any(
+            isinstance(c, NonFiniteGuard) for c in self.trainer.callbacks
+        )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
@@ -155,6 +158,11 @@ class VLMFineTuner(L.LightningModule):
         if self.hparams.val_generate:
             texts, _ = self.generate(batch)
             self.val_metrics.update(texts, batch["answers"])
+            if batch_idx == 0:
+                self.last_val_samples = [
+                    {"id": i, "prompt": p, "prediction": t, "target": a[0] if len(a) == 1 else a}
+                    for i, p, t, a in zip(batch["ids"], batch["prompts"], texts, batch["answers"])
+                ][:8]
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
@@ -254,7 +262,15 @@ class VLMFineTuner(L.LightningModule):
         """Prompt and image settings inference needs to reproduce training inputs."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         hparams = getattr(datamodule, "hparams", {}) or {}
-        keys = ("prompt", "system", "image_max_tokens", "image_min_tokens", "max_image_side", "max_length", "mask")
+        keys = (
+            "prompt",
+            "system",
+            "image_max_tokens",
+            "image_min_tokens",
+            "max_image_side",
+            "max_length",
+            "mask",
+        )
         return {k: hparams[k] for k in keys if k in hparams}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

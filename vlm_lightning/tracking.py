@@ -162,21 +162,25 @@ def secret_arguments(value: Any, prefix: str = "") -> list[str]:
     return found
 
 
-def _env_hint(class_name: str) -> str:
+def _env_hint(class_name: str) -> str | None:
     lowered = class_name.lower()
     for tool, variable in ENV_HINTS.items():
         if tool in lowered:
             return variable
-    return "the environment variable the logger documents"
+    return None
 
 
 def _secret_error(names: list[str], class_name: str) -> TrackingConfigError:
     variable = _env_hint(class_name)
     where = ", ".join(sorted(set(names)))
+    if variable:
+        how = f"set {variable} in the environment or in .env instead (`export {variable}=...`)"
+    else:
+        known = ", ".join(f"{v} for {k}" for k, v in ENV_HINTS.items())
+        how = f"set the logger's variable in the environment or in .env instead ({known})"
     return TrackingConfigError(
         f"credentials must not be passed as logger arguments ({where}): they would be saved in the run's "
-        f"config.yaml. Remove them and set {variable} in the environment or in .env instead "
-        f"(e.g. `export {variable}=...`)."
+        f"config.yaml. Remove them and {how}."
     )
 
 
@@ -262,7 +266,9 @@ def refuse_secret_arguments(args: Any) -> None:
     logger_class = ""
     for i, token in enumerate(tokens):
         if _option_name(token) in ("trainer.logger", "trainer.logger.class_path"):
-            logger_class = token.split("=", 1)[1] if "=" in token else tokens[i + 1] if i + 1 < len(tokens) else ""
+            logger_class = (
+                token.split("=", 1)[1] if "=" in token else tokens[i + 1] if i + 1 < len(tokens) else ""
+            )
     for i, token in enumerate(tokens):
         name = _option_name(token)
         if name is None:
@@ -300,7 +306,13 @@ def _check_config_file(path: Path) -> None:
         return  # jsonargparse reports unreadable configs itself
     if not isinstance(loaded, Mapping):
         return
-    for section in (loaded, loaded.get("fit"), loaded.get("test"), loaded.get("validate"), loaded.get("predict")):
+    for section in (
+        loaded,
+        loaded.get("fit"),
+        loaded.get("test"),
+        loaded.get("validate"),
+        loaded.get("predict"),
+    ):
         trainer = section.get("trainer") if isinstance(section, Mapping) else None
         if isinstance(trainer, Mapping) and trainer.get("logger") is not None:
             for entry in _entries(trainer["logger"]):
@@ -401,10 +413,11 @@ class PredictionTable(Callback):
             or not self.generate_if_missing
             or hasattr(pl_module, "last_val_samples")
             or not hasattr(pl_module, "generate")
-            or not self._active(trainer)
+            or trainer.sanity_checking
+            or _wandb_logger(trainer) is None
         ):
             return
-        texts, _ = pl_module.generate(batch)
+        texts, _ = pl_module.generate(batch)  # on every rank: sharded models generate collectively
         self._generated = [
             {"id": i, "prompt": p, "prediction": t, "target": a[0] if len(a) == 1 else a}
             for i, p, t, a in zip(batch["ids"], batch["prompts"], texts, batch["answers"])

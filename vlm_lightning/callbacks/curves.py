@@ -140,31 +140,47 @@ class TrainingCurves(Callback):
         self.history = defaultdict(list)
         self.path = None
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    def _put(self, key: str, step: float, value: float) -> None:
+        """Append a point; a second value at the same step (gradient accumulation) replaces the first."""
+        points = self.history[key]
+        if points and points[-1][0] == step:
+            points[-1] = (step, value)
+        else:
+            points.append((step, value))
+
+    # steps follow metrics.csv: the lr used by optimizer step k, then the loss of that step, both at k
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if trainer.global_rank != 0:
             return
         step = float(trainer.global_step)
-        for key in TRAIN_LOSS_KEYS:
-            value = _scalar(trainer.callback_metrics.get(key))
-            if value is not None:
-                self.history[key].append((step, value))
-                break
         for optimizer in trainer.optimizers:
             name = f"lr-{type(optimizer).__name__}"
             for i, group in enumerate(optimizer.param_groups):
                 value = _scalar(group.get("lr"))
                 if value is not None:
-                    self.history[name if i == 0 else f"{name}/pg{i + 1}"].append((step, value))
+                    self._put(name if i == 0 else f"{name}/pg{i + 1}", step, value)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_rank != 0:
+            return
+        step = float(max(0, trainer.global_step - 1))
+        for key in TRAIN_LOSS_KEYS:
+            value = _scalar(trainer.callback_metrics.get(key))
+            if value is not None:
+                self._put(key, step, value)
+                break
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank != 0 or trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        step = float(trainer.global_step)
+        step = float(max(0, trainer.global_step - 1))
         for key, value in trainer.callback_metrics.items():
             if key.startswith("val/") and (number := _scalar(value)) is not None:
-                self.history[key].append((step, number))
+                self._put(key, step, number)
 
     # --- the figure ---------------------------------------------------------------------------
     def collect(self, trainer: L.Trainer) -> tuple[Series, str]:
@@ -180,10 +196,14 @@ class TrainingCurves(Callback):
         return dict(self.history), "callback history"
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_rank != 0 or _has_earlier_twin(self, trainer):
+        if _has_earlier_twin(self, trainer):
+            return
+        from vlm_lightning.callbacks.predictions import run_dir
+
+        folder = run_dir(trainer)  # a broadcast: every rank takes part, only rank 0 draws
+        if trainer.global_rank != 0:
             return
         series, source = self.collect(trainer)
-        folder = Path(trainer.log_dir if trainer.loggers else trainer.default_root_dir)
         checkpoint = trainer.checkpoint_callback
         monitor = getattr(checkpoint, "monitor", None)
         title = f"{folder} (from {Path(source).name if source.endswith('.csv') else source})"
