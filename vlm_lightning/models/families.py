@@ -118,6 +118,9 @@ class FamilyFacts:
         )
 
 
+ATTENTION_QKVO = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+GATED_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
 FAMILIES: dict[str, FamilyFacts] = {
     "qwen2_vl": FamilyFacts(
         name="qwen2_vl",
@@ -125,8 +128,8 @@ FAMILIES: dict[str, FamilyFacts] = {
         language_model="model.language_model",
         vision_tower="model.visual",
         projector="model.visual.merger",
-        attention_modules=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
-        mlp_modules=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+        attention_modules=ATTENTION_QKVO,
+        mlp_modules=GATED_MLP,
         end_of_turn="<|im_end|>",
         checkpoints=("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct"),
         set_image_tokens=_set_qwen_pixels,
@@ -156,8 +159,8 @@ FAMILIES: dict[str, FamilyFacts] = {
         language_model="model.language_model",
         vision_tower="model.visual",
         projector="model.visual.merger",
-        attention_modules=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
-        mlp_modules=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+        attention_modules=ATTENTION_QKVO,
+        mlp_modules=GATED_MLP,
         end_of_turn="<|im_end|>",
         checkpoints=("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"),
         set_image_tokens=_set_qwen_pixels,
@@ -169,8 +172,8 @@ FAMILIES: dict[str, FamilyFacts] = {
         language_model="model.language_model",
         vision_tower="model.visual",
         projector="model.visual.merger",
-        attention_modules=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
-        mlp_modules=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+        attention_modules=ATTENTION_QKVO,
+        mlp_modules=GATED_MLP,
         end_of_turn="<|im_end|>",
         checkpoints=("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-4B-Instruct"),
         set_image_tokens=_set_qwen_pixels,
@@ -185,8 +188,8 @@ FAMILIES: dict[str, FamilyFacts] = {
         language_model="model.language_model",
         vision_tower="model.vision_tower",
         projector="model.multi_modal_projector",
-        attention_modules=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
-        mlp_modules=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+        attention_modules=ATTENTION_QKVO,
+        mlp_modules=GATED_MLP,
         end_of_turn="<eos>",
         prompt_style="prefix_suffix",
         checkpoints=("google/paligemma-3b-pt-224", "google/paligemma2-3b-pt-224"),
@@ -203,8 +206,8 @@ FAMILIES: dict[str, FamilyFacts] = {
         language_model="model.text_model",
         vision_tower="model.vision_model",
         projector="model.connector",
-        attention_modules=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
-        mlp_modules=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+        attention_modules=ATTENTION_QKVO,
+        mlp_modules=GATED_MLP,
         end_of_turn="<end_of_utterance>",
         checkpoints=(
             "HuggingFaceTB/SmolVLM-256M-Instruct",
@@ -223,8 +226,8 @@ FAMILIES: dict[str, FamilyFacts] = {
         language_model="model.text_model",
         vision_tower="model.vision_model",
         projector="model.connector",
-        attention_modules=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
-        mlp_modules=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+        attention_modules=ATTENTION_QKVO,
+        mlp_modules=GATED_MLP,
         end_of_turn="<end_of_utterance>",
         checkpoints=(
             "HuggingFaceTB/SmolVLM2-256M-Video-Instruct",

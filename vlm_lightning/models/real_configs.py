@@ -150,20 +150,6 @@ LFM2_VL_SPECIALS = [
     *[f"<|img_row_{r}_col_{c}|>" for r in range(1, 11) for c in range(1, 11)],
 ]
 
-# Facts for LFM2-VL when vlm_lightning.models.families does not (yet) define the family.
-LFM2_VL_FACTS = FamilyFacts(
-    name="lfm2_vl",
-    model_types=("lfm2_vl",),
-    language_model="model.language_model",
-    vision_tower="model.vision_tower",
-    projector="model.multi_modal_projector",
-    attention_modules=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"),
-    mlp_modules=("feed_forward.w1", "feed_forward.w2", "feed_forward.w3"),
-    end_of_turn="<|im_end|>",
-    checkpoints=("LiquidAI/LFM2-VL-1.6B", "LiquidAI/LFM2-VL-450M"),
-    notes="hybrid short-conv / GQA language model; SigLIP2 NaFlex tower",
-    extra_layer_modules=("conv.in_proj", "conv.out_proj"),
-)
 
 
 def _pad_vocab(n: int, multiple: int = 64) -> int:
@@ -278,14 +264,12 @@ REAL_ARCHITECTURES: dict[str, RealArchitecture] = {
 
 
 def family_facts(family: str) -> FamilyFacts:
-    """The family's facts from ``FAMILIES``; LFM2-VL falls back to ``LFM2_VL_FACTS`` if not registered."""
+    """The family's facts from ``FAMILIES`` (by name or model type)."""
     if family in FAMILIES:
         return FAMILIES[family]
     for facts in FAMILIES.values():
         if family in facts.model_types:
             return facts
-    if family in ("lfm2_vl", "lfm2-vl"):
-        return LFM2_VL_FACTS
     raise ValueError(f"unknown family {family!r}")
 
 
