@@ -6,6 +6,7 @@ import os
 import sys
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
@@ -142,3 +143,18 @@ def main(args: list[str] | None = None) -> None:
     except _user_errors() as exc:
         print(f"vlm_lightning: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except torch.OutOfMemoryError as exc:
+        print(f"vlm_lightning: error: {out_of_memory_advice(exc)}", file=sys.stderr)
+        raise SystemExit(3) from None
+
+
+def out_of_memory_advice(exc: BaseException) -> str:
+    """What to change when a step runs out of GPU memory."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+    return (
+        f"the GPU ran out of memory ({first}). Knobs that help, cheapest first: lower --data.batch_size and raise "
+        "--trainer.accumulate_grad_batches to keep the effective batch; lower the image token budget "
+        "(--data.image_max_tokens, i.e. max pixels) or --data.max_image_side; --model.gradient_checkpointing true; "
+        "--model.mode qlora (4-bit base); lower --data.max_length or --data.eval_batch_size if it happened in "
+        "validation. The last good checkpoint is <run>/last.ckpt."
+    )

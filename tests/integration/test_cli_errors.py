@@ -112,3 +112,29 @@ def test_missing_data_file(tiny_replica, data, tmp_path) -> None:  # noqa: ANN00
         "fit", *common(tiny_replica("qwen2_vl"), {**data, "train": tmp_path / "nope.jsonl"}, tmp_path)
     )
     assert_clean_error(proc, "data file not found", "nope.jsonl")
+
+
+def test_out_of_memory_gives_advice_not_a_traceback(
+    tiny_replica, data, tmp_path, monkeypatch, capsys
+) -> None:  # noqa: ANN001
+    import torch
+
+    from vlm_lightning.cli import main
+    from vlm_lightning.module import VLMFineTuner
+
+    def oom(self, batch):  # noqa: ANN001, ANN202
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(VLMFineTuner, "model_step", oom)
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fit",
+                *common(tiny_replica("qwen2_vl"), data, tmp_path),
+                "--trainer.enable_progress_bar",
+                "false",
+            ]
+        )
+    assert exit_info.value.code == 3
+    err = capsys.readouterr().err
+    assert "ran out of memory" in err and "--data.batch_size" in err and "gradient_checkpointing" in err

@@ -192,3 +192,41 @@ def test_ddp_on_cpu_fit_runs(tiny_replica, data, tmp_path) -> None:  # noqa: ANN
     proc = _run_cli("fit", *args, "--trainer.strategy", "ddp")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "best checkpoint:" in proc.stdout
+
+
+def test_reports_and_baseline_vs_finetuned(fitted, tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
+    import csv
+
+    cli, _ = fitted
+    best = str(Path(cli.trainer.log_dir) / "best.ckpt")
+    args = base_args(tiny_replica("qwen2_vl"), data, tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlm_lightning.evaluation.compare",
+            "--ckpt_path",
+            best,
+            "--out",
+            str(tmp_path / "cmp.md"),
+            "--",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "cmp.md").read_text()
+    assert "| metric | baseline | fine-tuned | delta |" in table and "| json_valid_rate |" in table
+    runs = sorted(tmp_path.glob("version_*"))
+    assert len(runs) == 2  # baseline and fine-tuned, same split
+    report = (runs[-1] / "report.md").read_text()
+    for section in ("## Per field", "## Per document type", "## Failures", "## Latency"):
+        assert section in report
+    rows = list(csv.DictReader((runs[-1] / "predictions.csv").open()))
+    assert len(rows) == 5 and {"id", "prediction", "target", "parsed", "latency_ms"} <= set(rows[0])
+    metrics = json.loads((runs[-1] / "metrics.json").read_text())
+    assert set(metrics["failures"]) >= {"invalid_json", "missing_field", "wrong_value", "empty_output"}
+    assert sum(metrics["failures"].values()) == 5
+    assert metrics["latency"]["p95_ms"] >= metrics["latency"]["p50_ms"] > 0

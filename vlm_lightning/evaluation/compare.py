@@ -15,9 +15,9 @@ from pathlib import Path
 METRICS_LINE = "[vlm_lightning] metrics:"
 
 
-def run_test(config: str, ckpt_path: str | None, extra: list[str]) -> dict:
+def run_test(config: str | None, ckpt_path: str | None, extra: list[str]) -> dict:
     """Run ``python -m vlm_lightning test`` in a fresh process and return its metrics.json."""
-    cmd = [sys.executable, "-m", "vlm_lightning", "test", "--config", config, *extra]
+    cmd = [sys.executable, "-m", "vlm_lightning", "test", *(["--config", config] if config else []), *extra]
     if ckpt_path:
         cmd += ["--ckpt_path", ckpt_path]
     print("$", " ".join(cmd), flush=True)
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", default=None, help="the run's YAML (other CLI arguments go after --)")
     parser.add_argument("--ckpt_path", required=True)
     parser.add_argument("--out", default=None, help="markdown file (default: next to the fine-tuned metrics)")
     args, extra = parser.parse_known_args(argv)
