@@ -95,3 +95,14 @@ def test_dataset_spec_with_adapter(tiny_replica, data, tmp_path) -> None:  # noq
     records = dm.datasets["train"].records
     assert [r.answers for r in records] == [["12.5"], ["ACME"]]
     assert "What is the total?" in records[0].messages[-2]["content"]
+
+
+def test_enhancement_applies_to_every_split(tiny_replica, data) -> None:  # noqa: ANN001
+    plain = make(tiny_replica, data)
+    plain.setup("fit")
+    enhanced = make(tiny_replica, data, enhance_contrast=1.8, max_image_side=64)
+    enhanced.setup("fit")
+    for split in ("train", "val"):
+        a, b = plain.datasets[split][0][1][0], enhanced.datasets[split][0][1][0]
+        assert max(b.size) == 64 and max(a.size) > 64
+        assert np.asarray(b).std() > np.asarray(a.resize(b.size)).std()

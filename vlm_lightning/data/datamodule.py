@@ -28,11 +28,18 @@ class RecordDataset(Dataset):
     """Records with their images loaded (and, for training, augmented) on access."""
 
     def __init__(
-        self, records: list[Record], augmenter: Any = None, max_image_side: int | None = None
+        self,
+        records: list[Record],
+        augmenter: Any = None,
+        max_image_side: int | None = None,
+        contrast: float = 1.0,
+        sharpness: float = 1.0,
     ) -> None:
         self.records = records
         self.augmenter = augmenter
         self.max_image_side = max_image_side
+        self.contrast = contrast
+        self.sharpness = sharpness
         self.lengths: list[int] | None = None
 
     def __len__(self) -> int:
@@ -51,8 +58,10 @@ class RecordDataset(Dataset):
                 raise ImageLoadError(
                     f"{where}: sample '{record.id}': cannot load image {image}: {exc}"
                 ) from exc
-            if self.max_image_side and max(im.size) > self.max_image_side:
-                im.thumbnail((self.max_image_side, self.max_image_side), Image.Resampling.BICUBIC)
+            if self.max_image_side or self.contrast != 1.0 or self.sharpness != 1.0:
+                from vlm_lightning.data.augment import enhance
+
+                im = enhance(im, max_side=self.max_image_side, contrast=self.contrast, sharpness=self.sharpness)
             if self.augmenter is not None and "augment_key" in record.meta:
                 im = self.augmenter(im, key=record.meta["augment_key"])
             images.append(im)
@@ -78,6 +87,7 @@ class DocumentDataModule(L.LightningDataModule):
         val_limit: evaluate on at most this many validation samples (generation is the costly part).
         image_max_tokens / image_min_tokens: image-token budget, translated to the family's processor knobs.
         max_image_side: shrink larger images (longest side, pixels) before the processor sees them.
+        enhance_contrast / enhance_sharpness: PIL enhancement factors applied to every split (1.0 = off).
         augment: albumentations pipeline for training only (``"default"`` or a list of transforms).
         augment_copies / augment_p: augmented copies added per training sample, and per-copy probability.
         leakage: overlap of ids, images or (image, question) pairs between splits is an ``error`` (default),
@@ -109,6 +119,8 @@ class DocumentDataModule(L.LightningDataModule):
         image_max_tokens: int | None = None,
         image_min_tokens: int | None = None,
         max_image_side: int | None = None,
+        enhance_contrast: float = 1.0,
+        enhance_sharpness: float = 1.0,
         augment: str | list[dict] | None = None,
         augment_copies: int = 0,
         augment_p: float = 0.6,
@@ -234,7 +246,13 @@ class DocumentDataModule(L.LightningDataModule):
             augmenter = None
             if split == "train":
                 records, augmenter = self._augment(records)
-            self.datasets[split] = RecordDataset(records, augmenter, self.hparams.max_image_side)
+            self.datasets[split] = RecordDataset(
+                records,
+                augmenter,
+                self.hparams.max_image_side,
+                self.hparams.enhance_contrast,
+                self.hparams.enhance_sharpness,
+            )
         if self.hparams.check_lengths:
             self._check_lengths([s for s in needed if s in self.datasets and s != "predict"])
 
