@@ -106,3 +106,44 @@ def test_enhancement_applies_to_every_split(tiny_replica, data) -> None:  # noqa
         a, b = plain.datasets[split][0][1][0], enhanced.datasets[split][0][1][0]
         assert max(b.size) == 64 and max(a.size) > 64
         assert np.asarray(b).std() > np.asarray(a.resize(b.size)).std()
+
+
+def test_cache_hits_on_second_run_and_invalidates_on_setting_change(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
+    import time
+
+    from vlm_lightning.data.collator import ChatCollator
+
+    calls = {"n": 0}
+    original = ChatCollator.lengths
+
+    def counting(self, items, problems):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        return original(self, items, problems)
+
+    cache = str(tmp_path / "cache")
+    ChatCollator.lengths = counting
+    try:
+        start = time.perf_counter()
+        first = make(tiny_replica, data, cache_dir=cache, max_image_side=80)
+        first.setup("fit")
+        cold = time.perf_counter() - start
+        pixels = np.asarray(first.datasets["train"][0][1][0])  # writes the processed image
+        assert calls["n"] > 0 and list((tmp_path / "cache" / "images").rglob("*.png"))
+        calls["n"] = 0
+        start = time.perf_counter()
+        second = make(tiny_replica, data, cache_dir=cache, max_image_side=80)
+        second.setup("fit")
+        warm = time.perf_counter() - start
+        assert calls["n"] == 0  # token lengths reused
+        assert second.datasets["train"].lengths == first.datasets["train"].lengths
+        hits = second.cache.hits
+        assert np.array_equal(np.asarray(second.datasets["train"][0][1][0]), pixels)
+        assert second.cache.hits == hits + 1  # processed image reused
+        print(f"length check: cold {cold:.2f} s, from cache {warm:.2f} s")
+        make(tiny_replica, data, cache_dir=cache, max_image_side=80, max_length=390).setup("fit")
+        assert calls["n"] > 0  # a setting that changes tokens invalidates the entry
+        calls["n"] = 0
+        make(tiny_replica, data, cache_dir=cache, max_image_side=80, clear_cache=True).setup("fit")
+        assert calls["n"] > 0  # cleared
+    finally:
+        ChatCollator.lengths = original

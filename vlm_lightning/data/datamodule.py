@@ -34,8 +34,12 @@ class RecordDataset(Dataset):
         max_image_side: int | None = None,
         contrast: float = 1.0,
         sharpness: float = 1.0,
+        cache: Any = None,
+        cache_settings: Any = None,
     ) -> None:
         self.records = records
+        self.cache = cache
+        self.cache_settings = cache_settings
         self.augmenter = augmenter
         self.max_image_side = max_image_side
         self.contrast = contrast
@@ -49,6 +53,15 @@ class RecordDataset(Dataset):
         record = self.records[index]
         images = []
         for image in record.images:
+            key = None
+            if self.cache is not None and isinstance(image, (str, Path)):
+                from vlm_lightning.data.cache import fingerprint
+
+                key = fingerprint(str(image), self.cache_settings, record.meta.get("augment_key"))
+                cached = self.cache.get_image(key)
+                if cached is not None:
+                    images.append(cached)
+                    continue
             try:
                 im = load_image(image)
             except Exception as exc:
@@ -61,9 +74,13 @@ class RecordDataset(Dataset):
             if self.max_image_side or self.contrast != 1.0 or self.sharpness != 1.0:
                 from vlm_lightning.data.augment import enhance
 
-                im = enhance(im, max_side=self.max_image_side, contrast=self.contrast, sharpness=self.sharpness)
+                im = enhance(
+                    im, max_side=self.max_image_side, contrast=self.contrast, sharpness=self.sharpness
+                )
             if self.augmenter is not None and "augment_key" in record.meta:
                 im = self.augmenter(im, key=record.meta["augment_key"])
+            if key is not None:
+                self.cache.put_image(key, im)
             images.append(im)
         return record, images
 
@@ -88,6 +105,9 @@ class DocumentDataModule(L.LightningDataModule):
         image_max_tokens / image_min_tokens: image-token budget, translated to the family's processor knobs.
         max_image_side: shrink larger images (longest side, pixels) before the processor sees them.
         enhance_contrast / enhance_sharpness: PIL enhancement factors applied to every split (1.0 = off).
+        cache_dir: keep preprocessed (enhanced, and for augmented copies augmented) images and token
+            lengths here, keyed by the source files and every setting that changes them; reused by later runs.
+        clear_cache: empty ``cache_dir`` before use.
         augment: albumentations pipeline for training only (``"default"`` or a list of transforms).
         augment_copies / augment_p: augmented copies added per training sample, and per-copy probability.
         leakage: overlap of ids, images or (image, question) pairs between splits is an ``error`` (default),
@@ -121,6 +141,8 @@ class DocumentDataModule(L.LightningDataModule):
         max_image_side: int | None = None,
         enhance_contrast: float = 1.0,
         enhance_sharpness: float = 1.0,
+        cache_dir: str | None = None,
+        clear_cache: bool = False,
         augment: str | list[dict] | None = None,
         augment_copies: int = 0,
         augment_p: float = 0.6,
@@ -252,21 +274,66 @@ class DocumentDataModule(L.LightningDataModule):
                 self.hparams.max_image_side,
                 self.hparams.enhance_contrast,
                 self.hparams.enhance_sharpness,
+                cache=self.cache,
+                cache_settings=self._image_settings(),
             )
         if self.hparams.check_lengths:
             self._check_lengths([s for s in needed if s in self.datasets and s != "predict"])
+
+    @property
+    def cache(self) -> Any:
+        """The preprocessing cache (None without ``cache_dir``)."""
+        if not self.hparams.cache_dir:
+            return None
+        if getattr(self, "_cache", None) is None:
+            from vlm_lightning.data.cache import PreprocessCache
+
+            self._cache = PreprocessCache(self.hparams.cache_dir)
+            if self.hparams.clear_cache and (self.trainer is None or self.trainer.is_global_zero):
+                self._cache.clear()
+        return self._cache
+
+    def _image_settings(self) -> dict[str, Any]:
+        keys = ("max_image_side", "enhance_contrast", "enhance_sharpness", "augment", "augment_p", "seed")
+        return {k: self.hparams[k] for k in keys}
+
+    def _lengths_key(self, dataset: RecordDataset) -> str:
+        from vlm_lightning.data.cache import fingerprint
+
+        samples = [
+            (r.id, r.messages, [str(i) for i in r.images], r.meta.get("augment_key")) for r in dataset.records
+        ]
+        sources = sorted({str(i) for r in dataset.records for i in r.images if isinstance(i, (str, Path))})
+        settings = {
+            k: self.hparams[k] for k in ("max_length", "image_max_tokens", "image_min_tokens", "mask")
+        }
+        return fingerprint(
+            samples,
+            [fingerprint(s) for s in sources],
+            settings,
+            self._image_settings(),
+            fingerprint(str(Path(self._require_processor_name()) / "config.json")),
+            self._require_processor_name(),
+        )
 
     def _check_lengths(self, splits: list[Split]) -> None:
         """Tokenize every sample once; report every sample that cannot fit, all together."""
         problems: list[str] = []
         for split in splits:
             dataset = self.datasets[split]
+            key = self._lengths_key(dataset) if self.cache is not None else None
+            cached = self.cache.get_json(key) if key else None
+            if cached is not None:
+                dataset.lengths = cached
+                continue
             lengths: list[int] = []
             chunk = 16
             for start in range(0, len(dataset), chunk):
                 items = [dataset[i] for i in range(start, min(start + chunk, len(dataset)))]
                 lengths.extend(self.collator.lengths(items, problems))
             dataset.lengths = lengths
+            if key and not problems:
+                self.cache.put_json(key, lengths)
         if problems:
             raise DataValidationError(
                 [RowProblem("<length check>", 0, "max_length", p) for p in problems],
