@@ -6,6 +6,7 @@ adapters in ``vlm_lightning.data.collator`` (chosen by ``FamilyFacts.prompt_styl
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -220,23 +221,14 @@ FAMILIES: dict[str, FamilyFacts] = {
             "space, so answers start with ' ' (the template renders 'Assistant: answer<end_of_utterance>')"
         ),
     ),
-    "smolvlm": FamilyFacts(
-        name="smolvlm",
-        model_types=("smolvlm",),
-        language_model="model.text_model",
-        vision_tower="model.vision_model",
-        projector="model.connector",
-        attention_modules=ATTENTION_QKVO,
-        mlp_modules=GATED_MLP,
-        end_of_turn="<end_of_utterance>",
-        checkpoints=(
-            "HuggingFaceTB/SmolVLM2-256M-Video-Instruct",
-            "HuggingFaceTB/SmolVLM2-500M-Video-Instruct",
-        ),
-        set_image_tokens=_set_idefics3_tiles,
-        notes="SmolVLM2 (model_type smolvlm); processor needs num2words; same template quirks as idefics3",
-    ),
 }
+FAMILIES["smolvlm"] = dataclasses.replace(
+    FAMILIES["idefics3"],
+    name="smolvlm",
+    model_types=("smolvlm",),
+    checkpoints=("HuggingFaceTB/SmolVLM2-256M-Video-Instruct", "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"),
+    notes="SmolVLM2 (model_type smolvlm); processor needs num2words; same template quirks as idefics3",
+)
 
 
 def family_for_model_type(model_type: str) -> FamilyFacts:
