@@ -799,14 +799,19 @@ def run_trainer_side(ctx: Context, side: str) -> dict[str, Any]:
         )
         notes = "Trainer + PEFT, bf16 autocast, no gradient checkpointing"
     else:
+        import datasets
         from trl import SFTConfig, SFTTrainer
 
-        args = trainer_arguments(ctx, SFTConfig, side, dataset_kwargs={"skip_prepare_dataset": True})
+        # SFTTrainer only takes a datasets.Dataset: index the same pre-collated batches through it
+        index = datasets.Dataset.from_dict({"batch_index": list(range(len(dataset)))})
+        args = trainer_arguments(
+            ctx, SFTConfig, side, dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False
+        )
         trainer = recording_trainer(SFTTrainer)(
             model=model,
             args=args,
-            train_dataset=dataset,
-            data_collator=unwrap_single,
+            train_dataset=index,
+            data_collator=lambda items: dataset[items[0]["batch_index"]],
             processing_class=load_processor(ctx.folder),
             peft_config=lora_config(ctx.args, regex),
             callbacks=[timing_callback(timer)],
