@@ -34,8 +34,8 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint does not belong to this model / training mode."""
 
 
-def _default_optimizer(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
+def _default_optimizer(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0, **kwargs)
 
 
 class VLMFineTuner(L.LightningModule):
@@ -228,10 +228,12 @@ class VLMFineTuner(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
-        if isinstance(optimizer, torch.optim.AdamW) and self.device.type == "cuda":
-            for group in optimizer.param_groups:
-                group["fused"] = True
-            optimizer.defaults["fused"] = True
+        if (
+            isinstance(optimizer, torch.optim.AdamW)
+            and self.device.type == "cuda"
+            and not optimizer.defaults["fused"]
+        ):
+            optimizer = self.optimizer_factory(params, fused=True)  # fused kernel, set at construction
         from transformers import get_scheduler
 
         total = max(1, int(self.trainer.estimated_stepping_batches))

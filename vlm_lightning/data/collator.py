@@ -26,6 +26,15 @@ class SampleTooLongError(ValueError):
     """A sample cannot fit ``max_length`` without cutting image or prompt tokens."""
 
 
+def too_long_message(record: Record, length: int, prompt_len: int, max_length: int, what: str) -> str:
+    """The one message every collator gives for a sample that does not fit ``max_length``."""
+    return (
+        f"sample '{record.id}' ({record.meta.get('source', '?')}:{record.meta.get('line', '?')}) needs "
+        f"{length} tokens (prompt with images: {prompt_len}); max_length={max_length} would cut {what}. "
+        f"Raise data.max_length to at least {length} or lower the image token budget (data.image_max_tokens)."
+    )
+
+
 @dataclass
 class EncodedSample:
     """Token ids, labels and per-token extras of one sample; ``prompt_len`` ends its generation prompt."""
@@ -158,10 +167,7 @@ class ChatCollator:
             if self.truncate_answers and what == "the prompt" and sample.prompt_len < self.max_length:
                 what = "the answer"
             raise SampleTooLongError(
-                f"sample '{record.id}' ({record.meta.get('source', '?')}:{record.meta.get('line', '?')}) needs "
-                f"{length} tokens (prompt with images: {sample.prompt_len}); max_length={self.max_length} would cut "
-                f"{what}. Raise data.max_length to at least {length} or lower the image token budget "
-                "(data.image_max_tokens)."
+                too_long_message(record, length, sample.prompt_len, self.max_length, what)
             )
         self.truncated += 1
         m = self.max_length

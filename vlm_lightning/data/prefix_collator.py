@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vlm_lightning.data.collator import IGNORE_INDEX, SampleTooLongError
+from vlm_lightning.data.collator import IGNORE_INDEX, SampleTooLongError, too_long_message
 from vlm_lightning.data.records import Record
 from vlm_lightning.models.families import FamilyFacts
 
@@ -55,11 +55,7 @@ class PrefixSuffixCollator:
             if length <= self.max_length or (self.truncate_answers and prompt_len < self.max_length):
                 continue
             what = "image tokens" if self.image_tokens >= self.max_length else "the prompt"
-            message = (
-                f"sample '{record.id}' ({record.meta.get('source', '?')}:{record.meta.get('line', '?')}) needs "
-                f"{length} tokens (prompt with images: {prompt_len}); max_length={self.max_length} would cut "
-                f"{what}. Raise data.max_length to at least {length}."
-            )
+            message = too_long_message(record, length, prompt_len, self.max_length, what)
             if problems is None:
                 raise SampleTooLongError(message)
             problems.append(message)
@@ -75,7 +71,9 @@ class PrefixSuffixCollator:
             images=self._images(items),
             suffix=[r.answers[0] if r.answers else "" for r in records],
         )
-        prompts = self.processor(text=[prefix_prompt(r, self.image_token) for r in records], images=self._images(items))
+        prompts = self.processor(
+            text=[prefix_prompt(r, self.image_token) for r in records], images=self._images(items)
+        )
         lengths = [len(ids) for ids in full["input_ids"]]
         self._check(records, lengths, [len(ids) for ids in prompts["input_ids"]], problems)
         return lengths
