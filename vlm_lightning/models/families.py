@@ -154,35 +154,6 @@ FAMILIES: dict[str, FamilyFacts] = {
             "'lfm2-vl' is the model_type of the first (remote-code) hub configs"
         ),
     ),
-    "qwen2_5_vl": FamilyFacts(
-        name="qwen2_5_vl",
-        model_types=("qwen2_5_vl",),
-        language_model="model.language_model",
-        vision_tower="model.visual",
-        projector="model.visual.merger",
-        attention_modules=ATTENTION_QKVO,
-        mlp_modules=GATED_MLP,
-        end_of_turn="<|im_end|>",
-        checkpoints=("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"),
-        set_image_tokens=_set_qwen_pixels,
-        notes="vision MLP also uses gate/up/down_proj names: anchor LoRA on the LM; 28 px per image token",
-    ),
-    "qwen3_vl": FamilyFacts(
-        name="qwen3_vl",
-        model_types=("qwen3_vl",),
-        language_model="model.language_model",
-        vision_tower="model.visual",
-        projector="model.visual.merger",
-        attention_modules=ATTENTION_QKVO,
-        mlp_modules=GATED_MLP,
-        end_of_turn="<|im_end|>",
-        checkpoints=("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-4B-Instruct"),
-        set_image_tokens=_set_qwen_pixels,
-        notes=(
-            "patch 16 x merge 2: 32 px per image token; extra projectors model.visual.deepstack_merger_list "
-            "feed vision features into the first LM layers"
-        ),
-    ),
     "paligemma": FamilyFacts(
         name="paligemma",
         model_types=("paligemma",),
@@ -222,6 +193,23 @@ FAMILIES: dict[str, FamilyFacts] = {
         ),
     ),
 }
+FAMILIES["qwen2_5_vl"] = dataclasses.replace(
+    FAMILIES["qwen2_vl"],
+    name="qwen2_5_vl",
+    model_types=("qwen2_5_vl",),
+    checkpoints=("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"),
+    notes="vision MLP also uses gate/up/down_proj names: anchor LoRA on the LM; 28 px per image token",
+)
+FAMILIES["qwen3_vl"] = dataclasses.replace(
+    FAMILIES["qwen2_vl"],
+    name="qwen3_vl",
+    model_types=("qwen3_vl",),
+    checkpoints=("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-4B-Instruct"),
+    notes=(
+        "patch 16 x merge 2: 32 px per image token; extra projectors model.visual.deepstack_merger_list "
+        "feed vision features into the first LM layers"
+    ),
+)
 FAMILIES["smolvlm"] = dataclasses.replace(
     FAMILIES["idefics3"],
     name="smolvlm",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -119,7 +118,7 @@ def apply_training_mode(
 
 def _find(model: torch.nn.Module, path: str) -> torch.nn.Module:
     for name, module in model.named_modules():
-        if name == path or name.endswith("." + path) or re.fullmatch(rf"(.*\.)?{re.escape(path)}", name):
+        if name == path or name.endswith("." + path):  # PEFT wraps the model: base_model.model.<path>
             return module
     raise ValueError(f"module {path} not found")
 
