@@ -9,10 +9,16 @@ prompt, a 60-340-token JSON answer, loss on the answer only) are collated once b
 * ``hf_trainer``: ``transformers.Trainer`` + PEFT LoRA on the same pre-collated batches (bf16 autocast,
   no gradient checkpointing, full-vocabulary logits at every position as HF computes them).
 * ``trl``: TRL ``SFTTrainer`` with its defaults (gradient checkpointing on), when ``import trl`` works.
-* ``ours``: what ``VLMFineTuner`` does per step: ``apply_training_mode`` LoRA, frozen vision tower without
-  autograd, ``causal_lm_loss`` (logits only at labelled positions), fused AdamW, bf16 weights + fp32 LoRA
-  under bf16 autocast, batches padded to a multiple of ``--pad-to``.
-* ``ours_compile`` (``--compile``): the same with ``torch.compile`` on the language model.
+* ``ours``: what ``VLMFineTuner`` does per step under ``bf16-mixed`` with ``compile_language_model``:
+  ``apply_training_mode`` LoRA, frozen vision tower without autograd, ``causal_lm_loss`` (logits only at
+  labelled positions), fused AdamW, bf16 weights + fp32 LoRA under bf16 autocast without PEFT's input
+  casts, decoder layers and vision encoder layers compiled one by one (``compile_vision_tower``),
+  batches padded to a multiple of ``--pad-to`` and pinned as the trainer's DataLoader pins them.
+* lever sides, each one lever away from ``ours`` or from ``ours_plain`` (see ``OURS_VARIANTS``):
+  ``ours_plain`` (no compile, PEFT's casts: the previous path), ``ours_nocast`` (plain + no casts),
+  ``ours_compile_only`` (plain + LM compile), ``ours_lm_only`` (ours without the vision compile),
+  ``ours_nopad`` (ours with dynamic padding), ``ours_gc`` (ours + activation recomputation, to compare
+  with TRL's defaults, which checkpoint).
 * ``lightning`` (``--lightning``): a real ``L.Trainer.fit`` of ``VLMFineTuner`` on the same batches.
 
 ``--gen`` benchmarks greedy generation instead: a per-sample loop, HF ``generate`` on left-padded
@@ -53,7 +59,18 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
 
 RESULT_PREFIX = "BENCH_RESULT "
 IGNORE_INDEX = -100
-TRAIN_SIDES = ("hf_trainer", "trl", "ours", "ours_compile", "lightning")
+# Our step's levers per side: PEFT input casts skipped, decoder layers compiled, padding to --pad-to,
+# gradient checkpointing.
+OURS_VARIANTS: dict[str, dict[str, bool]] = {
+    "ours": {"skip_cast": True, "compile": True, "pad": True, "gc": False, "vision": True},
+    "ours_lm_only": {"skip_cast": True, "compile": True, "pad": True, "gc": False, "vision": False},
+    "ours_plain": {"skip_cast": False, "compile": False, "pad": True, "gc": False, "vision": False},
+    "ours_nocast": {"skip_cast": True, "compile": False, "pad": True, "gc": False, "vision": False},
+    "ours_compile_only": {"skip_cast": False, "compile": True, "pad": True, "gc": False, "vision": False},
+    "ours_nopad": {"skip_cast": True, "compile": True, "pad": False, "gc": False, "vision": True},
+    "ours_gc": {"skip_cast": True, "compile": True, "pad": True, "gc": True, "vision": True},
+}
+TRAIN_SIDES = ("hf_trainer", "trl", *OURS_VARIANTS, "lightning")
 TINY_FAMILIES = {"qwen2_vl_2b": "qwen2_vl", "lfm2_vl_1_6b": "lfm2_vl"}
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, matched in order against the device name.
 PEAK_BF16_TFLOPS = (
@@ -132,13 +149,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lora-alpha", type=int, default=32)
     p.add_argument("--lora-dropout", type=float, default=0.05)
     p.add_argument("--sides", help=f"comma list from {','.join(TRAIN_SIDES)} (default: all available)")
-    p.add_argument("--compile", action="store_true", help="add the ours_compile side (torch.compile the LM)")
+    p.add_argument("--levers", action="store_true", help="add every ours_* lever side")
+    p.add_argument("--profile", action="store_true", help="ours_* sides: print a profile of 3 more steps")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, every side")
     p.add_argument(
         "--compile-dynamic",
         default="auto",
         choices=["auto", "true", "false"],
-        help="torch.compile dynamic=: auto (None: static first, dynamic after one recompile; at most 2 "
-        "compilations, as VLMFineTuner), false (one graph per padded length), true",
+        help="torch.compile dynamic=: auto (None: static first, dynamic after one recompile, as "
+        "VLMFineTuner), false (one graph per padded length), true",
     )
     p.add_argument("--lightning", action="store_true", help="add a real L.Trainer.fit of VLMFineTuner")
     p.add_argument("--attn", default="sdpa", help="attn_implementation for every side")
@@ -187,7 +206,7 @@ def resolve_sides(args: argparse.Namespace) -> list[str]:
             raise SystemExit(f"unknown side(s) {unknown}; choose from {TRAIN_SIDES}")
     else:
         sides = ["hf_trainer", "trl", "ours"]
-        sides += ["ours_compile"] if args.compile else []
+        sides += [s for s in OURS_VARIANTS if s != "ours"] if args.levers else []
         sides += ["lightning"] if args.lightning else []
     if "trl" in sides:
         try:
@@ -441,6 +460,8 @@ class Context:
     info: dict[str, Any]
     warmup_batches: list[dict[str, Any]] = field(default_factory=list)
     timed_batches: list[dict[str, Any]] = field(default_factory=list)
+    named_trainable: list[tuple[str, Any]] = field(default_factory=list)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def folder(self) -> Path:
@@ -616,10 +637,13 @@ class StepTimer:
         self.step_times: list[float] = []
         self.window_start: float | None = None
         self.window_end: float | None = None
+        self.first_start: float | None = None  # start of step 0: warm-up (compilation) time is visible
         self._t0 = 0.0
 
     def begin(self, step: int) -> None:
         """Call right before step ``step`` starts."""
+        if self.first_start is None:
+            self.first_start = time.perf_counter()
         if step < self.warmup:
             return
         sync(self.device)
@@ -672,6 +696,8 @@ def training_result(
         "model_tflops_per_s": flops / window / 1e12,
         "mfu": flops / window / (peak * 1e12),
         "peak_tflops": peak,
+        "warmup_s": (timer.window_start or 0.0) - (timer.first_start or 0.0),
+        "losses": losses,
         "loss_first": losses[0] if losses else float("nan"),
         "loss_last": losses[-1] if losses else float("nan"),
         "trainable_params": trainable,
@@ -759,6 +785,7 @@ def trainer_arguments(ctx: Context, config_cls: type, side: str, **overrides: An
         "learning_rate": ctx.args.lr,
         "weight_decay": 0.0,
         "lr_scheduler_type": "constant",
+        "max_grad_norm": ctx.args.max_grad_norm,
         "bf16": ctx.is_cuda and ctx.bf16,
         "report_to": [],
         "save_strategy": "no",
@@ -827,18 +854,6 @@ def run_trainer_side(ctx: Context, side: str) -> dict[str, Any]:
 # =============================================================================================
 # Side: ours (what VLMFineTuner does per step, in a plain loop)
 # =============================================================================================
-def compile_language_model(model: Any, facts: Any, dynamic: bool | None) -> None:
-    """``torch.compile`` the language model in place; the vision tower and loss stay eager."""
-    import torch
-
-    config = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
-        if hasattr(config, name):
-            setattr(config, name, max(getattr(config, name), 64))
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.get_submodule(facts.language_model).compile(dynamic=dynamic)
-
-
 def ours_step(model: Any, optimizer: Any, params: list[Any], batch: dict[str, Any], ctx: Context) -> Any:
     """One training step as ``VLMFineTuner`` + Lightning run it; returns the detached loss."""
     import torch
@@ -852,59 +867,112 @@ def ours_step(model: Any, optimizer: Any, params: list[Any], batch: dict[str, An
     if not torch.isfinite(loss):  # training_step's check (a device sync, as in the module)
         raise FloatingPointError(f"non-finite loss {loss.item()}")
     loss.backward()
-    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]  # on_before_optimizer_step
-    if grads:
-        torch.linalg.vector_norm(torch.stack(grads))
+    # on_before_optimizer_step's grad-norm log and Lightning's gradient_clip_val (HF: max_grad_norm)
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    if not ctx.diagnostics:  # first step: with lora_B = 0 the lora_A gradients are exactly zero in math
+        a_grads = [p.grad for n, p in ctx.named_trainable if "lora_A" in n and p.grad is not None]
+        ctx.diagnostics["lora_A_grad_nonzero_step1"] = sum(int((g != 0).sum()) for g in a_grads)
+        ctx.diagnostics["lora_A_grad_absmax_step1"] = max(
+            (float(g.abs().max()) for g in a_grads), default=0.0
+        )
+    torch.nn.utils.clip_grad_norm_(params, ctx.args.max_grad_norm, foreach=True)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+    return loss.detach(), norm.detach()
 
 
-def run_ours(ctx: Context, compiled: bool) -> dict[str, Any]:
-    """Our path: apply_training_mode LoRA, causal_lm_loss, fused AdamW, bf16 autocast, static padding."""
+def pin(obj: Any, ctx: Context) -> Any:
+    """Page-locked copies of a batch's tensors on CUDA runs (what ``DataLoader(pin_memory=True)`` does)."""
+    if not ctx.is_cuda:
+        return obj
+    if hasattr(obj, "pin_memory"):
+        return obj.pin_memory()
+    if isinstance(obj, dict):
+        return {k: pin(v, ctx) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(pin(v, ctx) for v in obj)
+    return obj
+
+
+def run_ours(ctx: Context, side: str) -> dict[str, Any]:
+    """Our path with the levers of ``OURS_VARIANTS[side]``."""
     import torch
 
+    from vlm_lightning.models.acceleration import (
+        compile_decoder_layers,
+        compile_vision_layers,
+        skip_lora_input_cast,
+    )
     from vlm_lightning.models.peft_setup import apply_training_mode
 
+    levers = OURS_VARIANTS[side]
     model, counts = build_base_model(ctx)
     regex = lm_linear_regex(model, ctx.facts)
-    model = apply_training_mode(model, ctx.facts, "lora", lora_settings(ctx.args, regex))
+    hf_checkpointing = levers["gc"] and not levers["compile"]  # compiled: the compiler recomputes
+    model = apply_training_mode(
+        model, ctx.facts, "lora", lora_settings(ctx.args, regex), gradient_checkpointing=hf_checkpointing
+    )
     model.train()
-    notes = f"pad to x{ctx.args.pad_to}"
-    if compiled:
+    notes = [f"pad to x{ctx.args.pad_to}" if levers["pad"] else "dynamic padding"]
+    if levers["skip_cast"] and ctx.bf16:
+        notes.append(f"PEFT input cast skipped on {skip_lora_input_cast(model)} LoRA layers")
+    if levers["compile"]:
         dynamic = {"auto": None, "true": True, "false": False}[ctx.args.compile_dynamic]
-        compile_language_model(model, ctx.facts, dynamic)
-        notes += f", torch.compile(language model, dynamic={dynamic})"
+        n = compile_decoder_layers(model, ctx.facts, dynamic=dynamic, recompute_activations=levers["gc"])
+        notes.append(f"torch.compile of {n} decoder layers (dynamic={dynamic})")
+    if levers["vision"]:
+        dynamic = {"auto": None, "true": True, "false": False}[ctx.args.compile_dynamic]
+        notes.append(
+            f"torch.compile of {compile_vision_layers(model, ctx.facts, dynamic=dynamic)} vision layers"
+        )
+    if levers["gc"]:
+        notes.append(
+            "activation recomputation by the compiler (memory budget 0)"
+            if levers["compile"]
+            else "gradient checkpointing (non-reentrant)"
+        )
     params = [p for p in model.parameters() if p.requires_grad]
+    ctx.named_trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=ctx.args.lr, weight_decay=0.0, fused=ctx.is_cuda)
     pad_id = ctx.meta["pad_id"]
-    warmup = [pad_batch(b, ctx.args.pad_to, pad_id) for b in ctx.warmup_batches]
-    timed = [pad_batch(b, ctx.args.pad_to, pad_id) for b in ctx.timed_batches]
-    if compiled:  # compile every padded length before timing: the timed steps see no recompilation
-        seen = {b["labels"].shape[1] for b in warmup}
-        for b in timed:
-            if b["labels"].shape[1] not in seen:
-                seen.add(b["labels"].shape[1])
-                warmup.append(b)
-        notes += f", {len(warmup)} warm-up steps ({len(seen)} shapes)"
+    pad_to = ctx.args.pad_to if levers["pad"] else 1
+    # pinned like the trainer's DataLoader (pin_memory=True on CUDA) so host-to-device copies are async
+    warmup = [pin(pad_batch(b, pad_to, pad_id), ctx) for b in ctx.warmup_batches]
+    timed = [pin(pad_batch(b, pad_to, pad_id), ctx) for b in ctx.timed_batches]
     timer = StepTimer(ctx.device, len(warmup))
     losses = []
     reset_peak(ctx.device)
+    norms = []
     for step, batch in enumerate(warmup + timed):
         timer.begin(step)
-        losses.append(ours_step(model, optimizer, params, batch, ctx))
+        loss, norm = ours_step(model, optimizer, params, batch, ctx)
+        losses.append(loss)
+        norms.append(norm)
         timer.end(step)
+    if ctx.args.profile:
+        profile_steps(lambda b: ours_step(model, optimizer, params, b, ctx), timed[:3], ctx.device)
     result = training_result(
-        ctx,
-        "ours_compile" if compiled else "ours",
-        timer,
-        [float(x) for x in losses],
-        counts,
-        trainable_count(model),
-        notes,
+        ctx, side, timer, [float(x) for x in losses], counts, trainable_count(model), ", ".join(notes)
     )
     result["padded_tokens_per_s"] = sum(b["labels"].numel() for b in timed) / timer.window
+    result["grad_norms"] = [float(x) for x in norms]
+    result.update(ctx.diagnostics)
     return result
+
+
+def profile_steps(step: Callable[[Any], Any], batches: list[dict[str, Any]], device: Any) -> None:
+    """Print the top kernels / ops by self device time over a few more steps (``--profile``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for batch in batches:
+            step(batch)
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70)
+    print("\n".join(f"[bench] profile | {line}" for line in table.splitlines()), flush=True)
 
 
 # =============================================================================================
@@ -949,8 +1017,8 @@ def run_lightning(ctx: Context) -> dict[str, Any]:
         "metrics": ["exact_match"],
         "val_generate": False,
     }
-    if ctx.args.compile and "compile_language_model" in inspect.signature(module_mod.VLMFineTuner).parameters:
-        kwargs["compile_language_model"] = True
+    if "compile_language_model" in inspect.signature(module_mod.VLMFineTuner).parameters:
+        kwargs["compile_language_model"] = ctx.is_cuda
     module = module_mod.VLMFineTuner(**kwargs)
     pad_id = ctx.meta["pad_id"]
     batches = [pad_batch(b, ctx.args.pad_to, pad_id) for b in ctx.warmup_batches + ctx.timed_batches]
@@ -979,6 +1047,7 @@ def run_lightning(ctx: Context) -> dict[str, Any]:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
+        gradient_clip_val=ctx.args.max_grad_norm,
         callbacks=[Timing()],
     )
     reset_peak(ctx.device)
@@ -1214,8 +1283,8 @@ def child_main(args: argparse.Namespace) -> int:
             result = run_gen(ctx)
         elif args.side in ("hf_trainer", "trl"):
             result = run_trainer_side(ctx, args.side)
-        elif args.side in ("ours", "ours_compile"):
-            result = run_ours(ctx, compiled=args.side == "ours_compile")
+        elif args.side in OURS_VARIANTS:
+            result = run_ours(ctx, args.side)
         elif args.side == "lightning":
             result = run_lightning(ctx)
         else:
@@ -1324,7 +1393,7 @@ def median_row(side: str, results: list[dict[str, Any]]) -> dict[str, Any]:
     if not ok:
         errors = "; ".join(sorted({r.get("error", "?") for r in results if r["side"] == side}))
         return {"side": side, "error": errors or "not run"}
-    keys = ("samples_per_s", "tokens_per_s", "step_ms", "peak_gib", "mfu", "model_tflops_per_s")
+    keys = ("samples_per_s", "tokens_per_s", "step_ms", "peak_gib", "mfu", "model_tflops_per_s", "warmup_s")
     row = {k: statistics.median(r[k] for r in ok) for k in keys}
     row.update(
         side=side,
@@ -1337,21 +1406,47 @@ def median_row(side: str, results: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+def loss_parity_table(results: list[dict[str, Any]], sides: list[str]) -> str:
+    """Per-step losses of every side against a reference side on the same batches (rep 0)."""
+    first = {r["side"]: r["losses"] for r in results if r.get("rep") == 0 and "losses" in r}
+    ref = next((s for s in ("ours_plain", "hf_trainer", *sides) if s in first), None)
+    if ref is None:
+        return "loss parity: no side finished"
+    lines = [
+        f"Loss per step vs `{ref}` (same batches, rep 0; dropout masks differ between sides):",
+        "",
+        "| side | steps | mean abs. diff | max abs. diff | mean loss, last 10 steps | reference, last 10 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for side in sides:
+        if side not in first or side == ref:
+            continue
+        a, b = first[side], first[ref]
+        n = min(len(a), len(b))
+        diffs = [abs(x - y) for x, y in zip(a[:n], b[:n])]
+        lines.append(
+            f"| {side} | {n} | {statistics.fmean(diffs):.4f} | {max(diffs):.4f} | "
+            f"{statistics.fmean(a[n - 10 : n]):.4f} | {statistics.fmean(b[n - 10 : n]):.4f} |"
+        )
+    return "\n".join(lines)
+
+
 def training_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the training sides (ratios vs hf_trainer's samples/s)."""
     base = next((r["samples_per_s"] for r in rows if r["side"] == "hf_trainer" and "error" not in r), None)
     lines = [
-        "| side | samples/s | tokens/s | step ms | peak GiB | MFU | loss first → last | vs hf_trainer |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| side | samples/s | tokens/s | step ms | peak GiB | MFU | warm-up s | loss first → last | vs hf_trainer |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['side']} | failed: {r['error'][:120]} | | | | | | |")
+            lines.append(f"| {r['side']} | failed: {r['error'][:120]} | | | | | | | |")
             continue
         ratio = f"{r['samples_per_s'] / base:.2f}×" if base else "n/a"
         lines.append(
             f"| {r['side']} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.0f} | "
-            f"{r['peak_gib']:.1f} | {_percent(r['mfu'])} | {r['loss_first']:.3f} → {r['loss_last']:.3f} | {ratio} |"
+            f"{r['peak_gib']:.1f} | {_percent(r['mfu'])} | {r['warmup_s']:.1f} | "
+            f"{r['loss_first']:.3f} → {r['loss_last']:.3f} | {ratio} |"
         )
     lines.append("")
     for r in rows:
@@ -1485,7 +1580,7 @@ def parent_main(args: argparse.Namespace) -> int:
                 for rep, side in interleaved(sides, args.reps)
             ]
             rows = [median_row(side, results) for side in sides]
-            body = training_table(rows)
+            body = training_table(rows) + "\n\n" + loss_parity_table(results, sides)
             failed = any("error" in r for r in rows)
         text = report(args, meta, results, body)
         print("\n" + text)

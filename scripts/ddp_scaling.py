@@ -30,8 +30,11 @@ def build_weights(arch: str, folder: Path, shrink: bool = False) -> Path:
     from transformers import AutoConfig
 
     cuda = torch.cuda.is_available()
-    model = build_model(AutoConfig.from_pretrained(folder), device="cuda" if cuda else "cpu",
-                        dtype=torch.bfloat16 if cuda else torch.float32)
+    model = build_model(
+        AutoConfig.from_pretrained(folder),
+        device="cuda" if cuda else "cpu",
+        dtype=torch.bfloat16 if cuda else torch.float32,
+    )
     model.save_pretrained(folder)
     del model
     if cuda:
@@ -58,7 +61,9 @@ def line_value(output: str, prefix: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--arch", default="lfm2_vl_1_6b")
     parser.add_argument("--config", default="configs/receipt_lfm2.yaml")
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2])
@@ -68,6 +73,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ddp_scaling"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--shrink", action="store_true", help="CPU dry run on a shrunken architecture")
+    parser.add_argument(
+        "--extra",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="CLI arguments added to every fit/test command, e.g. --extra --data.group_by_length true",
+    )
     args = parser.parse_args()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -78,32 +89,93 @@ def main() -> None:
     if not (data / "train.jsonl").exists():
         write_receipts(data, args.samples, seed=0, split="train=0.9,val=0.05,test=0.05")
     common = [
-        "--config", args.config, "--model.name_or_path", str(model_dir),
-        "--data.train", str(data / "train.jsonl"), "--data.val", str(data / "val.jsonl"),
-        "--data.test", str(data / "test.jsonl"), "--data.batch_size", str(args.batch_size),
-        "--data.eval_batch_size", "8", "--data.num_workers", "4", "--model.generate_max_new_tokens", "64",
-        "--trainer.accumulate_grad_batches", "1", "--trainer.enable_progress_bar", "false",
+        "--config",
+        args.config,
+        "--model.name_or_path",
+        str(model_dir),
+        "--data.train",
+        str(data / "train.jsonl"),
+        "--data.val",
+        str(data / "val.jsonl"),
+        "--data.test",
+        str(data / "test.jsonl"),
+        "--data.batch_size",
+        str(args.batch_size),
+        "--data.eval_batch_size",
+        "8",
+        "--data.num_workers",
+        "4",
+        "--model.generate_max_new_tokens",
+        "64",
+        "--trainer.accumulate_grad_batches",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
     ]
+    common += args.extra
     if args.shrink:
-        common += ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--model.dtype", "float32",
-                   "--data.num_workers", "0", "--data.image_max_tokens", "64", "--data.max_image_side", "256"]
+        common += [
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.precision",
+            "32-true",
+            "--model.dtype",
+            "float32",
+            "--data.num_workers",
+            "0",
+            "--data.image_max_tokens",
+            "64",
+            "--data.max_image_side",
+            "256",
+        ]
     results = []
     ckpt = None
     for n in args.devices:
         root = work / f"runs_{n}"
-        out = run([sys.executable, "-m", "vlm_lightning", "fit", *common, "--trainer.devices", str(n),
-                   "--trainer.strategy", "ddp" if n > 1 else "auto", "--trainer.max_steps", str(args.steps),
-                   "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(root)],
-                  work / f"fit_{n}.log")
+        out = run(
+            [
+                sys.executable,
+                "-m",
+                "vlm_lightning",
+                "fit",
+                *common,
+                "--trainer.devices",
+                str(n),
+                "--trainer.strategy",
+                "ddp" if n > 1 else "auto",
+                "--trainer.max_steps",
+                str(args.steps),
+                "--trainer.limit_val_batches",
+                "0",
+                "--trainer.default_root_dir",
+                str(root),
+            ],
+            work / f"fit_{n}.log",
+        )
         result = json.loads(line_value(out, "[vlm_lightning] throughput:"))
         results.append(result)
         ckpt = ckpt or line_value(out, "[vlm_lightning] best checkpoint:")
     validation: dict[int, dict] = {}
     predictions: dict[int, dict[str, str]] = {}
     for n in sorted({1, max(args.devices)}):
-        out = run([sys.executable, "-m", "vlm_lightning", "test", *common, "--trainer.devices", str(n),
-                   "--trainer.strategy", "ddp" if n > 1 else "auto", "--ckpt_path", ckpt,
-                   "--trainer.default_root_dir", str(work / f"test_{n}")], work / f"test_{n}.log")
+        out = run(
+            [
+                sys.executable,
+                "-m",
+                "vlm_lightning",
+                "test",
+                *common,
+                "--trainer.devices",
+                str(n),
+                "--trainer.strategy",
+                "ddp" if n > 1 else "auto",
+                "--ckpt_path",
+                ckpt,
+                "--trainer.default_root_dir",
+                str(work / f"test_{n}"),
+            ],
+            work / f"test_{n}.log",
+        )
         metrics = json.loads(Path(line_value(out, "[vlm_lightning] metrics:")).read_text())
         validation[n] = {k: v for k, v in metrics.items() if k.startswith("test/") or k == "num_samples"}
         rows = Path(line_value(out, "[vlm_lightning] predictions:")).read_text().splitlines()
@@ -114,21 +186,29 @@ def main() -> None:
         "",
         f"Device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}; torch {torch.__version__}; command: "
         f"`python scripts/ddp_scaling.py --arch {args.arch} --devices {' '.join(map(str, args.devices))} "
-        f"--steps {args.steps} --batch-size {args.batch_size}`",
+        f"--steps {args.steps} --batch-size {args.batch_size} --samples {args.samples}"
+        + (f" --extra {' '.join(args.extra)}" if args.extra else "")
+        + "`",
         "",
         "| GPUs | samples/s | tokens/s | speed-up vs 1 GPU | peak GiB per GPU |",
         "|---|---|---|---|---|",
     ]
     for r in results:
-        lines.append(f"| {r['world_size']} | {r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
-                     f"{r['samples_per_s'] / base:.2f}x | {', '.join(map(str, r['peak_gib_per_device']))} |")
+        lines.append(
+            f"| {r['world_size']} | {r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
+            f"{r['samples_per_s'] / base:.2f}x | {', '.join(map(str, r['peak_gib_per_device']))} |"
+        )
     keys = sorted(set(validation[1]) & set(validation[max(validation)]))
     equal = all(abs(validation[1][k] - validation[max(validation)][k]) < 1e-9 for k in keys)
-    lines += ["", f"Test of the same checkpoint on 1 and {max(validation)} GPU(s): "
-              f"num_samples {validation[1]['num_samples']} vs {validation[max(validation)]['num_samples']}; "
-              f"all {len(keys)} metrics equal: {equal}; identical predictions: "
-              f"{sum(predictions[1][i] == predictions[max(predictions)].get(i) for i in predictions[1])}"
-              f"/{len(predictions[1])} (rows written once per sample: {len(predictions[max(predictions)])}).", ""]
+    lines += [
+        "",
+        f"Test of the same checkpoint on 1 and {max(validation)} GPU(s): "
+        f"num_samples {validation[1]['num_samples']} vs {validation[max(validation)]['num_samples']}; "
+        f"all {len(keys)} metrics equal: {equal}; identical predictions: "
+        f"{sum(predictions[1][i] == predictions[max(predictions)].get(i) for i in predictions[1])}"
+        f"/{len(predictions[1])} (rows written once per sample: {len(predictions[max(predictions)])}).",
+        "",
+    ]
     report = "\n".join(lines)
     print(report)
     print(json.dumps({"throughput": results, "test": validation}, indent=1))

@@ -20,8 +20,12 @@ from pathlib import Path
 import torch
 
 QWEN2_VL_7B_TEXT = {  # Qwen/Qwen2-VL-7B-Instruct config.json
-    "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
-    "num_key_value_heads": 4, "vocab_size": 152064,
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "vocab_size": 152064,
 }
 
 
@@ -58,12 +62,25 @@ def measure(folder: Path, mode: str, batch_size: int, steps: int, warmup: int, c
     data = folder.parent / "receipts_mem"
     if not (data / "data.jsonl").exists():
         write_receipts(data, 64, seed=0)
-    dm = DocumentDataModule(train=str(data / "data.jsonl"), processor_name=str(folder), batch_size=batch_size,
-                            max_length=4096, image_max_tokens=256, max_image_side=512, check_lengths=False,
-                            leakage="off")
+    dm = DocumentDataModule(
+        train=str(data / "data.jsonl"),
+        processor_name=str(folder),
+        batch_size=batch_size,
+        max_length=4096,
+        image_max_tokens=256,
+        max_image_side=512,
+        check_lengths=False,
+        leakage="off",
+    )
     dm.setup("fit")
-    module = VLMFineTuner(str(folder), mode=mode, lora=LoraSettings(r=16, alpha=32, dropout=0.05),
-                          dtype="bfloat16", gradient_checkpointing=checkpointing, metrics=["exact_match"]).cuda()
+    module = VLMFineTuner(
+        str(folder),
+        mode=mode,
+        lora=LoraSettings(r=16, alpha=32, dropout=0.05),
+        dtype="bfloat16",
+        gradient_checkpointing=checkpointing,
+        metrics=["exact_match"],
+    ).cuda()
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
     loader = iter(dm.train_dataloader())
@@ -72,8 +89,10 @@ def measure(folder: Path, mode: str, batch_size: int, steps: int, warmup: int, c
     times = []
     for i in range(warmup + steps):
         batch = batches[i % len(batches)]
-        batch = {"inputs": {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch["inputs"].items()},
-                 "labels": batch["labels"].cuda()}
+        batch = {
+            "inputs": {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch["inputs"].items()},
+            "labels": batch["labels"].cuda(),
+        }
         torch.cuda.synchronize()
         start = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -84,13 +103,21 @@ def measure(folder: Path, mode: str, batch_size: int, steps: int, warmup: int, c
         torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return {"mode": mode, "trainable": module.trainable, "total": module.total,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "step_ms": 1000 * sum(times) / len(times),
-            "samples_per_s": batch_size * len(times) / sum(times), "loss": float(loss)}
+    return {
+        "mode": mode,
+        "trainable": module.trainable,
+        "total": module.total,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "step_ms": 1000 * sum(times) / len(times),
+        "samples_per_s": batch_size * len(times) / sum(times),
+        "loss": float(loss),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", nargs="+", default=["lfm2_vl_1_6b:lora", "qwen2_vl_2b:lora"])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10)
@@ -102,22 +129,50 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         arch, mode = args.one.split(":")
-        print("RESULT " + json.dumps({"arch": arch, **measure(args.workdir / arch, mode, args.batch_size, args.steps,
-                                                             args.warmup, args.gradient_checkpointing)}))
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    "arch": arch,
+                    **measure(
+                        args.workdir / arch,
+                        mode,
+                        args.batch_size,
+                        args.steps,
+                        args.warmup,
+                        args.gradient_checkpointing,
+                    ),
+                }
+            )
+        )
         return
     results = []
     for spec in args.runs:
         arch, _ = spec.split(":")
         build_folder(arch, args.workdir / arch)
-        cmd = [sys.executable, __file__, "--one", spec, "--workdir", str(args.workdir), "--batch-size",
-               str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            spec,
+            "--workdir",
+            str(args.workdir),
+            "--batch-size",
+            str(args.batch_size),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+        ]
         if args.gradient_checkpointing:
             cmd.append("--gradient-checkpointing")
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             print(f"{spec} failed:\n{proc.stderr[-3000:]}")
-            results.append({"arch": arch, "mode": spec.split(":")[1], "error": proc.stderr.strip().splitlines()[-1:]})
+            results.append(
+                {"arch": arch, "mode": spec.split(":")[1], "error": proc.stderr.strip().splitlines()[-1:]}
+            )
             continue
         results.append(json.loads(lines[0][7:]))
         print(results[-1], flush=True)
@@ -135,8 +190,10 @@ def main() -> None:
         if "error" in r:
             table.append(f"| {r['arch']} | {r['mode']} | failed: {r['error']} | | | |")
         else:
-            table.append(f"| {r['arch']} | {r['mode']} | {r['trainable'] / 1e6:.1f}M / {r['total'] / 1e9:.2f}B "
-                         f"| {r['peak_gib']:.1f} | {r['step_ms']:.0f} | {r['samples_per_s']:.1f} |")
+            table.append(
+                f"| {r['arch']} | {r['mode']} | {r['trainable'] / 1e6:.1f}M / {r['total'] / 1e9:.2f}B "
+                f"| {r['peak_gib']:.1f} | {r['step_ms']:.0f} | {r['samples_per_s']:.1f} |"
+            )
     report = "\n".join(table)
     print(report)
     if args.out:

@@ -16,6 +16,11 @@ from torchmetrics import MeanMetric
 
 from vlm_lightning.generation import end_of_turn_ids, generate_batch
 from vlm_lightning.loss import causal_lm_loss
+from vlm_lightning.models.acceleration import (
+    compile_decoder_layers,
+    compile_vision_layers,
+    skip_lora_input_cast,
+)
 from vlm_lightning.models.families import FamilyFacts
 from vlm_lightning.models.loading import Dtype, family_of, load_model, load_processor
 from vlm_lightning.models.peft_setup import (
@@ -51,12 +56,19 @@ class VLMFineTuner(L.LightningModule):
         generate_max_new_tokens: generation budget during validation / test / predict.
         val_generate: generate during validation (costly); otherwise only val/loss.
         train_vision / train_projector: unfreeze the vision tower / projector.
-        gradient_checkpointing: non-reentrant activation checkpointing of the language model.
+        gradient_checkpointing: non-reentrant activation checkpointing of the language model (with
+            ``compile_language_model``: recomputation planned by the compiler inside each layer).
         dtype: weight dtype (``auto``: bf16 on CUDA, fp32 on CPU).
         trust_remote_code: allow models whose code lives in their hub repository (off by default).
         usd_per_gpu_hour: price used to report the cost per 1,000 images in test reports.
-        compile_language_model: ``torch.compile`` the language model (static shapes help: set
-            ``data.pad_to_multiple_of``); the vision tower stays eager.
+        compile_language_model: ``torch.compile`` each decoder layer of the language model for training
+            and loss evaluation (regional compilation; set ``data.pad_to_multiple_of`` so that few shapes
+            occur); generation and the loss head stay eager.
+        compile_vision_tower: also compile each encoder layer of the frozen vision tower (forward only).
+
+    Under mixed precision (``bf16-mixed`` / ``16-mixed``) PEFT's cast of every LoRA input to the float32
+    adapter dtype is switched off: autocast runs the adapter matmuls in 16 bit either way, so the cast
+    only costs two activation copies per projection (``models.acceleration.skip_lora_input_cast``).
     """
 
     def __init__(
@@ -79,6 +91,7 @@ class VLMFineTuner(L.LightningModule):
         trust_remote_code: bool = False,
         usd_per_gpu_hour: float | None = None,
         compile_language_model: bool = False,
+        compile_vision_tower: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -102,7 +115,7 @@ class VLMFineTuner(L.LightningModule):
             self.lora,
             train_vision=train_vision,
             train_projector=train_projector,
-            gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing=gradient_checkpointing and not compile_language_model,
         )
         self.model.train()
         self.trainable, self.total, summary = parameter_report(self.model)
@@ -147,9 +160,9 @@ class VLMFineTuner(L.LightningModule):
         )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
-        if grads:
-            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(grads)))
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads:  # one foreach kernel per dtype/device group, not one norm per parameter
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads, foreach=True))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, n_tokens, correct = self.model_step(batch)
@@ -214,23 +227,53 @@ class VLMFineTuner(L.LightningModule):
     def generate(self, batch: dict[str, Any], **kwargs: Any) -> tuple[list[str], torch.Tensor]:
         """Greedy batched generation from the batch's left-padded prompts."""
         kwargs.setdefault("max_new_tokens", self.hparams.generate_max_new_tokens)
-        return generate_batch(self.model, batch["generation_inputs"], self.tokenizer, self.stop_ids, **kwargs)
+        with torch.compiler.set_stance("force_eager"):  # decoding shapes would recompile the layers
+            return generate_batch(
+                self.model, batch["generation_inputs"], self.tokenizer, self.stop_ids, **kwargs
+            )
 
     def configure_model(self) -> None:
+        precision = str(getattr(self._trainer, "precision", "")) if self._trainer is not None else ""
+        if precision.endswith("-mixed") and not getattr(self, "_lora_cast_skipped", False):
+            skip_lora_input_cast(self.model)
+            self._lora_cast_skipped = True
         if self.hparams.compile_language_model and not getattr(self, "_compiled", False):
-            for name, module in self.model.named_modules():
-                if name.endswith(self.facts.language_model):
-                    module.compile(dynamic=None)
-                    self._compiled = True
-                    break
+            compile_decoder_layers(
+                self.model, self.facts, recompute_activations=self.hparams.gradient_checkpointing
+            )
+            self._compiled = True
+        if self.hparams.compile_vision_tower and not getattr(self, "_vision_compiled", False):
+            compile_vision_layers(self.model, self.facts)
+            self._vision_compiled = True
 
     # --- optimisation -------------------------------------------------------------------------
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip with torch directly: Lightning's mixed-precision plugin refuses fused optimizers.
+
+        Lightning has already unscaled fp16 gradients at this point (and fused AdamW is not requested
+        under ``16-mixed``), so clipping here is what the plugin would do.
+        """
+        if not gradient_clip_val:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val, foreach=True)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
+        grad_scaler = str(self.trainer.precision) == "16-mixed"  # fused AdamW would unscale by itself
         if (
             isinstance(optimizer, torch.optim.AdamW)
             and self.device.type == "cuda"
+            and not grad_scaler
             and not optimizer.defaults["fused"]
         ):
             optimizer = self.optimizer_factory(params, fused=True)  # fused kernel, set at construction

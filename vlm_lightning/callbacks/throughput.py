@@ -30,8 +30,9 @@ class Throughput(Callback):
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if self._start is None:
             if step >= self.warmup_steps:

@@ -72,7 +72,7 @@ class RecordDataset(Dataset):
                     f"{where}: sample '{record.id}': cannot load image {image}: {exc}"
                 ) from exc
             if self.max_image_side or self.contrast != 1.0 or self.sharpness != 1.0:
-                from vlm_lightning.data.augment import enhance
+                from vlm_lightning.data.enhance import enhance
 
                 im = enhance(
                     im, max_side=self.max_image_side, contrast=self.contrast, sharpness=self.sharpness
@@ -118,6 +118,9 @@ class DocumentDataModule(L.LightningDataModule):
         on_bad_row: ``error`` stops with every problem listed; ``skip`` drops those rows, reports the count
             and writes the list next to the run.
         pad_to_multiple_of: pad batches to a multiple of this length (static shapes for compiled kernels).
+        group_by_length: draw each training step's batches (all ranks together) from samples of similar
+            length: less padding, and under DDP no rank waits for one with longer samples. Uses the
+            lengths of ``check_lengths``; the order stays random between groups and resumable.
         num_workers: dataloader workers (processor work happens in them).
     """
 
@@ -151,6 +154,7 @@ class DocumentDataModule(L.LightningDataModule):
         leakage: Literal["error", "warn", "off"] = "error",
         restrict_image_paths: bool = False,
         pad_to_multiple_of: int | None = None,
+        group_by_length: bool = False,
         num_workers: int = 0,
         trust_remote_code: bool = False,
         seed: int = 0,
@@ -370,7 +374,21 @@ class DocumentDataModule(L.LightningDataModule):
             from vlm_lightning.data.sampling import EpochShuffleSampler, StreamDataLoader
 
             world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-            sampler = EpochShuffleSampler(len(dataset), seed=self.hparams.seed, num_replicas=world, rank=rank)
+            lengths = None
+            if self.hparams.group_by_length:
+                if dataset.lengths is None:
+                    raise ValueError(
+                        "data.group_by_length needs the sample lengths: keep data.check_lengths on"
+                    )
+                lengths = dataset.lengths
+            sampler = EpochShuffleSampler(
+                len(dataset),
+                seed=self.hparams.seed,
+                num_replicas=world,
+                rank=rank,
+                lengths=lengths,
+                batch_size=self.batch_size,
+            )
             loader_cls, extra = StreamDataLoader, {"position": self.train_position}
         elif trainer is not None and trainer.world_size > 1:
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler

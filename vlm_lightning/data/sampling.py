@@ -47,8 +47,20 @@ class EpochShuffleSampler(DistributedSampler):
     as ``DistributedSampler`` does. ``start_index`` skips this rank's first samples of the epoch.
     """
 
-    def __init__(self, num_samples: int, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        lengths: list[int] | None = None,
+        batch_size: int = 1,
+    ) -> None:
         Sampler.__init__(self)
+        if lengths is not None and len(lengths) != num_samples:
+            raise ValueError(f"{len(lengths)} lengths for {num_samples} samples")
+        self.lengths = lengths
+        self.batch_size = batch_size
         self.dataset_size = num_samples
         self.seed = seed
         self.num_replicas = num_replicas
@@ -68,6 +80,8 @@ class EpochShuffleSampler(DistributedSampler):
         """This rank's full index list of ``epoch``."""
         gen = torch.Generator().manual_seed(self.seed + epoch)
         order = torch.randperm(self.dataset_size, generator=gen).tolist()
+        if self.lengths is not None and self.batch_size > 1:
+            order = length_grouped(order, self.lengths, self.batch_size * self.num_replicas, gen)
         if self.total_size > len(order):
             order += (order * math.ceil(self.total_size / max(1, len(order))))[: self.total_size - len(order)]
         return order[self.rank : self.total_size : self.num_replicas]
@@ -77,6 +91,27 @@ class EpochShuffleSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+def length_grouped(
+    order: list[int], lengths: list[int], group: int, gen: torch.Generator, window_groups: int = 50
+) -> list[int]:
+    """Reorder a permutation so that each run of ``group`` indices has similar lengths.
+
+    Within windows of ``window_groups * group`` consecutive indices (randomness kept across windows)
+    samples are sorted by length and cut into groups; full groups are then shuffled, a partial one
+    goes last. With ``group = batch_size * world_size`` and strided sharding, the batches of one
+    optimizer step have similar lengths on every rank: less padding and no rank waiting for another.
+    """
+    window = group * window_groups
+    groups: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: -lengths[i])
+        groups.extend(chunk[k : k + group] for k in range(0, len(chunk), group))
+    full = [g for g in groups if len(g) == group]
+    partial = [i for g in groups if len(g) < group for i in g]
+    shuffled = [full[k] for k in torch.randperm(len(full), generator=gen).tolist()]
+    return [i for g in shuffled for i in g] + partial
 
 
 class StreamDataLoader(DataLoader):

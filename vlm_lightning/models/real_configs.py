@@ -151,7 +151,6 @@ LFM2_VL_SPECIALS = [
 ]
 
 
-
 def _pad_vocab(n: int, multiple: int = 64) -> int:
     return -(-n // multiple) * multiple
 

@@ -1,0 +1,103 @@
+"""Speed levers on a loaded (PEFT) model: LoRA without input casts, regional ``torch.compile``.
+
+Both keep results: skipping PEFT's input cast removes a bf16 -> fp32 -> bf16 round trip under autocast
+(lossless; with LoRA dropout only its 1/(1-p) scaling is rounded in bf16), and compiling decoder layers
+changes kernels, not the computation (loss curves compared in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from vlm_lightning.models.families import FamilyFacts
+
+log = logging.getLogger(__name__)
+
+
+def skip_lora_input_cast(model: torch.nn.Module) -> int:
+    """Stop PEFT LoRA layers casting their input to the adapter dtype; return how many layers changed.
+
+    PEFT keeps adapters in float32 and casts every bf16 activation to float32 before the adapter
+    (``_cast_input_dtype``); under bf16 autocast the adapter matmul casts it straight back to bf16.
+    Each LoRA projection thus writes two full-size activation copies per step (and keeps the float32
+    one for backward). Only valid while autocast runs the adapters: call it for mixed precision only.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer) and getattr(module, "cast_input_dtype_enabled", False):
+            module.cast_input_dtype_enabled = False
+            changed += 1
+    return changed
+
+
+def repeated_layers(model: torch.nn.Module, path: str) -> torch.nn.ModuleList:
+    """The repeated blocks (longest ``ModuleList``) of the submodule at ``path`` (PEFT-wrapped or not)."""
+    root = None
+    for name, module in model.named_modules():
+        if name == path or name.endswith("." + path):
+            root = module
+            break
+    if root is None:
+        raise ValueError(f"module {path!r} not found in {type(model).__name__}")
+    lists = [m for m in root.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
+    if not lists:
+        raise ValueError(f"no list of repeated layers found under {path!r}")
+    return max(lists, key=len)
+
+
+def decoder_layers(model: torch.nn.Module, facts: FamilyFacts) -> torch.nn.ModuleList:
+    """The language model's decoder layers."""
+    return repeated_layers(model, facts.language_model)
+
+
+def compile_layers(
+    layers: torch.nn.ModuleList, dynamic: bool | None = None, backend: str = "inductor"
+) -> int:
+    """``torch.compile`` the ``forward`` of each layer in place (regional compilation); return the count.
+
+    Layers of one class share compiled code, so compile time grows with the number of layer classes
+    and shapes, not with depth. ``forward`` rather than the module call is compiled so that wrappers
+    around the call (transformers' gradient checkpointing) stay eager around compiled code.
+    """
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name):  # renamed across torch versions; per-layer guards need headroom
+            setattr(config, name, max(getattr(config, name), 8 * len(layers)))
+    for layer in layers:
+        layer.forward = torch.compile(layer.forward, dynamic=dynamic, backend=backend)
+    return len(layers)
+
+
+def compile_decoder_layers(
+    model: torch.nn.Module,
+    facts: FamilyFacts,
+    dynamic: bool | None = None,
+    backend: str = "inductor",
+    recompute_activations: bool = False,
+) -> int:
+    """Compile each language-model decoder layer; embeddings, vision tower and loss stay eager.
+
+    Pad batches to a multiple (``data.pad_to_multiple_of``) or group them by length so that few
+    shapes occur; after the second shape ``dynamic=None`` compiles a shape-generic graph.
+    ``recompute_activations`` is activation checkpointing done by the compiler: each layer keeps
+    only its inputs and recomputes the rest in backward (``activation_memory_budget = 0``), which
+    works where transformers' checkpoint wrapper around compiled layers fails to compile.
+    """
+    if recompute_activations:
+        torch._functorch.config.activation_memory_budget = 0.0
+    n = compile_layers(decoder_layers(model, facts), dynamic=dynamic, backend=backend)
+    log.info("torch.compile: %d decoder layers (dynamic=%s, backend=%s)", n, dynamic, backend)
+    return n
+
+
+def compile_vision_layers(
+    model: torch.nn.Module, facts: FamilyFacts, dynamic: bool | None = None, backend: str = "inductor"
+) -> int:
+    """Compile each encoder layer of the vision tower (image sizes vary: shape-generic after two)."""
+    n = compile_layers(repeated_layers(model, facts.vision_tower), dynamic=dynamic, backend=backend)
+    log.info("torch.compile: %d vision encoder layers (dynamic=%s, backend=%s)", n, dynamic, backend)
+    return n
