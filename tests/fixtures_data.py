@@ -37,3 +37,24 @@ def write_receipt_dataset(folder: Path, n_train: int = 8, n_val: int = 3, n_test
         "val": write_receipt_split(folder, "val", n_val, 1),
         "test": write_receipt_split(folder, "test", n_test, 2),
     }
+
+
+def chat_batch(path: str, n: int = 3) -> dict:
+    """A collated training batch of ``n`` one-image records (answers ``{"n": 7i}``) for the replica at ``path``."""
+    from PIL import Image
+
+    from vlm_lightning.data.collator import ChatCollator
+    from vlm_lightning.data.records import Record
+    from vlm_lightning.models.loading import family_of, load_processor
+
+    collator = ChatCollator(load_processor(path, image_max_tokens=16), family_of(path), max_length=300)
+    records = [
+        Record(
+            str(i),
+            ["x"],
+            [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f'{{"n": {i * 7}}}'}],
+            [f'{{"n": {i * 7}}}'],
+        )
+        for i in range(n)
+    ]
+    return collator([(r, [Image.new("RGB", (64, 80), (i * 60, 200, 90))]) for i, r in enumerate(records)])

@@ -67,12 +67,16 @@ def test_tiny_training_reports_every_side(tmp_path: Path) -> None:
     assert sorted(rows) == sorted(expected), rows
     for side, cells in rows.items():
         assert not cells[1].startswith("failed"), f"{side}: {cells}"
-        # samples/s, tokens/s, step ms, peak GiB, MFU, loss first -> last, ratio vs hf_trainer
-        for column, cell in zip(
-            ("samples/s", "tokens/s", "step ms", "peak GiB", "MFU", "loss", "ratio"), cells[1:]
-        ):
-            assert_positive(cell, f"{side} {column}")
+        # samples/s, tokens/s, step ms, peak GiB, MFU, warm-up s, loss first -> last, ratio vs hf_trainer
+        columns = ("samples/s", "tokens/s", "step ms", "peak GiB", "MFU", "warm-up s", "loss", "ratio")
+        for column, cell in zip(columns, cells[1:]):
+            if column == "warm-up s":
+                assert numbers(cell) and numbers(cell)[0] >= 0, f"{side} {column}: {cell!r}"
+            else:
+                assert_positive(cell, f"{side} {column}")
     assert "MFU = model FLOPs" in out and "device: CPU" in out
+    parity = table_rows(out, "| side | steps |")
+    assert "ours" in parity and int(parity["ours"][1]) > 0  # per-step losses compared on the same batches
 
     results = {r["side"]: r for r in json.loads((tmp_path / "train.json").read_text())["results"]}
     hf, ours = results["hf_trainer"], results["ours"]

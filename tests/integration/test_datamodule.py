@@ -56,6 +56,26 @@ def test_lengths_are_recorded_for_length_aware_batching(tiny_replica, data) -> N
     assert lengths is not None and len(lengths) == 4 and all(n > 16 for n in lengths)
 
 
+def test_group_by_length_batches_use_the_recorded_lengths(tiny_replica, data) -> None:  # noqa: ANN001
+    dm = make(tiny_replica, data, batch_size=2, group_by_length=True)
+    dm.setup("fit")
+    sampler = dm.train_dataloader().sampler
+    lengths = dm.datasets["train"].lengths
+    assert sampler.lengths == lengths and sampler.batch_size == 2
+    order = list(sampler)
+    assert sorted(order) == [0, 1, 2, 3]
+    ranked = sorted(lengths, reverse=True)  # each batch holds two neighbours in length order
+    groups = sorted(sorted((lengths[i] for i in g), reverse=True) for g in (order[:2], order[2:]))
+    assert groups == sorted([ranked[:2], ranked[2:]])
+
+
+def test_group_by_length_needs_the_length_check(tiny_replica, data) -> None:  # noqa: ANN001
+    dm = make(tiny_replica, data, batch_size=2, group_by_length=True, check_lengths=False)
+    dm.setup("fit")
+    with pytest.raises(ValueError, match="group_by_length needs the sample lengths"):
+        dm.train_dataloader()
+
+
 def test_leakage_between_train_and_test_is_an_error(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
     leaky = tmp_path / "test.jsonl"
     first = json.loads(data["train"].read_text().splitlines()[0])

@@ -1,0 +1,137 @@
+"""Speed levers keep results: no-cast LoRA under autocast, compiled layers, clipping with fused AdamW."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+from fixtures_data import chat_batch
+from peft.tuners.tuners_utils import BaseTunerLayer
+
+from vlm_lightning.models.acceleration import (
+    compile_decoder_layers,
+    compile_vision_layers,
+    decoder_layers,
+    skip_lora_input_cast,
+)
+from vlm_lightning.models.peft_setup import LoraSettings
+from vlm_lightning.module import VLMFineTuner
+
+
+def _lora_module(path: str) -> VLMFineTuner:
+    torch.manual_seed(0)
+    module = VLMFineTuner(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0), metrics=["exact_match"])
+    with torch.no_grad():  # non-zero lora_B so the adapters change the output
+        for name, p in module.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return module
+
+
+def _loss_and_grads(
+    module: VLMFineTuner, batch: dict, autocast: bool
+) -> tuple[float, dict[str, torch.Tensor]]:
+    module.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss, _, _ = module.model_step(batch)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+    return loss.item(), grads
+
+
+def test_skipping_lora_input_cast_keeps_loss_and_grads_under_bf16_autocast(tiny_replica) -> None:  # noqa: ANN001
+    path = str(tiny_replica("qwen2_vl"))
+    module = _lora_module(path)
+    batch = chat_batch(path, n=2)
+    loss_cast, grads_cast = _loss_and_grads(module, batch, autocast=True)
+    changed = skip_lora_input_cast(module.model)
+    lora_layers = [m for m in module.model.modules() if isinstance(m, BaseTunerLayer)]
+    assert changed == len(lora_layers) > 0
+    assert all(not m.cast_input_dtype_enabled for m in lora_layers)
+    loss_nocast, grads_nocast = _loss_and_grads(module, batch, autocast=True)
+    # bf16 -> fp32 -> bf16 is lossless: the same computation, bit for bit on CPU
+    assert loss_nocast == loss_cast
+    assert grads_cast.keys() == grads_nocast.keys() and grads_cast
+    for name in grads_cast:
+        torch.testing.assert_close(grads_nocast[name], grads_cast[name], rtol=0, atol=0)
+    assert skip_lora_input_cast(module.model) == 0  # idempotent
+
+
+def test_decoder_and_vision_layers_are_found_under_peft(tiny_replica) -> None:  # noqa: ANN001
+    module = _lora_module(str(tiny_replica("lfm2_vl")))
+    layers = decoder_layers(module.model, module.facts)
+    base = module.model.get_base_model()
+    assert layers is base.model.language_model.layers
+
+
+def test_compiled_layers_give_the_eager_loss_and_grads(tiny_replica) -> None:  # noqa: ANN001
+    path = str(tiny_replica("lfm2_vl"))
+    eager = _lora_module(path)
+    compiled = copy.deepcopy(eager)
+    batch = chat_batch(path, n=3)
+    n_lm = compile_decoder_layers(compiled.model, compiled.facts, backend="aot_eager")
+    n_vis = compile_vision_layers(compiled.model, compiled.facts, backend="aot_eager")
+    assert n_lm == len(decoder_layers(eager.model, eager.facts)) and n_vis >= 1
+    loss_e, grads_e = _loss_and_grads(eager, batch, autocast=False)
+    loss_c, grads_c = _loss_and_grads(compiled, batch, autocast=False)
+    assert loss_c == pytest.approx(loss_e, rel=1e-5)
+    assert grads_c.keys() == grads_e.keys()
+    for name in grads_e:
+        torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-4, atol=1e-6)
+
+
+class _Batches(torch.utils.data.Dataset):
+    def __init__(self, batch: dict, n: int) -> None:
+        self.batch, self.n = batch, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return self.batch
+
+
+def test_gradient_clipping_works_with_fused_adamw_under_bf16_mixed(tiny_replica) -> None:  # noqa: ANN001
+    """Lightning's mixed-precision plugin refuses to clip for fused optimizers; the module clips itself."""
+    path = str(tiny_replica("qwen2_vl"))
+    module = _lora_module(path)
+    module.optimizer_factory = lambda params, **kw: torch.optim.AdamW(params, lr=1e-3, fused=True)
+    norms: list[float] = []
+
+    class RecordNorm(L.Callback):
+        def on_before_zero_grad(self, trainer, pl_module, optimizer) -> None:  # noqa: ANN001
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            norms.append(float(torch.nn.utils.get_total_norm(grads)))
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision="bf16-mixed",
+        gradient_clip_val=1e-3,
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[RecordNorm()],
+    )
+    loader = torch.utils.data.DataLoader(_Batches(chat_batch(path), 2), batch_size=None)
+    trainer.fit(module, train_dataloaders=loader)
+    assert trainer.optimizers[0].defaults["fused"] is True
+    assert len(norms) == 2 and all(n <= 1e-3 * (1 + 1e-3) for n in norms), norms
+
+
+def test_enhancement_imports_without_the_augmentation_stack() -> None:
+    """Every split is enhanced; machines without albumentations / OpenCV can still load data."""
+    code = (
+        "import sys; sys.modules['albumentations'] = None; sys.modules['cv2'] = None\n"
+        "from PIL import Image\n"
+        "from vlm_lightning.data.datamodule import DocumentDataModule\n"
+        "from vlm_lightning.data.enhance import enhance\n"
+        "print(enhance(Image.new('RGB', (300, 100)), max_side=150).size)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "(150, 50)"
