@@ -867,16 +867,14 @@ def ours_step(model: Any, optimizer: Any, params: list[Any], batch: dict[str, An
     if not torch.isfinite(loss):  # training_step's check (a device sync, as in the module)
         raise FloatingPointError(f"non-finite loss {loss.item()}")
     loss.backward()
-    # on_before_optimizer_step's grad-norm log and Lightning's gradient_clip_val (HF: max_grad_norm)
-    grads = [p.grad for p in params if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    # VLMFineTuner.configure_gradient_clipping: one norm, logged and clipped (HF: max_grad_norm)
+    norm = torch.nn.utils.clip_grad_norm_(params, ctx.args.max_grad_norm, foreach=True)  # logged + clipped
     if not ctx.diagnostics:  # first step: with lora_B = 0 the lora_A gradients are exactly zero in math
         a_grads = [p.grad for n, p in ctx.named_trainable if "lora_A" in n and p.grad is not None]
         ctx.diagnostics["lora_A_grad_nonzero_step1"] = sum(int((g != 0).sum()) for g in a_grads)
         ctx.diagnostics["lora_A_grad_absmax_step1"] = max(
             (float(g.abs().max()) for g in a_grads), default=0.0
         )
-    torch.nn.utils.clip_grad_norm_(params, ctx.args.max_grad_norm, foreach=True)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach(), norm.detach()

@@ -160,6 +160,9 @@ class VLMFineTuner(L.LightningModule):
         )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        clip = self._trainer is not None and self.trainer.gradient_clip_val
+        if clip and self.trainer.gradient_clip_algorithm != "value":
+            return  # configure_gradient_clipping logs the norm it computes anyway
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if grads:  # one foreach kernel per dtype/device group, not one norm per parameter
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads, foreach=True))
@@ -264,7 +267,8 @@ class VLMFineTuner(L.LightningModule):
         if gradient_clip_algorithm == "value":
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val, foreach=True)
         else:
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+            norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+            self.log("train/grad_norm", norm)  # the norm before clipping, as without clipping
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]

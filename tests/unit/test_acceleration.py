@@ -121,6 +121,7 @@ def test_gradient_clipping_works_with_fused_adamw_under_bf16_mixed(tiny_replica)
     loader = torch.utils.data.DataLoader(_Batches(chat_batch(path), 2), batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
     assert trainer.optimizers[0].defaults["fused"] is True
+    assert float(trainer.callback_metrics["train/grad_norm"]) > 1e-3  # logged once, before clipping
     assert len(norms) == 2 and all(n <= 1e-3 * (1 + 1e-3) for n in norms), norms
 
 
