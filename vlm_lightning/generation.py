@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from vlm_lightning.models.merged_lora import merged_lora
+
 
 def end_of_turn_ids(tokenizer: Any, end_of_turn: str) -> list[int]:
     """Token ids that stop generation: the family's end-of-turn token and the tokenizer's eos."""
@@ -25,9 +27,14 @@ def generate_batch(
     tokenizer: Any,
     stop_ids: list[int],
     max_new_tokens: int = 256,
+    merge_lora: bool = True,
     **generation_kwargs: Any,
 ) -> tuple[list[str], torch.Tensor]:
-    """Generate for a left-padded batch; return decoded texts (special tokens removed) and new token ids."""
+    """Generate for a left-padded batch; return decoded texts (special tokens removed) and new token ids.
+
+    With ``merge_lora`` each LoRA projection runs as one merged linear layer while generating
+    (``models.merged_lora``: the stored weights are untouched; costs one copy of the merged weights).
+    """
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     kwargs: dict[str, Any] = {"do_sample": False, "num_beams": 1}
     kwargs.update(generation_kwargs)
@@ -35,13 +42,14 @@ def generate_batch(
         kwargs.pop("temperature", None)
         kwargs.pop("top_p", None)
         kwargs.pop("min_p", None)
-    out = model.generate(
-        **inputs,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=stop_ids,
-        pad_token_id=pad,
-        **kwargs,
-    )
+    with merged_lora(model, enabled=merge_lora):
+        out = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stop_ids,
+            pad_token_id=pad,
+            **kwargs,
+        )
     new_tokens = out[:, inputs["input_ids"].shape[1] :]
     texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     return [t.strip() for t in texts], new_tokens

@@ -65,6 +65,9 @@ class VLMFineTuner(L.LightningModule):
             and loss evaluation (regional compilation; set ``data.pad_to_multiple_of`` so that few shapes
             occur); generation and the loss head stay eager.
         compile_vision_tower: also compile each encoder layer of the frozen vision tower (forward only).
+        merge_lora_for_generation: generate with each LoRA projection folded into one temporary merged
+            linear layer (faster decoding; the trained weights are untouched; needs memory for one copy of
+            the merged weights; 4-bit QLoRA bases keep the adapter path).
 
     Under mixed precision (``bf16-mixed`` / ``16-mixed``) PEFT's cast of every LoRA input to the float32
     adapter dtype is switched off: autocast runs the adapter matmuls in 16 bit either way, so the cast
@@ -92,6 +95,7 @@ class VLMFineTuner(L.LightningModule):
         usd_per_gpu_hour: float | None = None,
         compile_language_model: bool = False,
         compile_vision_tower: bool = False,
+        merge_lora_for_generation: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -139,12 +143,12 @@ class VLMFineTuner(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, n_tokens, correct = self.model_step(batch)
-        if not torch.isfinite(loss):
-            if not self._nonfinite_guarded():
-                raise FloatingPointError(
-                    f"non-finite loss {loss.item()} at global step {self.global_step}, batch ids {batch['ids']}"
-                )
-            return loss  # NonFiniteGuard stops or drops this update; keep NaN out of the logged means
+        # With a NonFiniteGuard the check waits for the optimizer step (one host sync per step, not
+        # one per micro-batch); the per-step log then shows the NaN of a skipped update as it was.
+        if not self._nonfinite_guarded() and not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss {loss.item()} at global step {self.global_step}, batch ids {batch['ids']}"
+            )
         bsz = batch["labels"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
         self.log("train/token_acc", correct / n_tokens.clamp(min=1), batch_size=bsz)
@@ -232,7 +236,12 @@ class VLMFineTuner(L.LightningModule):
         kwargs.setdefault("max_new_tokens", self.hparams.generate_max_new_tokens)
         with torch.compiler.set_stance("force_eager"):  # decoding shapes would recompile the layers
             return generate_batch(
-                self.model, batch["generation_inputs"], self.tokenizer, self.stop_ids, **kwargs
+                self.model,
+                batch["generation_inputs"],
+                self.tokenizer,
+                self.stop_ids,
+                merge_lora=self.hparams.merge_lora_for_generation,
+                **kwargs,
             )
 
     def configure_model(self) -> None:

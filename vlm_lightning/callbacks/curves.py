@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 Series = dict[str, list[tuple[float, float]]]  # metric name -> [(step, value), ...]
+_Pending = dict[str, list[tuple[float, Any]]]  # values may still be device tensors
 
 TRAIN_LOSS_KEYS = ("train/loss", "train/loss_step")
 VAL_LOSS_KEYS = ("val/loss",)
@@ -132,17 +133,30 @@ class TrainingCurves(Callback):
 
     def __init__(self, filename: str = FILE_NAME) -> None:
         self.filename = filename
-        self.history: Series = defaultdict(list)
+        self._points: _Pending = defaultdict(list)
         self.path: Path | None = None
 
     # --- fallback history (used when there is no metrics.csv) -----------------------------------
+    @property
+    def history(self) -> Series:
+        """The kept points as floats (device tensors are read here, not at every step; NaN dropped)."""
+        out: Series = defaultdict(list)
+        for key, points in self._points.items():
+            for step, value in points:
+                if (number := _scalar(value)) is not None:
+                    out[key].append((step, number))
+        return out
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.history = defaultdict(list)
+        self._points = defaultdict(list)
         self.path = None
 
-    def _put(self, key: str, step: float, value: float) -> None:
-        """Append a point; a second value at the same step (gradient accumulation) replaces the first."""
-        points = self.history[key]
+    def _put(self, key: str, step: float, value: Any) -> None:
+        """Append a point; a second value at the same step (gradient accumulation) replaces the first.
+
+        Training losses stay device tensors until the figure is drawn: reading one per step would
+        synchronise the GPU every step."""
+        points = self._points[key]
         if points and points[-1][0] == step:
             points[-1] = (step, value)
         else:
@@ -169,9 +183,9 @@ class TrainingCurves(Callback):
             return
         step = float(max(0, trainer.global_step - 1))
         for key in TRAIN_LOSS_KEYS:
-            value = _scalar(trainer.callback_metrics.get(key))
+            value = trainer.callback_metrics.get(key)
             if value is not None:
-                self._put(key, step, value)
+                self._put(key, step, value.detach().clone() if hasattr(value, "detach") else value)
                 break
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -2,7 +2,8 @@
 
 The guard sees every micro-batch's loss in ``on_before_backward`` and the gradients in
 ``on_before_optimizer_step``; the decision is taken there, before ``optimizer.step()``, and agreed by
-all DDP ranks (``strategy.reduce_boolean_decision``) so they stop or skip together.
+all DDP ranks (one reduced device flag, read once per optimizer step: no per-micro-batch host sync) so
+they stop or skip together.
 
 * ``action="stop"``: raise ``NonFiniteLossError`` naming the global step, epoch, batch index and the
   batch ids (``batch["ids"]``) of the offending micro-batches. The update is never applied, so the
@@ -71,6 +72,8 @@ class NonFiniteGuard(Callback):
         self._consecutive = 0
         self._current: tuple[int, list[Any]] = (-1, [])
         self._bad: list[dict[str, Any]] = []  # offending micro-batches since the last optimizer step
+        # (non-finite flag, loss, batch_idx, ids) of each micro-batch since the last optimizer step
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, int, list[Any]]] = []
 
     # --- detection ----------------------------------------------------------------------------
     def on_train_batch_start(
@@ -82,29 +85,38 @@ class NonFiniteGuard(Callback):
     def on_before_backward(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
     ) -> None:
-        """Record a non-finite loss (the decision waits for ``on_before_optimizer_step``, on every rank)."""
-        if not bool(torch.isfinite(loss.detach()).all()):
-            value = loss.detach().float()
-            self._bad.append(
-                {
-                    "what": f"loss {value.item() if value.numel() == 1 else 'non-finite'}",
-                    "batch_idx": self._current[0],
-                    "ids": self._current[1],
-                }
-            )
+        """Keep this micro-batch's finiteness flag on the device; it is read once per optimizer step."""
+        self._pending.append((~torch.isfinite(loss.detach()).all(), loss.detach(), *self._current))
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        """Stop or drop the update when this step saw a non-finite loss or gradient on any rank."""
-        if not self._bad and self.check_grads:
+        """Stop or drop the update when this step saw a non-finite loss or gradient on any rank.
+
+        One device flag per step (losses of every micro-batch and, with ``check_grads``, the total
+        gradient norm, which is non-finite when any gradient is), reduced over DDP ranks and read once.
+        """
+        flags = [flag for flag, *_ in self._pending]
+        grads_bad: torch.Tensor | None = None
+        if self.check_grads:
             grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-            if grads and not bool(
-                torch.isfinite(torch.stack([g.detach().float().norm() for g in grads])).all()
-            ):
+            if grads:
+                grads_bad = ~torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True))
+                flags.append(grads_bad)
+        device = pl_module.device
+        flag = torch.stack([f.to(device) for f in flags]).any() if flags else torch.zeros((), device=device)
+        if trainer.world_size > 1:
+            flag = trainer.strategy.reduce(flag.int(), reduce_op="sum")
+        bad = bool(flag)  # the guard's one host sync per optimizer step
+        if bad:
+            for flag, loss, batch_idx, ids in self._pending:
+                if bool(flag):
+                    value = loss.float()
+                    what = f"loss {value.item() if value.numel() == 1 else 'non-finite'}"
+                    self._bad.append({"what": what, "batch_idx": batch_idx, "ids": ids})
+            if grads_bad is not None and bool(grads_bad) and not self._bad:
                 self._bad.append({"what": "gradient", "batch_idx": self._current[0], "ids": self._current[1]})
-        local = bool(self._bad)
-        bad = trainer.strategy.reduce_boolean_decision(local, all=False) if trainer.world_size > 1 else local
+        self._pending = []
         if not bad:
             self._consecutive = 0
             return

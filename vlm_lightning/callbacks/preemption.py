@@ -93,16 +93,23 @@ class PreemptionCheckpoint(Callback):
         signals: signal names to handle (``SIGTERM``, ``SIGINT``, ``SIGUSR1``, ...).
         filename: checkpoint file name inside the run folder.
         exit_code: exit status of ``python -m vlm_lightning`` after a preemption stop (0: clean exit).
+        ddp_check_every_n_batches: under DDP the ranks agree on stopping (one all-reduce and host sync)
+            every this many batches, not after every batch; a single process checks every batch.
     """
 
     def __init__(
-        self, signals: Sequence[str] = ("SIGTERM", "SIGINT"), filename: str = "last.ckpt", exit_code: int = 0
+        self,
+        signals: Sequence[str] = ("SIGTERM", "SIGINT"),
+        filename: str = "last.ckpt",
+        exit_code: int = 0,
+        ddp_check_every_n_batches: int = 10,
     ) -> None:
         self.signals = [
             signal.Signals[name] if isinstance(name, str) else signal.Signals(name) for name in signals
         ]
         self.filename = filename
         self.exit_code = exit_code
+        self.ddp_check_every_n_batches = max(1, ddp_check_every_n_batches)
         self.requested: signal.Signals | None = None
         self.saved_path: Path | None = None
         self._previous: dict[signal.Signals, _Handler] = {}
@@ -172,7 +179,12 @@ class PreemptionCheckpoint(Callback):
     ) -> None:
         """All ranks decide together; on a request save, report and leave through ``SIGTERMException``."""
         local = self.requested is not None
-        stop = trainer.strategy.reduce_boolean_decision(local, all=False) if trainer.world_size > 1 else local
+        if trainer.world_size > 1:
+            if batch_idx % self.ddp_check_every_n_batches:
+                return  # every rank skips the same batches, so the collective below stays matched
+            stop = trainer.strategy.reduce_boolean_decision(local, all=False)
+        else:
+            stop = local
         if not stop:
             return
         self._save(trainer)

@@ -22,7 +22,7 @@ class Throughput(Callback):
         self.warmup_steps = warmup_steps
         self._start: float | None = None
         self._samples = 0
-        self._tokens = 0
+        self._tokens: torch.Tensor | int = 0  # summed on the device: reading it per step would sync
         self._steps = 0
         self.result: dict[str, Any] = {}
 
@@ -41,14 +41,15 @@ class Throughput(Callback):
                 self._steps_at_start = step
             return
         self._samples += int(batch["labels"].shape[0])
-        self._tokens += int(batch["inputs"]["attention_mask"].sum())
+        self._tokens = self._tokens + batch["inputs"]["attention_mask"].sum()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._start is None:
             return
         self._sync(trainer)
         elapsed = time.perf_counter() - self._start
-        totals = torch.tensor([self._samples, self._tokens], dtype=torch.float64, device=pl_module.device)
+        tokens = float(self._tokens) if torch.is_tensor(self._tokens) else self._tokens
+        totals = torch.tensor([self._samples, tokens], dtype=torch.float64, device=pl_module.device)
         totals = trainer.strategy.reduce(totals, reduce_op="sum")
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
         peaks = trainer.strategy.all_gather(torch.tensor(peak, device=pl_module.device))
