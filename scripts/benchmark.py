@@ -1027,6 +1027,7 @@ def run_lightning(ctx: Context) -> dict[str, Any]:
     }
     if "compile_language_model" in inspect.signature(module_mod.VLMFineTuner).parameters:
         kwargs["compile_language_model"] = ctx.is_cuda
+        kwargs["compile_vision_tower"] = ctx.is_cuda
     module = module_mod.VLMFineTuner(**kwargs)
     pad_id = ctx.meta["pad_id"]
     batches = [pad_batch(b, ctx.args.pad_to, pad_id) for b in ctx.warmup_batches + ctx.timed_batches]
@@ -1302,7 +1303,9 @@ def gen_batched(ctx: Context, setup: GenSetup, size: int) -> tuple[list[dict[str
     for name, inputs, run in methods:
         try:
             row, outs = gen_method(ctx, setup, name, size, inputs, run)
-            rows.append({**row, **compare_tokens(reference, outs), "vs_hf": hf_row["seconds"] / row["seconds"]})
+            rows.append(
+                {**row, **compare_tokens(reference, outs), "vs_hf": hf_row["seconds"] / row["seconds"]}
+            )
         except Exception as exc:  # noqa: BLE001 - a failing variant is reported, not fatal
             traceback.print_exc()
             rows.append({"method": name, "batch": size, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})

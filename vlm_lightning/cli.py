@@ -54,7 +54,8 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
             callbacks.append(PreemptionCheckpoint())
         if not any(isinstance(c, NonFiniteGuard) for c in callbacks):
             callbacks.append(NonFiniteGuard(action="stop"))
-        callbacks.append(Throughput())
+        if not any(isinstance(c, Throughput) for c in callbacks):
+            callbacks.append(Throughput())
         callbacks.append(TrainingCurves())
         callbacks.append(PredictionTable())
         if trainer_cfg.get("logger") is not False:

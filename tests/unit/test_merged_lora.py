@@ -12,7 +12,9 @@ from vlm_lightning.models.merged_lora import merged_lora
 def toy_lora(dropout: float = 0.0) -> torch.nn.Module:
     torch.manual_seed(0)
     base = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["0", "2"]))
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["0", "2"])
+    )
     for name, p in model.named_parameters():
         if "lora_B" in name:  # lora_B starts at zero: make the adapters matter
             torch.nn.init.normal_(p, std=0.5)
@@ -85,12 +87,18 @@ def test_generation_tokens_equal_with_and_without_merge(tiny_replica) -> None:  
         Record(str(i), ["x"], [{"role": "user", "content": q}, {"role": "assistant", "content": "a"}], ["a"])
         for i, q in enumerate(["Read the total.", "Which store is it?"])
     ]
-    batch = collator([(r, [Image.new("RGB", (96 + 32 * i, 128), (200, 40 * i, 90))]) for i, r in enumerate(recs)])
+    batch = collator(
+        [(r, [Image.new("RGB", (96 + 32 * i, 128), (200, 40 * i, 90))]) for i, r in enumerate(recs)]
+    )
     stop = end_of_turn_ids(processor.tokenizer, facts.end_of_turn)
     kwargs = {"max_new_tokens": 10, "min_new_tokens": 10}
-    _, adapter_tokens = generate_batch(model, batch["generation_inputs"], processor.tokenizer, stop, merge_lora=False, **kwargs)
+    _, adapter_tokens = generate_batch(
+        model, batch["generation_inputs"], processor.tokenizer, stop, merge_lora=False, **kwargs
+    )
     _, merged_tokens = generate_batch(model, batch["generation_inputs"], processor.tokenizer, stop, **kwargs)
     with model.disable_adapter():
-        _, base_tokens = generate_batch(model, batch["generation_inputs"], processor.tokenizer, stop, **kwargs)
+        _, base_tokens = generate_batch(
+            model, batch["generation_inputs"], processor.tokenizer, stop, **kwargs
+        )
     assert torch.equal(merged_tokens, adapter_tokens)
     assert not torch.equal(base_tokens, adapter_tokens)  # the adapters change the greedy output

@@ -41,9 +41,7 @@ def _merged_linear(module: torch.nn.Module) -> torch.nn.Linear:
     for adapter in module.active_adapters:
         if adapter in module.lora_A:
             weight += module.get_delta_weight(adapter).float()
-    merged = torch.nn.Linear(
-        base.in_features, base.out_features, bias=base.bias is not None, device="meta"
-    )
+    merged = torch.nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
     merged.weight = torch.nn.Parameter(weight.to(base.weight.dtype), requires_grad=False)
     if base.bias is not None:
         merged.bias = base.bias
