@@ -1300,6 +1300,13 @@ def gen_batched(ctx: Context, setup: GenSetup, size: int) -> tuple[list[dict[str
                 lambda b: ours_rows(setup, b, ctx.device, cache_implementation="static"),
             )
         )
+        methods.append(
+            (
+                "adapters unmerged + static cache",
+                padded,
+                lambda b: ours_rows(setup, b, ctx.device, merge_lora=False, cache_implementation="static"),
+            )
+        )
     for name, inputs, run in methods:
         try:
             row, outs = gen_method(ctx, setup, name, size, inputs, run)

@@ -150,10 +150,14 @@ class VLMFineTuner(L.LightningModule):
                 f"non-finite loss {loss.item()} at global step {self.global_step}, batch ids {batch['ids']}"
             )
         bsz = batch["labels"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
+        # Lightning turns progress-bar values into Python floats every step (a GPU sync): only with a bar
+        self.log("train/loss", loss, prog_bar=self._progress_bar_shown(), batch_size=bsz)
         self.log("train/token_acc", correct / n_tokens.clamp(min=1), batch_size=bsz)
         self.log("train/tokens", n_tokens.float(), reduce_fx="sum", batch_size=bsz)
         return loss
+
+    def _progress_bar_shown(self) -> bool:
+        return self._trainer is not None and self.trainer.progress_bar_callback is not None
 
     def _nonfinite_guarded(self) -> bool:
         """Whether a ``NonFiniteGuard`` callback handles non-finite losses (it names step and batch ids)."""

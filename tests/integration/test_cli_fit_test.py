@@ -61,8 +61,32 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def fitted(tiny_replica, data, tmp_path_factory):  # noqa: ANN001, ANN201
     root = tmp_path_factory.mktemp("run")
-    cli = build_cli(["fit", *base_args(tiny_replica("qwen2_vl"), data, root, "--trainer.max_steps", "4")])
+    extra = [
+        "--trainer.max_steps",
+        "4",
+        # user-given callbacks: a Throughput with its own warm-up replaces the CLI's default one
+        "--trainer.callbacks+=vlm_lightning.callbacks.throughput.Throughput",
+        "--trainer.callbacks.warmup_steps=1",
+        "--trainer.callbacks+=vlm_lightning.callbacks.step_profile.StepProfiler",
+        "--trainer.callbacks.start_step=2",
+        "--trainer.callbacks.steps=1",
+        "--trainer.callbacks.trace=false",
+    ]
+    cli = build_cli(["fit", *base_args(tiny_replica("qwen2_vl"), data, root, *extra)])
     return cli, root
+
+
+def test_user_throughput_and_step_profiler_callbacks(fitted) -> None:  # noqa: ANN001
+    from vlm_lightning.callbacks.throughput import Throughput
+
+    cli, _ = fitted
+    run = Path(cli.trainer.log_dir)
+    assert sum(isinstance(c, Throughput) for c in cli.trainer.callbacks) == 1
+    throughput = json.loads((run / "throughput.json").read_text())
+    assert throughput["timed_optimizer_steps"] == 3  # 4 steps, 1 of warm-up (the default is 5)
+    report = (run / "step_profile.txt").read_text()
+    assert report.startswith("steps 2..3 (1 optimizer steps)") and "wall per step" in report
+    assert "by device time:" in report and "aten::" in report
 
 
 def test_fit_writes_best_and_last_with_trainable_weights_only(fitted) -> None:  # noqa: ANN001

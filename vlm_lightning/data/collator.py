@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from vlm_lightning.data.masking import MaskStrategy, segment_conversation
+from vlm_lightning.data.patch_padding import trim_patch_padding
 from vlm_lightning.data.records import Record
 from vlm_lightning.models.families import FamilyFacts
 
@@ -154,7 +155,7 @@ class ChatCollator:
                     raise
                 problems.append(str(exc))
                 samples.append(sample)
-        return samples, dict(batch)
+        return samples, trim_patch_padding(dict(batch))
 
     def _fit_length(self, record: Record, sample: EncodedSample) -> EncodedSample:
         """Refuse to cut image or prompt tokens; cut the answer's tail if allowed."""
