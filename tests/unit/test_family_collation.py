@@ -87,3 +87,25 @@ def test_lora_save_load_round_trip_gives_identical_outputs(family, tmp_path: Pat
     with torch.no_grad():
         after = reloaded(**batch["inputs"]).logits
     torch.testing.assert_close(before, after)
+
+
+def test_merged_lora_and_static_cache_give_the_adapter_path_tokens(family) -> None:  # noqa: ANN001
+    """fp32: generation with merged LoRA projections, and with a static cache, equals the unmerged adapters."""
+    from peft import LoraConfig, get_peft_model
+
+    name, path, facts, processor, collator = family
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(path, dtype="float32"),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=facts.lora_target_regex("attention_mlp")))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.2)
+    model.eval()
+    stop = end_of_turn_ids(processor.tokenizer, facts.end_of_turn)
+    inputs = collator(items(records()))["generation_inputs"]
+    kwargs = {"max_new_tokens": 8, "min_new_tokens": 8}
+    _, adapter = generate_batch(model, inputs, processor.tokenizer, stop, merge_lora=False, **kwargs)
+    _, merged = generate_batch(model, inputs, processor.tokenizer, stop, **kwargs)
+    _, static = generate_batch(model, inputs, processor.tokenizer, stop, cache_implementation="static", **kwargs)
+    assert torch.equal(merged, adapter), name
+    assert torch.equal(static, adapter), name
