@@ -1,0 +1,49 @@
+"""scripts/ddp_scaling.py --shrink on CPU: the real `fit` CLI runs, the report has one row per device count."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shrunken_scaling_run_reports_timed_steps_and_sizes_data_to_one_epoch(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    args = ["--shrink", "--devices", "1", "--steps", "4", "--warmup", "1", "--batch-size", "2"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "ddp_scaling.py"),
+            *args,
+            "--workdir",
+            str(tmp_path),
+            "--no-test",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 1 |")]
+    assert len(rows) == 1, proc.stdout[-3000:]
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert float(cells[1]) > 0 and cells[3] == "1.00x"
+    assert cells[4] == "3"  # 4 steps, 1 of warm-up
+    # (4 + 1) steps x batch 2 x 1 device / 0.9 train fraction, + 16: every timed step inside epoch 0
+    train_rows = (tmp_path / "receipts_28" / "train.jsonl").read_text().splitlines()
+    assert len(train_rows) >= 5 * 2 and all(json.loads(r) for r in train_rows)
