@@ -102,3 +102,15 @@ def test_generation_tokens_equal_with_and_without_merge(tiny_replica) -> None:  
         )
     assert torch.equal(merged_tokens, adapter_tokens)
     assert not torch.equal(base_tokens, adapter_tokens)  # the adapters change the greedy output
+
+
+def test_sharded_or_flattened_base_weights_are_not_merged() -> None:
+    model = toy_lora()
+    first = model.base_model.model[0]
+    full = first.base_layer.weight
+    first.base_layer.weight = torch.nn.Parameter(full.detach().reshape(-1)[:8].clone())  # an FSDP-like shard
+    try:
+        with merged_lora(model) as swapped:
+            assert swapped == 1  # only the second projection
+    finally:
+        first.base_layer.weight = full

@@ -23,8 +23,12 @@ def _mergeable(module: torch.nn.Module) -> bool:
 
     if not isinstance(module, LoraLinear) or module.merged or module.disable_adapters:
         return False
-    if type(module.base_layer) is not torch.nn.Linear:  # 4-bit / 8-bit bases keep the PEFT path
+    base = module.base_layer
+    if type(base) is not torch.nn.Linear:  # 4-bit / 8-bit bases keep the PEFT path
         return False
+    weight = base.weight
+    if type(weight.data) is not torch.Tensor or weight.shape != (base.out_features, base.in_features):
+        return False  # sharded (FSDP / DTensor) or flattened weights: merging needs the whole matrix
     active = [a for a in module.active_adapters if a in module.lora_A]
     if not active:
         return False
