@@ -20,6 +20,27 @@ log = logging.getLogger(__name__)
 Split = Literal["train", "val", "test", "predict"]
 
 
+def merge_length_shares(
+    n: int, shares: list[tuple[list[int], list[int], list[str]]]
+) -> tuple[list[int], list[str]]:
+    """Assemble per-rank (indices, lengths, problems) shares into the full length list (in sample order)
+    and all problems (rank order); every index must be covered exactly once."""
+    lengths: list[int | None] = [None] * n
+    problems: list[str] = []
+    for indices, share_lengths, share_problems in shares:
+        if len(indices) != len(share_lengths):
+            raise ValueError(f"length share has {len(indices)} indices but {len(share_lengths)} lengths")
+        for i, length in zip(indices, share_lengths):
+            if lengths[i] is not None:
+                raise ValueError(f"sample {i} measured by two ranks")
+            lengths[i] = length
+        problems.extend(share_problems)
+    missing = [i for i, length in enumerate(lengths) if length is None]
+    if missing:
+        raise ValueError(f"{len(missing)} sample(s) measured by no rank, first {missing[:5]}")
+    return [int(length) for length in lengths if length is not None], problems
+
+
 class ImageLoadError(RuntimeError):
     """An image could not be loaded while batching; names the file and row."""
 
@@ -330,11 +351,8 @@ class DocumentDataModule(L.LightningDataModule):
             if cached is not None:
                 dataset.lengths = cached
                 continue
-            lengths: list[int] = []
-            chunk = 16
-            for start in range(0, len(dataset), chunk):
-                items = [dataset[i] for i in range(start, min(start + chunk, len(dataset)))]
-                lengths.extend(self.collator.lengths(items, problems))
+            lengths, split_problems = self._measure_lengths(dataset)
+            problems.extend(split_problems)
             dataset.lengths = lengths
             if key and not problems:
                 self.cache.put_json(key, lengths)
@@ -343,6 +361,26 @@ class DocumentDataModule(L.LightningDataModule):
                 [RowProblem("<length check>", 0, "max_length", p) for p in problems],
                 hint="\nNo sample was cut silently: raise data.max_length or lower data.image_max_tokens.",
             )
+
+    def _measure_lengths(self, dataset: RecordDataset) -> tuple[list[int], list[str]]:
+        """Token lengths (and too-long problems) of every sample; under an initialised process group each
+        rank measures every world_size-th sample and the shares are gathered, so all ranks hold the same
+        full list and startup work is divided by the number of ranks."""
+        rank, world = 0, 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        indices = list(range(rank, len(dataset), world))
+        lengths: list[int] = []
+        problems: list[str] = []
+        chunk = 16
+        for start in range(0, len(indices), chunk):
+            items = [dataset[i] for i in indices[start : start + chunk]]
+            lengths.extend(self.collator.lengths(items, problems))
+        if world == 1:
+            return lengths, problems
+        shares: list[Any] = [None] * world
+        torch.distributed.all_gather_object(shares, (indices, lengths, problems))
+        return merge_length_shares(len(dataset), shares)
 
     def _hold_out(self, records: list[Record], fraction: float) -> tuple[list[Record], list[Record]]:
         order = list(range(len(records)))
