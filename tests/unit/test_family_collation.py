@@ -109,3 +109,24 @@ def test_merged_lora_and_static_cache_give_the_adapter_path_tokens(family) -> No
     _, static = generate_batch(model, inputs, processor.tokenizer, stop, cache_implementation="static", **kwargs)
     assert torch.equal(merged, adapter), name
     assert torch.equal(static, adapter), name
+
+
+def test_paligemma_generation_inputs_equal_a_prompt_only_processor_call(tiny_replica) -> None:  # noqa: ANN001
+    """The prefix collator processes images once and cuts the prompts out of the prompt + suffix batch."""
+    from vlm_lightning.data.prefix_collator import prefix_prompt
+
+    path = str(tiny_replica("paligemma"))
+    processor = load_processor(path)
+    collator = make_collator(processor, family_of(path), max_length=1024)
+    batch_items = items(records())
+    gen = collator(batch_items)["generation_inputs"]
+    reference = processor(
+        text=[prefix_prompt(r, collator.image_token) for r, _ in batch_items],
+        images=[imgs for _, imgs in batch_items],
+        return_tensors="pt",
+        padding="longest",
+        padding_side="left",
+    )
+    assert sorted(gen) == ["attention_mask", "input_ids", "pixel_values", "token_type_ids"]
+    for key in gen:
+        assert torch.equal(gen[key], reference[key]), key

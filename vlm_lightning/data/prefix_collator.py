@@ -70,56 +70,84 @@ class PrefixSuffixCollator:
             text=[prefix_prompt(r, self.image_token) for r in records],
             images=self._images(items),
             suffix=[r.answers[0] if r.answers else "" for r in records],
+            return_tensors="pt",
+            padding="longest",
         )
-        prompts = self.processor(
-            text=[prefix_prompt(r, self.image_token) for r in records], images=self._images(items)
-        )
-        lengths = [len(ids) for ids in full["input_ids"]]
-        self._check(records, lengths, [len(ids) for ids in prompts["input_ids"]], problems)
+        lengths = full["attention_mask"].sum(1).tolist()
+        self._check(records, lengths, _prompt_mask(full).sum(1).tolist(), problems)
         return lengths
 
+    def _left_padded_prompts(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Generation inputs cut from a prompt + suffix batch (images processed once): the prefix tokens
+        (``token_type_ids == 0``) of each row, left-padded, with the same pixel values."""
+        prompt = _prompt_mask(batch)
+        lengths = prompt.sum(1).tolist()
+        width, bsz = max(lengths), len(lengths)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((bsz, width), pad, dtype=batch["input_ids"].dtype)
+        attention = torch.zeros((bsz, width), dtype=batch["attention_mask"].dtype)
+        for i, n in enumerate(lengths):
+            input_ids[i, width - n :] = batch["input_ids"][i][prompt[i]]
+            attention[i, width - n :] = 1
+        return {
+            "input_ids": input_ids,
+            "token_type_ids": torch.zeros_like(input_ids),
+            "attention_mask": attention,
+            "pixel_values": batch["pixel_values"],
+        }
+
     def __call__(self, items: Sequence[tuple[Record, list[Image.Image]]]) -> dict[str, Any]:
-        """Collate (record, images) pairs into a training batch plus left-padded generation inputs."""
+        """Collate (record, images) pairs into a training batch plus left-padded generation inputs.
+
+        With answers, the processor runs once (prompt + suffix) and the generation prompts are cut from
+        that batch; without (predict), it runs once on the prompts, left-padded."""
         records = [r for r, _ in items]
         prompts = [prefix_prompt(r, self.image_token) for r in records]
         images = self._images(items)
-        gen = self.processor(
-            text=prompts, images=images, return_tensors="pt", padding="longest", padding_side="left"
-        )
         out: dict[str, Any] = {
-            "generation_inputs": dict(gen),
             "ids": [r.id for r in records],
             "answers": [list(r.answers) for r in records],
             "prompts": [r.prompt_text for r in records],
             "meta": [dict(r.meta) for r in records],
         }
-        if all(r.answers for r in records):
-            kwargs: dict[str, Any] = {"padding": "longest"}
-            if self.pad_to_multiple_of:
-                kwargs["pad_to_multiple_of"] = self.pad_to_multiple_of
-            batch = self.processor(
-                text=prompts,
-                images=images,
-                suffix=[r.answers[0] for r in records],
-                return_tensors="pt",
-                padding_side="right",
-                **kwargs,
+        if not all(r.answers for r in records):
+            gen = self.processor(
+                text=prompts, images=images, return_tensors="pt", padding="longest", padding_side="left"
             )
-            lengths = batch["attention_mask"].sum(1).tolist()
-            prompt_lengths = gen["attention_mask"].sum(1).tolist()
-            self._check(records, lengths, prompt_lengths, None)
-            labels = batch.pop("labels")
-            labels[batch["attention_mask"] == 0] = IGNORE_INDEX
-            if batch["input_ids"].shape[1] > self.max_length:
-                batch = {
-                    k: (
-                        v[:, : self.max_length]
-                        if torch.is_tensor(v) and v.dim() == 2 and v.shape == labels.shape
-                        else v
-                    )
-                    for k, v in batch.items()
-                }
-                labels = labels[:, : self.max_length]
-            out["inputs"] = dict(batch)
-            out["labels"] = labels
+            gen.pop("labels", None)  # all -100 without a suffix; generate has no use for them
+            out["generation_inputs"] = dict(gen)
+            return out
+        kwargs: dict[str, Any] = {"padding": "longest"}
+        if self.pad_to_multiple_of:
+            kwargs["pad_to_multiple_of"] = self.pad_to_multiple_of
+        batch = self.processor(
+            text=prompts,
+            images=images,
+            suffix=[r.answers[0] for r in records],
+            return_tensors="pt",
+            padding_side="right",
+            **kwargs,
+        )
+        out["generation_inputs"] = self._left_padded_prompts(batch)
+        lengths = batch["attention_mask"].sum(1).tolist()
+        self._check(records, lengths, _prompt_mask(batch).sum(1).tolist(), None)
+        labels = batch.pop("labels")
+        labels[batch["attention_mask"] == 0] = IGNORE_INDEX
+        if batch["input_ids"].shape[1] > self.max_length:
+            batch = {
+                k: (
+                    v[:, : self.max_length]
+                    if torch.is_tensor(v) and v.dim() == 2 and v.shape == labels.shape
+                    else v
+                )
+                for k, v in batch.items()
+            }
+            labels = labels[:, : self.max_length]
+        out["inputs"] = dict(batch)
+        out["labels"] = labels
         return out
+
+
+def _prompt_mask(batch: dict[str, Any]) -> torch.Tensor:
+    """Positions of the prefix (image + prompt) tokens: attended and ``token_type_ids == 0``."""
+    return batch["attention_mask"].bool() & (batch["token_type_ids"] == 0)
