@@ -5,7 +5,9 @@
         --trainer.callbacks.start_step=60 --trainer.callbacks.steps=5
 
 Writes ``<run>/step_profile.txt`` (operators by device time, then by host time, and the wall, host and
-device time per step) and ``<run>/step_profile.json`` (a Chrome / Perfetto trace) on rank 0.
+device time per step) and ``<run>/step_profile.json`` (a Chrome / Perfetto trace) on rank 0. Profiling slows
+the recorded steps and writing the report takes seconds inside the training loop, so the run's
+``throughput.json`` is not a clean measurement when this callback is on.
 """
 
 from __future__ import annotations
