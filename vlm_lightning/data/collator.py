@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vlm_lightning.data.masking import MaskStrategy, segment_conversation
+from vlm_lightning.data.masking import MaskStrategy, labels_from_segments, segment_conversation
 from vlm_lightning.data.patch_padding import trim_patch_padding
 from vlm_lightning.data.records import Record
 from vlm_lightning.models.families import FamilyFacts
@@ -137,15 +137,13 @@ class ChatCollator:
             n = int(attention[i].sum())
             if conv.segments[0].learn:
                 raise ValueError("the first segment holds the prompt and is never learned")
-            ids = first_ids[i, :n].tolist()
-            labels = [IGNORE_INDEX] * n
-            prompt_len = n
-            for j, seg in enumerate(conv.segments[1:], start=1):
-                seg_ids = next(rest_ids)
-                if j == conv.generation_cut:
-                    prompt_len = len(ids)
-                ids.extend(seg_ids)
-                labels.extend(seg_ids if seg.learn else [IGNORE_INDEX] * len(seg_ids))
+            later = [next(rest_ids) for _ in conv.segments[1:]]
+            ids = first_ids[i, :n].tolist() + [t for seg_ids in later for t in seg_ids]
+            labels = labels_from_segments(
+                [[0] * n, *later], [seg.learn for seg in conv.segments], IGNORE_INDEX
+            )
+            # the generation prompt ends where segment ``generation_cut`` starts
+            prompt_len = n + sum(len(seg_ids) for seg_ids in later[: max(conv.generation_cut - 1, 0)])
             extras = {k: v[i, :n].tolist() + [0] * (len(ids) - n) for k, v in token_extras.items()}
             sample = EncodedSample(ids, labels, extras, prompt_len)
             try:
