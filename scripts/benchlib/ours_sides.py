@@ -1,0 +1,232 @@
+"""Our training sides: ``VLMFineTuner``'s step in a plain loop, and a real Lightning fit.
+
+``run_ours`` runs the step of ``ours`` and of each lever side of ``OURS_VARIANTS`` (casts, compilation,
+padding, checkpointing) and can profile a few more steps; ``run_lightning`` runs ``L.Trainer.fit`` on
+``VLMFineTuner`` with the in-memory model. ``ours_step`` is also what trains the adapter before ``--gen``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from benchlib.constants import OURS_VARIANTS
+from benchlib.context import (
+    Context,
+    StepTimer,
+    build_base_model,
+    lm_linear_regex,
+    lora_settings,
+    reset_peak,
+    sync,
+    to_device,
+    trainable_count,
+    training_result,
+)
+from benchlib.workload import load_processor, pad_batch
+
+
+# =============================================================================================
+# Side: ours (what VLMFineTuner does per step, in a plain loop)
+# =============================================================================================
+def ours_step(model: Any, optimizer: Any, params: list[Any], batch: dict[str, Any], ctx: Context) -> Any:
+    """One training step as ``VLMFineTuner`` + Lightning run it; returns the detached loss."""
+    import torch
+
+    from vlm_lightning.loss import causal_lm_loss
+
+    inputs = to_device(batch["inputs"], ctx.device)
+    labels = to_device(batch["labels"], ctx.device)
+    with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.bf16):
+        loss, _, _ = causal_lm_loss(model, inputs, labels)
+    if not torch.isfinite(loss):  # training_step's check (a device sync, as in the module)
+        raise FloatingPointError(f"non-finite loss {loss.item()}")
+    loss.backward()
+    # VLMFineTuner.configure_gradient_clipping: one norm, logged and clipped (HF: max_grad_norm)
+    norm = torch.nn.utils.clip_grad_norm_(params, ctx.args.max_grad_norm, foreach=True)  # logged + clipped
+    if not ctx.diagnostics:  # first step: with lora_B = 0 the lora_A gradients are exactly zero in math
+        a_grads = [p.grad for n, p in ctx.named_trainable if "lora_A" in n and p.grad is not None]
+        ctx.diagnostics["lora_A_grad_nonzero_step1"] = sum(int((g != 0).sum()) for g in a_grads)
+        ctx.diagnostics["lora_A_grad_absmax_step1"] = max(
+            (float(g.abs().max()) for g in a_grads), default=0.0
+        )
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach(), norm.detach()
+
+
+def pin(obj: Any, ctx: Context) -> Any:
+    """Page-locked copies of a batch's tensors on CUDA runs (what ``DataLoader(pin_memory=True)`` does)."""
+    if not ctx.is_cuda:
+        return obj
+    if hasattr(obj, "pin_memory"):
+        return obj.pin_memory()
+    if isinstance(obj, dict):
+        return {k: pin(v, ctx) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(pin(v, ctx) for v in obj)
+    return obj
+
+
+def run_ours(ctx: Context, side: str) -> dict[str, Any]:
+    """Our path with the levers of ``OURS_VARIANTS[side]``."""
+    import torch
+
+    from vlm_lightning.models.acceleration import (
+        compile_decoder_layers,
+        compile_vision_layers,
+        skip_lora_input_cast,
+    )
+    from vlm_lightning.models.peft_setup import apply_training_mode
+
+    levers = OURS_VARIANTS[side]
+    model, counts = build_base_model(ctx)
+    regex = lm_linear_regex(model, ctx.facts)
+    hf_checkpointing = levers["gc"] and not levers["compile"]  # compiled: the compiler recomputes
+    model = apply_training_mode(
+        model, ctx.facts, "lora", lora_settings(ctx.args, regex), gradient_checkpointing=hf_checkpointing
+    )
+    model.train()
+    notes = [f"pad to x{ctx.args.pad_to}" if levers["pad"] else "dynamic padding"]
+    if levers["skip_cast"] and ctx.bf16:
+        notes.append(f"PEFT input cast skipped on {skip_lora_input_cast(model)} LoRA layers")
+    if levers["compile"]:
+        dynamic = {"auto": None, "true": True, "false": False}[ctx.args.compile_dynamic]
+        n = compile_decoder_layers(model, ctx.facts, dynamic=dynamic, recompute_activations=levers["gc"])
+        notes.append(f"torch.compile of {n} decoder layers (dynamic={dynamic})")
+    if levers["vision"]:
+        dynamic = {"auto": None, "true": True, "false": False}[ctx.args.compile_dynamic]
+        notes.append(
+            f"torch.compile of {compile_vision_layers(model, ctx.facts, dynamic=dynamic)} vision layers"
+        )
+    if levers["gc"]:
+        notes.append(
+            "activation recomputation by the compiler (memory budget 0)"
+            if levers["compile"]
+            else "gradient checkpointing (non-reentrant)"
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    ctx.named_trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=ctx.args.lr, weight_decay=0.0, fused=ctx.is_cuda)
+    pad_id = ctx.meta["pad_id"]
+    pad_to = ctx.args.pad_to if levers["pad"] else 1
+    # pinned like the trainer's DataLoader (pin_memory=True on CUDA) so host-to-device copies are async
+    warmup = [pin(pad_batch(b, pad_to, pad_id), ctx) for b in ctx.warmup_batches]
+    timed = [pin(pad_batch(b, pad_to, pad_id), ctx) for b in ctx.timed_batches]
+    timer = StepTimer(ctx.device, len(warmup))
+    losses = []
+    reset_peak(ctx.device)
+    norms = []
+    for step, batch in enumerate(warmup + timed):
+        timer.begin(step)
+        loss, norm = ours_step(model, optimizer, params, batch, ctx)
+        losses.append(loss)
+        norms.append(norm)
+        timer.end(step)
+    if ctx.args.profile:
+        profile_steps(lambda b: ours_step(model, optimizer, params, b, ctx), timed[:3], ctx.device)
+    result = training_result(
+        ctx, side, timer, [float(x) for x in losses], counts, trainable_count(model), ", ".join(notes)
+    )
+    result["padded_tokens_per_s"] = sum(b["labels"].numel() for b in timed) / timer.window
+    result["grad_norms"] = [float(x) for x in norms]
+    result.update(ctx.diagnostics)
+    return result
+
+
+def profile_steps(step: Callable[[Any], Any], batches: list[dict[str, Any]], device: Any) -> None:
+    """Print the top kernels / ops by self device time over a few more steps (``--profile``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for batch in batches:
+            step(batch)
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70)
+    print("\n".join(f"[bench] profile | {line}" for line in table.splitlines()), flush=True)
+
+
+# =============================================================================================
+# Side: a real Lightning fit of VLMFineTuner
+# =============================================================================================
+class _BatchList:
+    """Map-style dataset of full collated batches (``DataLoader(batch_size=None)``)."""
+
+    def __init__(self, batches: list[dict[str, Any]]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.batches[i]
+
+
+def run_lightning(ctx: Context) -> dict[str, Any]:
+    """``L.Trainer.fit`` on ``VLMFineTuner`` with the in-memory model (its loaders patched to return it)."""
+    import functools
+    import inspect
+
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader
+
+    import vlm_lightning.module as module_mod
+
+    model, counts = build_base_model(ctx)
+    regex = lm_linear_regex(model, ctx.facts)
+    processor = load_processor(ctx.folder)
+    module_mod.load_model = lambda *a, **k: model
+    module_mod.family_of = lambda *a, **k: ctx.facts
+    module_mod.load_processor = lambda *a, **k: processor
+    kwargs: dict[str, Any] = {
+        "name_or_path": str(ctx.folder),
+        "mode": "lora",
+        "lora": lora_settings(ctx.args, regex),
+        "optimizer": functools.partial(torch.optim.AdamW, lr=ctx.args.lr, weight_decay=0.0),
+        "scheduler": "constant",
+        "metrics": ["exact_match"],
+        "val_generate": False,
+    }
+    if "compile_language_model" in inspect.signature(module_mod.VLMFineTuner).parameters:
+        kwargs["compile_language_model"] = ctx.is_cuda
+        kwargs["compile_vision_tower"] = ctx.is_cuda
+    module = module_mod.VLMFineTuner(**kwargs)
+    pad_id = ctx.meta["pad_id"]
+    batches = [pad_batch(b, ctx.args.pad_to, pad_id) for b in ctx.warmup_batches + ctx.timed_batches]
+    timer = StepTimer(ctx.device, ctx.args.warmup)
+    losses: list[Any] = []
+
+    class Timing(L.Callback):
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            timer.begin(batch_idx)
+
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
+            losses.append(outputs["loss"].detach())
+            timer.end(batch_idx)
+
+    precision = "bf16-mixed" if ctx.bf16 else "32-true"
+    trainer = L.Trainer(
+        accelerator="gpu" if ctx.is_cuda else "cpu",
+        devices=1,
+        precision=precision,
+        max_steps=len(batches),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        gradient_clip_val=ctx.args.max_grad_norm,
+        callbacks=[Timing()],
+    )
+    reset_peak(ctx.device)
+    trainer.fit(module, train_dataloaders=DataLoader(_BatchList(batches), batch_size=None, shuffle=False))
+    notes = f"L.Trainer.fit(VLMFineTuner), {precision}, pad to x{ctx.args.pad_to}"
+    return training_result(
+        ctx, "lightning", timer, [float(x) for x in losses], counts, trainable_count(module.model), notes
+    )
