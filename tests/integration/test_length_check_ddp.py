@@ -28,13 +28,16 @@ def test_merge_refuses_gaps_and_overlaps() -> None:
         merge_length_shares(2, [([0, 1], [5, 6], []), ([1], [6], [])])
 
 
-def _module(processor: str, data: dict[str, str], max_length: int) -> DocumentDataModule:
+def _module(
+    processor: str, data: dict[str, str], max_length: int, cache: str | None = None
+) -> DocumentDataModule:
     return DocumentDataModule(
         train=data["train"],
         val=data["val"],
         processor_name=processor,
         max_length=max_length,
         image_max_tokens=16,
+        cache_dir=cache,
     )
 
 
@@ -43,7 +46,8 @@ def _worker(rank: int, world: int, port: int, processor: str, data: dict[str, st
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        module = _module(processor, data, max_length=400)
+        # rank 0 finds cached lengths, rank 1 (another node's cache folder) does not: both must measure
+        module = _module(processor, data, max_length=400, cache=str(Path(out, f"cache{rank}")))
         measured: list[int] = []
         lengths_of = module.collator.lengths
         module.collator.lengths = lambda items, problems: (
@@ -75,7 +79,7 @@ def test_two_ranks_share_the_work_and_agree_with_one_process(tiny_replica, tmp_p
     files = write_receipt_dataset(tmp_path / "data", n_train=7, n_val=3, n_test=1)
     data = {k: str(v) for k, v in files.items()}
     processor = str(tiny_replica("qwen2_vl"))
-    single = _module(processor, data, max_length=400)
+    single = _module(processor, data, max_length=400, cache=str(tmp_path / "cache0"))
     single.setup("fit")
     expected = {split: single.datasets[split].lengths for split in ("train", "val")}
     with pytest.raises(Exception) as too_long:

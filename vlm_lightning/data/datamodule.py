@@ -20,6 +20,15 @@ log = logging.getLogger(__name__)
 Split = Literal["train", "val", "test", "predict"]
 
 
+def _all_ranks(flag: bool) -> bool:
+    """``flag`` on every rank of an initialised process group (the flag itself in a single process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    flags: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(flags, flag)
+    return all(flags)
+
+
 def merge_length_shares(
     n: int, shares: list[tuple[list[int], list[int], list[str]]]
 ) -> tuple[list[int], list[str]]:
@@ -348,7 +357,7 @@ class DocumentDataModule(L.LightningDataModule):
             dataset = self.datasets[split]
             key = self._lengths_key(dataset) if self.cache is not None else None
             cached = self.cache.get_json(key) if key else None
-            if cached is not None:
+            if _all_ranks(cached is not None):  # ranks must agree: a rank that measures waits for the others
                 dataset.lengths = cached
                 continue
             lengths, split_problems = self._measure_lengths(dataset)
