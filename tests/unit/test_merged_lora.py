@@ -114,3 +114,16 @@ def test_sharded_or_flattened_base_weights_are_not_merged() -> None:
             assert swapped == 1  # only the second projection
     finally:
         first.base_layer.weight = full
+
+
+def test_no_merge_when_the_merged_copies_would_not_fit(monkeypatch, caplog) -> None:  # noqa: ANN001
+    import vlm_lightning.models.merged_lora as merged_module
+
+    model = toy_lora()
+    monkeypatch.setattr(merged_module, "_device_room", lambda device: 1024)  # a full GPU
+    with caplog.at_level("WARNING"), merged_lora(model) as swapped:
+        assert swapped == 0
+    assert "keeps the LoRA adapter path" in caplog.text
+    monkeypatch.setattr(merged_module, "_device_room", lambda device: 8 << 30)
+    with merged_lora(model) as swapped:
+        assert swapped == 2

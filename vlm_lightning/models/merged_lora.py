@@ -11,10 +11,13 @@ while generating.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def _mergeable(module: torch.nn.Module) -> bool:
@@ -37,6 +40,30 @@ def _mergeable(module: torch.nn.Module) -> bool:
     return not uses_dora and not uses_bias
 
 
+def _device_room(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on a CUDA device (free + cached by torch); None elsewhere."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def _fits_in_memory(weights: list[torch.Tensor]) -> bool:
+    """Whether merged copies of ``weights`` (plus one float32 working copy) fit on their device; logs why not."""
+    room = _device_room(weights[0].device)
+    if room is None:
+        return True
+    needed = sum(w.numel() * w.element_size() for w in weights) + 4 * max(w.numel() for w in weights)
+    if needed + (256 << 20) <= room:
+        return True
+    log.warning(
+        "generation keeps the LoRA adapter path: merged weights need %.1f GiB, %.1f GiB is free",
+        needed / 2**30,
+        room / 2**30,
+    )
+    return False
+
+
 @torch.no_grad()
 def _merged_linear(module: torch.nn.Module) -> torch.nn.Linear:
     """A new ``nn.Linear`` computing base + active adapters; the bias is shared with the base layer."""
@@ -56,8 +83,9 @@ def _merged_linear(module: torch.nn.Module) -> torch.nn.Linear:
 def merged_lora(model: torch.nn.Module, enabled: bool = True) -> Iterator[int]:
     """Inside the block, every mergeable LoRA projection of ``model`` is a merged ``nn.Linear``.
 
-    Yields how many projections were swapped (0 for a model without LoRA, a quantized base or
-    ``enabled=False``); the original modules are restored on exit, also after an exception.
+    Yields how many projections were swapped (0 for a model without LoRA, a quantized base,
+    ``enabled=False``, or when the merged copies would not fit in free GPU memory); the original modules
+    are restored on exit, also after an exception.
     """
     swaps: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
     if enabled:
@@ -67,6 +95,8 @@ def merged_lora(model: torch.nn.Module, enabled: bool = True) -> Iterator[int]:
             for name, child in parent.named_children()
             if _mergeable(child)
         ]
+        if targets and not _fits_in_memory([child.base_layer.weight for _, _, child in targets]):
+            targets = []
         try:
             for parent, name, child in targets:
                 setattr(parent, name, _merged_linear(child))
