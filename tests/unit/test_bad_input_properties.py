@@ -377,3 +377,11 @@ def test_utf8_bom_does_not_lose_the_first_row(root: Path, tmp_path: Path) -> Non
     )
     records, problems = read_jsonl(path)
     assert problems == [] and len(records) == 1
+
+
+def test_control_character_line_is_reported_not_skipped_as_blank(root: Path) -> None:
+    """Regression (found by the property test above): a line holding only \\x1c is not JSON whitespace."""
+    path = root / "control.jsonl"
+    path.write_bytes(b"\x1c\n\n")
+    records, problems = read_jsonl(path, default_prompt="Extract.")
+    assert records == [] and [(p.line, p.field) for p in problems] == [(1, "<row>")]

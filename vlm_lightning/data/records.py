@@ -252,6 +252,9 @@ def record_from_row(
     return Record(rid, images, messages, answers, target, meta), []
 
 
+_JSON_WHITESPACE = " \t\r\n"
+
+
 def read_jsonl(
     path: str | Path,
     *,
@@ -275,7 +278,7 @@ def read_jsonl(
             except UnicodeDecodeError as exc:
                 problems.append(RowProblem(str(path), line_no, "<row>", f"invalid UTF-8: {exc}"))
                 continue
-            if not text.strip():
+            if not text.strip(_JSON_WHITESPACE):  # str.strip() would also eat \x1c-\x1f: not blank in JSON
                 continue
             try:
                 row = json.loads(text)
