@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import pytest
-import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
+from ddp_helpers import free_port, gloo_group
 from fixtures_data import write_receipt_dataset
 
 from vlm_lightning.data.datamodule import DocumentDataModule, merge_length_shares
@@ -42,10 +39,7 @@ def _module(
 
 
 def _worker(rank: int, world: int, port: int, processor: str, data: dict[str, str], out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, port):
         # rank 0 finds cached lengths, rank 1 (another node's cache folder) does not: both must measure
         module = _module(processor, data, max_length=400, cache=str(Path(out, f"cache{rank}")))
         measured: list[int] = []
@@ -63,14 +57,6 @@ def _worker(rank: int, world: int, port: int, processor: str, data: dict[str, st
         Path(out, f"rank{rank}.json").write_text(
             json.dumps({"lengths": lengths, "report": report, "measured": sum(measured)})
         )
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -84,7 +70,7 @@ def test_two_ranks_share_the_work_and_agree_with_one_process(tiny_replica, tmp_p
     expected = {split: single.datasets[split].lengths for split in ("train", "val")}
     with pytest.raises(Exception) as too_long:
         _module(processor, data, max_length=40).setup("fit")
-    mp.spawn(_worker, args=(2, _free_port(), processor, data, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), processor, data, str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert expected["train"] and len(expected["train"]) == 7
     assert [r["measured"] for r in ranks] == [4 + 2, 3 + 1]  # train 7 and val 3, every other sample

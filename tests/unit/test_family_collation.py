@@ -28,6 +28,18 @@ def records() -> list[Record]:
     ]
 
 
+def lora_model(path: str, facts, lora_b_std: float):  # noqa: ANN001, ANN201
+    """The replica with LoRA r4 on attention + MLP and non-zero ``lora_B`` (so the adapters change outputs)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(load_model(path, dtype="float32"),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=facts.lora_target_regex("attention_mlp")))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=lora_b_std)
+    return model
+
+
 def items(recs: list[Record]) -> list:
     return [(r, [Image.new("RGB", (96 + 32 * i, 128), (255, 255 - 60 * i, 255))]) for i, r in enumerate(recs)]
 
@@ -69,15 +81,11 @@ def test_batched_generation_equals_single(family) -> None:  # noqa: ANN001
 
 
 def test_lora_save_load_round_trip_gives_identical_outputs(family, tmp_path: Path) -> None:  # noqa: ANN001
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel
 
     name, path, facts, _, collator = family
     torch.manual_seed(0)
-    model = get_peft_model(load_model(path, dtype="float32"),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=facts.lora_target_regex("attention_mlp")))
-    for n, p in model.named_parameters():
-        if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.02)
+    model = lora_model(path, facts, lora_b_std=0.02)
     model.eval()
     batch = collator(items(records()))
     with torch.no_grad():
@@ -91,15 +99,9 @@ def test_lora_save_load_round_trip_gives_identical_outputs(family, tmp_path: Pat
 
 def test_merged_lora_and_static_cache_give_the_adapter_path_tokens(family) -> None:  # noqa: ANN001
     """fp32: generation with merged LoRA projections, and with a static cache, equals the unmerged adapters."""
-    from peft import LoraConfig, get_peft_model
-
     name, path, facts, processor, collator = family
     torch.manual_seed(0)
-    model = get_peft_model(load_model(path, dtype="float32"),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=facts.lora_target_regex("attention_mlp")))
-    for n, p in model.named_parameters():
-        if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.2)
+    model = lora_model(path, facts, lora_b_std=0.2)
     model.eval()
     stop = end_of_turn_ids(processor.tokenizer, facts.end_of_turn)
     inputs = collator(items(records()))["generation_inputs"]
