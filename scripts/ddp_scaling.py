@@ -90,13 +90,18 @@ def main() -> None:
     args = parser.parse_args()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    model_dir = build_weights(args.arch, work / args.arch, shrink=args.shrink)
     from vlm_lightning.data.synthetic import write_receipts
 
     # an epoch boundary inside the timed window (loader restart, epoch-end hooks) would hit only the
     # runs with more GPUs (fewer steps per epoch): size the data so that every run stays in epoch 0
     needed = -(-(args.steps + 1) * args.batch_size * max(args.devices) * 10 // 9) + 16
+    if args.samples is not None and args.samples < needed:
+        parser.error(
+            f"--samples {args.samples} puts an epoch boundary inside the timed steps of the "
+            f"{max(args.devices)}-GPU run; use at least {needed} (or leave --samples out)"
+        )
     args.samples = args.samples or needed
+    model_dir = build_weights(args.arch, work / args.arch, shrink=args.shrink)
     data = work / f"receipts_{args.samples}"
     if not (data / "train.jsonl").exists():
         write_receipts(data, args.samples, seed=0, split="train=0.9,val=0.05,test=0.05")

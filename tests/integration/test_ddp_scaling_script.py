@@ -47,3 +47,17 @@ def test_shrunken_scaling_run_reports_timed_steps_and_sizes_data_to_one_epoch(tm
     # (4 + 1) steps x batch 2 x 1 device / 0.9 train fraction, + 16: every timed step inside epoch 0
     train_rows = (tmp_path / "receipts_28" / "train.jsonl").read_text().splitlines()
     assert len(train_rows) >= 5 * 2 and all(json.loads(r) for r in train_rows)
+
+
+def test_too_few_samples_for_the_timed_window_is_refused(tmp_path: Path) -> None:
+    args = ["--shrink", "--devices", "1", "4", "--steps", "10", "--samples", "20", "--workdir", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "ddp_scaling.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert "--samples 20 puts an epoch boundary inside the timed steps of the 4-GPU run" in proc.stderr
+    assert "Traceback" not in proc.stderr

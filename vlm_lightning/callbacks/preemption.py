@@ -109,7 +109,11 @@ class PreemptionCheckpoint(Callback):
         ]
         self.filename = filename
         self.exit_code = exit_code
-        self.ddp_check_every_n_batches = max(1, ddp_check_every_n_batches)
+        if ddp_check_every_n_batches < 1:
+            raise ValueError(
+                f"PreemptionCheckpoint ddp_check_every_n_batches must be >= 1, got {ddp_check_every_n_batches}"
+            )
+        self.ddp_check_every_n_batches = ddp_check_every_n_batches
         self.requested: signal.Signals | None = None
         self.saved_path: Path | None = None
         self._previous: dict[signal.Signals, _Handler] = {}

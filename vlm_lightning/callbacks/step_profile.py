@@ -32,6 +32,11 @@ class StepProfiler(Callback):
     """
 
     def __init__(self, start_step: int = 50, steps: int = 5, rows: int = 30, trace: bool = True) -> None:
+        if start_step < 0 or steps < 1 or rows < 1:
+            raise ValueError(
+                f"StepProfiler needs start_step >= 0, steps >= 1 and rows >= 1; got start_step={start_step}, "
+                f"steps={steps}, rows={rows}"
+            )
         self.start_step = start_step
         self.steps = steps
         self.rows = rows
