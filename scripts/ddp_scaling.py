@@ -60,6 +60,49 @@ def line_value(output: str, prefix: str) -> str:
     return next(line[len(prefix) :].strip() for line in output.splitlines() if line.startswith(prefix))
 
 
+PROFILED = {  # action name suffix -> column
+    "step_period": "step",
+    "run_training_batch": "batch",
+    "train_dataloader_next": "next batch",
+    ".training_step": "forward",
+    ".backward": "backward",
+    "NonFiniteGuard.on_before_optimizer_step": "guard",
+    "VLMFineTuner.optimizer_step": "optimizer step (incl. forward+backward closure)",
+}
+
+
+def rank_profiles(folder: Path) -> dict[str, dict[str, float]]:
+    """``{rank: {column: median ms}}`` from the per-rank ``SteadyStateProfiler`` reports in ``folder``."""
+    ranks: dict[str, dict[str, float]] = {}
+    for path in sorted(folder.glob("fit-*.json")):
+        report = json.loads(path.read_text())
+        actions = report["actions"]
+        row = {}
+        for suffix, column in PROFILED.items():
+            match = [a for a in actions if a.endswith(suffix)]
+            if match:
+                row[column] = round(actions[match[0]]["median_ms"], 2)
+        ranks[str(report["rank"] if report["rank"] is not None else 0)] = row
+    return ranks
+
+
+def profile_table(results: list[dict]) -> list[str]:
+    """Markdown rows: median host ms per step phase, one row per (run, rank)."""
+    columns = list(PROFILED.values())
+    lines = [
+        "Median host ms per optimizer step after the warm-up (`--profile`; a phase that waits for the GPU or "
+        "for other ranks is long):",
+        "",
+        "| GPUs | rank | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for r in results:
+        for rank, row in r.get("profile", {}).items():
+            cells = [f"{row[c]:.1f}" if c in row else "-" for c in columns]
+            lines.append(f"| {r['world_size']} | {rank} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -78,6 +121,14 @@ def main() -> None:
         "--warmup", type=int, default=10, help="optimizer steps before the throughput clock starts"
     )
     parser.add_argument("--no-test", action="store_true", help="skip the 1-vs-N GPU test comparison")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="per-rank host-time profile of the steps after --warmup (SteadyStateProfiler): which part waits",
+    )
+    parser.add_argument(
+        "--tag", default="", help="name suffix of the run folders (several variants, one workdir)"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ddp_scaling"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--shrink", action="store_true", help="CPU dry run on a shrunken architecture")
@@ -149,10 +200,23 @@ def main() -> None:
             "--data.max_image_side",
             "256",
         ]
+    def strategy(n: int) -> list[str]:  # a strategy in --extra (e.g. DDPStrategy with options) wins
+        given = any(a.startswith("--trainer.strategy") for a in args.extra)
+        return [] if given else ["--trainer.strategy", "ddp" if n > 1 else "auto"]
+
     results = []
     ckpt = None
     for n in args.devices:
-        root = work / f"runs_{n}"
+        root = work / f"runs{args.tag}_{n}"
+        profile = (
+            [
+                "--trainer.profiler=vlm_lightning.profiling.SteadyStateProfiler",
+                f"--trainer.profiler.skip={args.warmup}",
+                f"--trainer.profiler.dirpath={root / 'profile'}",
+            ]
+            if args.profile
+            else []
+        )
         out = run(
             [
                 sys.executable,
@@ -162,8 +226,7 @@ def main() -> None:
                 *common,
                 "--trainer.devices",
                 str(n),
-                "--trainer.strategy",
-                "ddp" if n > 1 else "auto",
+                *strategy(n),
                 "--trainer.max_steps",
                 str(args.steps),
                 "--trainer.limit_val_batches",
@@ -171,11 +234,14 @@ def main() -> None:
                 "--trainer.default_root_dir",
                 str(root),
                 *throughput,
+                *profile,
             ],
-            work / f"fit_{n}.log",
+            work / f"fit{args.tag}_{n}.log",
         )
         result = json.loads(line_value(out, "[vlm_lightning] throughput:"))
-        log_text = (work / f"fit_{n}.log").read_text()
+        if args.profile:
+            result["profile"] = rank_profiles(root / "profile")
+        log_text = (work / f"fit{args.tag}_{n}.log").read_text()
         result["recompilations"] = log_text.count("Recompiling function")  # with TORCH_LOGS=recompiles
         results.append(result)
         ckpt = ckpt or line_value(out, "[vlm_lightning] best checkpoint:")
@@ -191,14 +257,13 @@ def main() -> None:
                 *common,
                 "--trainer.devices",
                 str(n),
-                "--trainer.strategy",
-                "ddp" if n > 1 else "auto",
+                *strategy(n),
                 "--ckpt_path",
                 ckpt,
                 "--trainer.default_root_dir",
-                str(work / f"test_{n}"),
+                str(work / f"test{args.tag}_{n}"),
             ],
-            work / f"test_{n}.log",
+            work / f"test{args.tag}_{n}.log",
         )
         metrics = json.loads(Path(line_value(out, "[vlm_lightning] metrics:")).read_text())
         validation[n] = {k: v for k, v in metrics.items() if k.startswith("test/") or k == "num_samples"}
@@ -224,6 +289,8 @@ def main() -> None:
             f"{r['samples_per_s'] / base:.2f}x | {r['timed_optimizer_steps']} | {r['seconds']:.1f} | "
             f"{r['recompilations']} | {', '.join(map(str, r['peak_gib_per_device']))} |"
         )
+    if args.profile:
+        lines += ["", *profile_table(results)]
     if validation:
         keys = sorted(set(validation[1]) & set(validation[max(validation)]))
         equal = all(abs(validation[1][k] - validation[max(validation)][k]) < 1e-9 for k in keys)

@@ -127,7 +127,9 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> VLMLightningCL
         seed_everything_default=0,
         save_config_callback=RedactingSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"default_root_dir": "runs", "log_every_n_steps": 1},
+        # every logged step converts the logged tensors to floats (a host sync that stalls the GPU queue):
+        # every 10 optimizer steps, not 1 (Lightning: 50); set --trainer.log_every_n_steps 1 for short runs
+        trainer_defaults={"default_root_dir": "runs", "log_every_n_steps": 10},
         args=args,
         run=run,
         auto_configure_optimizers=False,

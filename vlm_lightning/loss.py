@@ -16,15 +16,25 @@ def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
 
 
 def causal_lm_loss(
-    model: torch.nn.Module, inputs: dict[str, Any], labels: torch.Tensor, chunk_rows: int = 4096
+    model: torch.nn.Module,
+    inputs: dict[str, Any],
+    labels: torch.Tensor,
+    chunk_rows: int = 4096,
+    keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean next-token cross-entropy over labelled tokens; also labelled-token count and correct count.
 
     Logits are computed only at ``labelled_positions`` (``logits_to_keep`` with an index tensor) and
     the cross-entropy runs in float32 over row chunks, so the full ``(batch, length, vocab)`` logits are
     never built. Equal to the HF loss (mean over labelled tokens) up to float rounding.
+
+    ``keep``: ``labelled_positions(labels)`` computed before the batch moved to the GPU (the trainer does
+    so on the CPU copy); computing it here from GPU labels is a host sync (``nonzero``) that makes the
+    host wait for the previous step's kernels before it can launch this step's.
     """
-    keep = labelled_positions(labels)
+    if keep is None:
+        keep = labelled_positions(labels)
+    keep = keep.to(labels.device, non_blocking=True)
     out = model(**inputs, logits_to_keep=keep, use_cache=False)
     logits = out.logits.reshape(-1, out.logits.shape[-1])
     targets = labels[:, keep + 1].reshape(-1)

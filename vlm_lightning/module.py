@@ -15,7 +15,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
 from vlm_lightning.generation import end_of_turn_ids, generate_batch
-from vlm_lightning.loss import causal_lm_loss
+from vlm_lightning.loss import causal_lm_loss, labelled_positions
 from vlm_lightning.models.acceleration import (
     compile_decoder_layers,
     compile_vision_layers,
@@ -136,10 +136,37 @@ class VLMFineTuner(L.LightningModule):
         self.val_token_acc = _TokenMean()
         self.last_val_samples: list[dict[str, Any]] = []  # first val batch, for tracking.PredictionTable
 
+    # --- batches on the device without host syncs -----------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Find the labelled positions on the CPU copy (on the GPU it is a sync: ``nonzero``)."""
+        if (
+            isinstance(batch, dict)
+            and torch.is_tensor(batch.get("labels"))
+            and batch["labels"].device.type == "cpu"
+        ):
+            batch["label_positions"] = labelled_positions(batch["labels"])
+        return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move the batch, except the family's ``host_inputs`` (shapes read as Python numbers)."""
+        kept: dict[tuple[str, str], Any] = {}
+        if isinstance(batch, dict) and self.facts.host_inputs:
+            for part in ("inputs", "generation_inputs"):
+                inputs = batch.get(part)
+                if isinstance(inputs, dict):
+                    for name in self.facts.host_inputs:
+                        if name in inputs:
+                            kept[(part, name)] = inputs.pop(name)
+        moved = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        for (part, name), value in kept.items():
+            batch[part][name] = value  # the caller's dict keeps them too (nothing lost on the host)
+            moved[part][name] = value
+        return moved
+
     # --- one shared step ----------------------------------------------------------------------
     def model_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward; return mean loss over labelled tokens, labelled-token count and correct-token count."""
-        return causal_lm_loss(self.model, batch["inputs"], batch["labels"])
+        return causal_lm_loss(self.model, batch["inputs"], batch["labels"], keep=batch.get("label_positions"))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, n_tokens, correct = self.model_step(batch)

@@ -30,17 +30,23 @@ from benchlib.workload import load_processor, pad_batch
 # Side: ours (what VLMFineTuner does per step, in a plain loop)
 # =============================================================================================
 def ours_step(model: Any, optimizer: Any, params: list[Any], batch: dict[str, Any], ctx: Context) -> Any:
-    """One training step as ``VLMFineTuner`` + Lightning run it; returns the detached loss."""
+    """One training step as ``VLMFineTuner`` + Lightning run it; returns the detached loss and norm.
+
+    As in ``fit``: labelled positions found on the CPU copy, the family's ``host_inputs`` left on the CPU,
+    no host sync inside the step (``NonFiniteGuard``'s flag goes to the fused AdamW as ``found_inf`` and
+    is read one step later).
+    """
     import torch
 
-    from vlm_lightning.loss import causal_lm_loss
+    from vlm_lightning.loss import causal_lm_loss, labelled_positions
 
-    inputs = to_device(batch["inputs"], ctx.device)
+    host = {k: v for k, v in batch["inputs"].items() if k in ctx.facts.host_inputs}
+    inputs = {**to_device({k: v for k, v in batch["inputs"].items() if k not in host}, ctx.device), **host}
     labels = to_device(batch["labels"], ctx.device)
+    keep = batch.get("label_positions")
+    keep = to_device(keep if keep is not None else labelled_positions(batch["labels"]), ctx.device)
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.bf16):
-        loss, _, _ = causal_lm_loss(model, inputs, labels)
-    if not torch.isfinite(loss):  # training_step's check (a device sync, as in the module)
-        raise FloatingPointError(f"non-finite loss {loss.item()}")
+        loss, _, _ = causal_lm_loss(model, inputs, labels, keep=keep)
     loss.backward()
     # VLMFineTuner.configure_gradient_clipping: one norm, logged and clipped (HF: max_grad_norm)
     norm = torch.nn.utils.clip_grad_norm_(params, ctx.args.max_grad_norm, foreach=True)  # logged + clipped
@@ -50,9 +56,23 @@ def ours_step(model: Any, optimizer: Any, params: list[Any], batch: dict[str, An
         ctx.diagnostics["lora_A_grad_absmax_step1"] = max(
             (float(g.abs().max()) for g in a_grads), default=0.0
         )
+    bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(norm))  # NonFiniteGuard's device flag
+    previous = getattr(optimizer, "_bench_last_flag", None)
+    if previous is not None and bool(previous):  # read one step late, as the deferred guard does
+        raise FloatingPointError("non-finite loss or gradient in the previous step")
+    if getattr(optimizer, "defaults", {}).get("fused"):
+        optimizer.found_inf = bad.float()  # the fused kernel drops the update on the device
+    optimizer._bench_last_flag = bad
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach(), norm.detach()
+
+
+def with_positions(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch plus its labelled positions, found on the CPU (``VLMFineTuner.on_before_batch_transfer``)."""
+    from vlm_lightning.loss import labelled_positions
+
+    return {**batch, "label_positions": labelled_positions(batch["labels"])}
 
 
 def pin(obj: Any, ctx: Context) -> Any:
@@ -111,9 +131,9 @@ def run_ours(ctx: Context, side: str) -> dict[str, Any]:
     pad_id = ctx.meta["pad_id"]
     pad_to = ctx.args.pad_to if levers["pad"] else 1
     # pinned like the trainer's DataLoader (pin_memory=True on CUDA) so host-to-device copies are async
-    warmup = [pin(pad_batch(b, pad_to, pad_id), ctx) for b in ctx.warmup_batches]
-    timed = [pin(pad_batch(b, pad_to, pad_id), ctx) for b in ctx.timed_batches]
-    timer = StepTimer(ctx.device, len(warmup))
+    warmup = [pin(with_positions(pad_batch(b, pad_to, pad_id)), ctx) for b in ctx.warmup_batches]
+    timed = [pin(with_positions(pad_batch(b, pad_to, pad_id)), ctx) for b in ctx.timed_batches]
+    timer = StepTimer(ctx.device, len(warmup), len(warmup) + len(timed))
     losses = []
     reset_peak(ctx.device)
     norms = []
@@ -196,7 +216,7 @@ def run_lightning(ctx: Context) -> dict[str, Any]:
     module = module_mod.VLMFineTuner(**kwargs)
     pad_id = ctx.meta["pad_id"]
     batches = [pad_batch(b, ctx.args.pad_to, pad_id) for b in ctx.warmup_batches + ctx.timed_batches]
-    timer = StepTimer(ctx.device, ctx.args.warmup)
+    timer = StepTimer(ctx.device, ctx.args.warmup, len(batches))
     losses: list[Any] = []
 
     class Timing(L.Callback):

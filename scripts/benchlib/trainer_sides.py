@@ -113,8 +113,8 @@ def run_trainer_side(ctx: Context, side: str) -> dict[str, Any]:
 
     model, counts = build_base_model(ctx)
     regex = lm_linear_regex(model, ctx.facts)
-    timer = StepTimer(ctx.device, ctx.args.warmup)
     dataset = _FlatBatches(ctx.warmup_batches + ctx.timed_batches)
+    timer = StepTimer(ctx.device, ctx.args.warmup, len(dataset))
     if side == "hf_trainer":
         from peft import get_peft_model
 

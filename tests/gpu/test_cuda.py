@@ -74,3 +74,62 @@ def test_cli_fit_and_test_on_gpu(tiny_replica, tmp_path: Path) -> None:  # noqa:
     assert best.is_file()
     test = build_cli(["test", *common, "--ckpt_path", str(best)])
     assert (Path(test.trainer.log_dir) / "predictions.jsonl").is_file()
+
+
+def test_no_host_sync_batches_give_the_same_loss_and_gradients(tiny_replica) -> None:  # noqa: ANN001
+    """LFM2-VL with spatial shapes kept on the CPU and labelled positions found on the CPU: same numbers."""
+    from vlm_lightning.loss import causal_lm_loss
+
+    path = str(tiny_replica("lfm2_vl"))
+    torch.manual_seed(0)
+    module = VLMFineTuner(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0), metrics=["exact_match"]).cuda()
+    module.model.float()
+    results = []
+    for fast in (False, True):
+        batch = _batch(path)
+        if fast:
+            batch = module.transfer_batch_to_device(module.on_before_batch_transfer(batch, 0), torch.device("cuda"), 0)
+            assert batch["inputs"]["spatial_shapes"].device.type == "cpu"
+            keep = batch["label_positions"]
+        else:
+            batch, keep = _to(batch, "cuda"), None
+            assert batch["inputs"]["spatial_shapes"].is_cuda
+        loss, n_tokens, correct = causal_lm_loss(module.model, batch["inputs"], batch["labels"], keep=keep)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in module.model.named_parameters() if p.grad is not None}
+        module.model.zero_grad(set_to_none=True)
+        results.append((loss.detach(), n_tokens, correct, grads))
+    (loss_a, n_a, c_a, g_a), (loss_b, n_b, c_b, g_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=0, atol=0)
+    assert int(n_a) == int(n_b) and int(c_a) == int(c_b) and g_a.keys() == g_b.keys() and g_a
+    for name, grad in g_a.items():
+        torch.testing.assert_close(g_b[name], grad, rtol=0, atol=0)
+
+
+def test_deferred_guard_drops_a_nan_update_on_cuda(tmp_path: Path) -> None:
+    """Fused AdamW on CUDA: the NaN step's update is dropped on the device; the error names that step."""
+    import lightning as L
+
+    from vlm_lightning.callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError
+
+    class Poison(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+            self.before: dict[int, torch.Tensor] = {}
+
+        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+            self.before[self.global_step] = self.layer.weight.detach().clone()
+            loss = self.layer(batch[0]).pow(2).mean()
+            return loss * float("nan") if self.global_step == 3 else loss
+
+        def configure_optimizers(self):  # noqa: ANN201
+            return torch.optim.AdamW(self.parameters(), lr=0.1, fused=True)
+
+    data = torch.utils.data.TensorDataset(torch.randn(32, 4))
+    model = Poison()
+    trainer = L.Trainer(max_steps=8, accelerator="gpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path, callbacks=[NonFiniteGuard()])
+    with pytest.raises(NonFiniteLossError, match="global step 3"):
+        trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=4))
+    assert torch.equal(model.layer.weight.detach(), model.before[3]) and max(model.before) == 4

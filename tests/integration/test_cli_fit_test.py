@@ -71,6 +71,9 @@ def fitted(tiny_replica, data, tmp_path_factory):  # noqa: ANN001, ANN201
         "--trainer.callbacks.start_step=2",
         "--trainer.callbacks.steps=1",
         "--trainer.callbacks.trace=false",
+        "--trainer.profiler=vlm_lightning.profiling.SteadyStateProfiler",
+        "--trainer.profiler.skip=1",
+        f"--trainer.profiler.dirpath={root / 'profile'}",
     ]
     cli = build_cli(["fit", *base_args(tiny_replica("qwen2_vl"), data, root, *extra)])
     return cli, root
@@ -87,6 +90,21 @@ def test_user_throughput_and_step_profiler_callbacks(fitted) -> None:  # noqa: A
     report = (run / "step_profile.txt").read_text()
     assert report.startswith("steps 2..3 (1 optimizer steps)") and "wall per step" in report
     assert "by device time:" in report and "aten::" in report
+
+
+def test_steady_state_profiler_reports_steps_after_warmup(fitted) -> None:  # noqa: ANN001
+    _, root = fitted
+    (json_path,) = (root / "profile").glob("fit-steady*.json")  # fit-steady-<rank>.json under DDP
+    report = json.loads(json_path.read_text())
+    batches = report["actions"]["run_training_batch"]
+    assert report["skip"] == 1 and batches["calls"] == 3  # 4 optimizer steps, the first left out
+    assert 0 < batches["median_ms"] <= batches["p90_ms"] <= batches["max_ms"]
+    assert batches["total_s"] >= 3 * batches["median_ms"] / 1000 * 0.5
+    # from one batch start to the next: the batch plus what runs between batches (validation here)
+    period = report["actions"]["step_period"]
+    assert period["calls"] == 2 and period["total_s"] > batches["total_s"] * 2 / 3
+    text = json_path.with_suffix(".txt").read_text()
+    assert "steady-state profile (first 1 calls" in text and "run_training_batch" in text
 
 
 def test_fit_writes_best_and_last_with_trainable_weights_only(fitted) -> None:  # noqa: ANN001

@@ -31,6 +31,7 @@ def test_shrunken_scaling_run_reports_timed_steps_and_sizes_data_to_one_epoch(tm
             "--workdir",
             str(tmp_path),
             "--no-test",
+            "--profile",
         ],
         capture_output=True,
         text=True,
@@ -40,8 +41,10 @@ def test_shrunken_scaling_run_reports_timed_steps_and_sizes_data_to_one_epoch(tm
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| 1 |")]
-    assert len(rows) == 1, proc.stdout[-3000:]
+    assert len(rows) == 2, proc.stdout[-3000:]  # the throughput row and the profile row of rank 0
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    profile = [c.strip() for c in rows[1].strip("|").split("|")]
+    assert profile[1] == "0" and all(float(c) > 0 for c in profile[2:5])  # step, batch, next batch medians
     assert float(cells[1]) > 0 and cells[3] == "1.00x"
     assert cells[4] == "3"  # 4 steps, 1 of warm-up
     # (4 + 1) steps x batch 2 x 1 device / 0.9 train fraction, + 16: every timed step inside epoch 0

@@ -53,8 +53,11 @@ class _InfGrad(torch.autograd.Function):
 class _PoisonModule(L.LightningModule):
     """Linear regression whose loss is NaN on the optimizer steps listed in ``poison_steps``."""
 
-    def __init__(self, poison_steps: tuple[int, ...] = (), grad_poison_steps: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, poison_steps: tuple[int, ...] = (), grad_poison_steps: tuple[int, ...] = (), fused: bool = False
+    ) -> None:
         super().__init__()
+        self.fused = fused  # fused AdamW: the guard drops updates on the device and reads flags late
         self.layer = torch.nn.Linear(4, 1)
         self.poison_steps = poison_steps
         self.grad_poison_steps = grad_poison_steps
@@ -71,7 +74,7 @@ class _PoisonModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=0.1, weight_decay=0.1)
+        return torch.optim.AdamW(self.parameters(), lr=0.1, weight_decay=0.1, fused=self.fused)
 
 
 def _loader() -> DataLoader:
@@ -91,11 +94,17 @@ def _trainer(tmp_path: Path, guard: NonFiniteGuard, max_steps: int = 6, **kwargs
     )
 
 
-def test_nonfinite_stop_names_step_and_batch_ids_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+FUSED = pytest.mark.parametrize("fused", [False, True], ids=["sync", "deferred"])
+
+
+@FUSED
+def test_nonfinite_stop_names_step_and_batch_ids_and_keeps_last_good_checkpoint(
+    tmp_path: Path, fused: bool
+) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=1, save_last=True, save_top_k=0)
-    model = _PoisonModule(poison_steps=(3,))
+    model = _PoisonModule(poison_steps=(3,), fused=fused)
     trainer = _trainer(tmp_path, NonFiniteGuard(action="stop"), callbacks=[ckpt])
     with pytest.raises(NonFiniteLossError) as info:
         trainer.fit(model, _loader())
@@ -110,8 +119,9 @@ def test_nonfinite_stop_names_step_and_batch_ids_and_keeps_last_good_checkpoint(
     assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
 
 
-def test_nonfinite_skip_leaves_weights_unchanged_and_continues(tmp_path: Path) -> None:
-    model = _PoisonModule(poison_steps=(2,))
+@FUSED
+def test_nonfinite_skip_leaves_weights_unchanged_and_continues(tmp_path: Path, fused: bool) -> None:
+    model = _PoisonModule(poison_steps=(2,), fused=fused)
     guard = NonFiniteGuard(action="skip")
     trainer = _trainer(tmp_path, guard, max_steps=5)
     with pytest.warns(UserWarning, match=r"global step 2 .*batch ids \['s8', 's9', 's10', 's11'\].*skipped"):
@@ -126,8 +136,9 @@ def test_nonfinite_skip_leaves_weights_unchanged_and_continues(tmp_path: Path) -
     assert float(opt_state["step"]) == 4  # 5 optimizer calls, one of them dropped
 
 
-def test_nonfinite_gradient_with_finite_loss_is_caught(tmp_path: Path) -> None:
-    model = _PoisonModule(grad_poison_steps=(1,))
+@FUSED
+def test_nonfinite_gradient_with_finite_loss_is_caught(tmp_path: Path, fused: bool) -> None:
+    model = _PoisonModule(grad_poison_steps=(1,), fused=fused)
     with pytest.raises(
         NonFiniteLossError, match=r"non-finite gradient at global step 1 .*\['s4', 's5', 's6', 's7'\]"
     ):
@@ -135,11 +146,40 @@ def test_nonfinite_gradient_with_finite_loss_is_caught(tmp_path: Path) -> None:
     assert torch.isfinite(model.layer.weight).all()
 
 
-def test_nonfinite_skip_gives_up_after_max_skips(tmp_path: Path) -> None:
-    model = _PoisonModule(poison_steps=(1, 2, 3))
+@FUSED
+def test_nonfinite_skip_gives_up_after_max_skips(tmp_path: Path, fused: bool) -> None:
+    model = _PoisonModule(poison_steps=(1, 2, 3), fused=fused)
     trainer = _trainer(tmp_path, NonFiniteGuard(action="skip", max_skips=2), max_steps=6)
     with pytest.raises(NonFiniteLossError, match="3 consecutive"), pytest.warns(UserWarning):
         trainer.fit(model, _loader())
+
+
+def test_deferred_guard_reads_the_flag_one_step_late_without_a_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deferred verdict of step 2 is read inside step 3, after step 3's backward: no per-step wait."""
+    from vlm_lightning.callbacks import nonfinite
+
+    reads: list[tuple[int, int]] = []  # (verdict's step, step being run when it was read)
+    model = _PoisonModule(poison_steps=(2,), fused=True)
+    conclude = nonfinite.NonFiniteGuard._conclude
+
+    def spy(self, trainer, check, optimizer):  # noqa: ANN001, ANN202
+        reads.append((check.step, trainer.global_step))
+        return conclude(self, trainer, check, optimizer)
+
+    monkeypatch.setattr(nonfinite.NonFiniteGuard, "_conclude", spy)
+    guard = NonFiniteGuard(action="skip")
+    with pytest.warns(UserWarning, match="global step 2 "):
+        _trainer(tmp_path, guard, max_steps=4).fit(model, _loader())
+    assert reads == [(0, 1), (1, 2), (2, 3), (3, 4)]  # the last one at the end of training
+    assert torch.equal(model.weights_at[3], model.weights_at[2])
+    assert not hasattr(model.trainer.optimizers[0], "found_inf")  # taken off after each step
+
+
+def test_deferred_guard_refuses_an_optimizer_without_found_inf(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"defer=True.*fused"):
+        _trainer(tmp_path, NonFiniteGuard(defer=True)).fit(_PoisonModule(), _loader())
 
 
 def test_nonfinite_weights_are_never_saved(tmp_path: Path) -> None:
@@ -310,6 +350,8 @@ def _fit_args(model: Path, data: dict[str, Path], root: Path, max_steps: int, *e
         "0",
         "--trainer.enable_progress_bar",
         "false",
+        "--trainer.log_every_n_steps",  # every step's loss, to compare resumed and uninterrupted runs
+        "1",
         "--trainer.default_root_dir",
         str(root),
         "--trainer.logger",

@@ -57,3 +57,34 @@ def test_full_mode_trains_language_model_only(tiny_replica) -> None:  # noqa: AN
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
     assert any("language_model" in n for n in trainable)
     assert not any(".visual." in n for n in trainable)
+
+
+def test_batches_reach_the_device_without_host_syncs(tiny_replica) -> None:  # noqa: ANN001
+    """Labelled positions are found on the CPU copy; LFM2-VL's spatial shapes stay on the CPU."""
+    from vlm_lightning.loss import causal_lm_loss, labelled_positions
+
+    path = str(tiny_replica("lfm2_vl"))
+    module = VLMFineTuner(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0), metrics=["exact_match"])
+    batch = module.on_before_batch_transfer(_batch(path), 0)
+    assert torch.equal(batch["label_positions"], labelled_positions(batch["labels"]))
+    moved = module.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert moved["inputs"]["input_ids"].device.type == "meta"
+    assert moved["label_positions"].device.type == "meta"
+    for part in ("inputs", "generation_inputs"):
+        assert moved[part]["spatial_shapes"].device.type == "cpu"
+        assert moved[part]["pixel_values"].device.type == "meta"
+        assert batch[part]["spatial_shapes"] is moved[part]["spatial_shapes"]  # nothing dropped on the host
+    module.model.eval()
+    with torch.no_grad():
+        given = causal_lm_loss(module.model, batch["inputs"], batch["labels"], keep=batch["label_positions"])
+        found = causal_lm_loss(module.model, batch["inputs"], batch["labels"])
+    assert all(torch.equal(a, b) for a, b in zip(given, found, strict=True))
+
+
+def test_families_without_host_inputs_move_everything(tiny_replica) -> None:  # noqa: ANN001
+    path = str(tiny_replica("qwen2_vl"))
+    module = VLMFineTuner(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0), metrics=["exact_match"])
+    moved = module.transfer_batch_to_device(
+        module.on_before_batch_transfer(_batch(path), 0), torch.device("meta"), 0
+    )
+    assert all(v.device.type == "meta" for v in moved["inputs"].values() if torch.is_tensor(v))

@@ -99,6 +99,9 @@ class FamilyFacts:
     set_image_tokens: Callable[[Any, int | None, int | None], None] | None = None
     notes: str = ""
     extra_layer_modules: tuple[str, ...] = field(default=())
+    # model inputs the model only reads as Python numbers (shapes): kept on the CPU when a batch moves to
+    # the GPU, so that reading them is no host sync that stalls the queue of launched kernels
+    host_inputs: tuple[str, ...] = field(default=())
 
     def lora_target_regex(self, scope: LoraScope = "attention_mlp") -> str:
         """A PEFT ``target_modules`` regex hitting only the language model's linear layers."""
@@ -147,6 +150,8 @@ FAMILIES: dict[str, FamilyFacts] = {
         extra_layer_modules=("conv.in_proj", "conv.out_proj"),
         end_of_turn="<|im_end|>",
         checkpoints=("LiquidAI/LFM2-VL-450M", "LiquidAI/LFM2-VL-1.6B"),
+        # SigLIP2 embeddings and the unpadding of image features call .tolist() / unpack per image
+        host_inputs=("spatial_shapes",),
         set_image_tokens=_set_lfm2_tokens,
         notes=(
             "hybrid LM: attention only in the full_attention layers (config.text_config.layer_types), short "
