@@ -30,6 +30,7 @@ from vlm_lightning.models.peft_setup import (
     parameter_report,
     qlora_config,
 )
+from vlm_lightning.models.sync_free import use_host_shapes
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -112,6 +113,7 @@ class VLMFineTuner(L.LightningModule):
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
         )
+        use_host_shapes(base, self.facts.name)  # with host_inputs on the CPU: no sync per image
         self.model = apply_training_mode(
             base,
             self.facts,

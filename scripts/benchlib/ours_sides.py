@@ -98,9 +98,11 @@ def run_ours(ctx: Context, side: str) -> dict[str, Any]:
         skip_lora_input_cast,
     )
     from vlm_lightning.models.peft_setup import apply_training_mode
+    from vlm_lightning.models.sync_free import use_host_shapes
 
     levers = OURS_VARIANTS[side]
     model, counts = build_base_model(ctx)
+    use_host_shapes(model, ctx.facts.name)  # as VLMFineTuner does (shapes read from the CPU)
     regex = lm_linear_regex(model, ctx.facts)
     hf_checkpointing = levers["gc"] and not levers["compile"]  # compiled: the compiler recomputes
     model = apply_training_mode(

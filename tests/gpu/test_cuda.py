@@ -132,4 +132,5 @@ def test_deferred_guard_drops_a_nan_update_on_cuda(tmp_path: Path) -> None:
                         enable_progress_bar=False, default_root_dir=tmp_path, callbacks=[NonFiniteGuard()])
     with pytest.raises(NonFiniteLossError, match="global step 3"):
         trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=4))
-    assert torch.equal(model.layer.weight.detach(), model.before[3]) and max(model.before) == 4
+    # Lightning moves the module back to the CPU when fit ends with an error
+    assert torch.equal(model.layer.weight.detach().cpu(), model.before[3].cpu()) and max(model.before) == 4

@@ -1,0 +1,90 @@
+"""Model methods that read shapes from the CPU instead of the GPU: no host sync inside a forward.
+
+A host sync (the CPU waiting for the GPU to answer ``.item()``, slicing by a GPU tensor, ``if tensor``)
+empties the queue of launched kernels, so a training step costs host time + GPU time instead of the
+larger of the two. The trainer keeps each family's ``FamilyFacts.host_inputs`` on the CPU; the methods
+here use them. Each replacement is bound to one model instance, takes its fast path only when the
+shapes really are on the CPU (else it calls the library's method), and gives identical outputs (tested
+on the replicas).
+
+LFM2-VL (transformers 5.x ``Lfm2VlModel``):
+* ``get_image_features`` cut each image's features to ``pixel_attention_mask.sum()`` (a GPU tensor:
+  one sync per image); the NaFlex processor marks exactly the first ``h * w`` patches of an image with
+  ``spatial_shapes = (h, w)``, so the CPU ``spatial_shapes`` give the same lengths.
+* ``get_placeholder_mask`` checked on the host that image tokens and features agree (one sync); the
+  check becomes a device-side assertion (``torch._assert_async``).
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _lfm2_image_features(
+    self: Any,
+    pixel_values: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    pixel_attention_mask: torch.Tensor,
+    **kwargs: Any,
+) -> Any:
+    if spatial_shapes.device.type != "cpu":
+        return type(self).get_image_features(
+            self, pixel_values, spatial_shapes, pixel_attention_mask, **kwargs
+        )
+    kwargs.pop("return_dict", None)
+    outputs = self.vision_tower(
+        pixel_values=pixel_values,
+        spatial_shapes=spatial_shapes,
+        pixel_attention_mask=pixel_attention_mask,
+        return_dict=True,
+        **kwargs,
+    )
+    hidden = outputs.last_hidden_state
+    features = []
+    for index, (height, width) in enumerate(spatial_shapes.tolist()):
+        feature = hidden[index, : height * width].reshape(1, height, width, -1)
+        embedding = self.multi_modal_projector(feature)
+        features.append(embedding.reshape(-1, embedding.size(-1)))
+    outputs.pooler_output = features
+    return outputs
+
+
+def _lfm2_placeholder_mask(
+    self: Any, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+) -> torch.Tensor:
+    if input_ids is None or input_ids.device.type == "cpu":
+        return type(self).get_placeholder_mask(
+            self, input_ids=input_ids, inputs_embeds=inputs_embeds, image_features=image_features
+        )
+    mask = input_ids == self.config.image_token_id
+    torch._assert_async(mask.sum() * inputs_embeds.shape[-1] == image_features.numel())
+    return mask.unsqueeze(-1).to(inputs_embeds.device)
+
+
+def _patch_lfm2_vl(model: torch.nn.Module) -> int:
+    patched = 0
+    for module in model.modules():
+        if type(module).__name__ == "Lfm2VlModel" and hasattr(module, "get_image_features"):
+            module.get_image_features = types.MethodType(_lfm2_image_features, module)
+            module.get_placeholder_mask = types.MethodType(_lfm2_placeholder_mask, module)
+            patched += 1
+    return patched
+
+
+PATCHES = {"lfm2_vl": _patch_lfm2_vl}
+
+
+def use_host_shapes(model: torch.nn.Module, family: str) -> int:
+    """Bind the sync-free methods of ``family`` to ``model``; return how many modules were patched."""
+    patch = PATCHES.get(family)
+    if patch is None:
+        return 0
+    patched = patch(model)
+    log.info("sync-free image features on %d %s module(s)", patched, family)
+    return patched
