@@ -200,6 +200,7 @@ def main() -> None:
             "--data.max_image_side",
             "256",
         ]
+
     def strategy(n: int) -> list[str]:  # a strategy in --extra (e.g. DDPStrategy with options) wins
         given = any(a.startswith("--trainer.strategy") for a in args.extra)
         return [] if given else ["--trainer.strategy", "ddp" if n > 1 else "auto"]

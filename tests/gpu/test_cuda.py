@@ -21,16 +21,28 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def _batch(path: str) -> dict:
     collator = ChatCollator(load_processor(path, image_max_tokens=16), family_of(path), max_length=300)
     recs = [
-        Record(str(i), ["x"], [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f"A {i}"}],
-               [f"A {i}"])
+        Record(
+            str(i),
+            ["x"],
+            [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f"A {i}"}],
+            [f"A {i}"],
+        )
         for i in range(4)
     ]
     return collator([(r, [Image.new("RGB", (64, 80), (i * 40, 255, 255))]) for i, r in enumerate(recs)])
 
 
 def _to(batch: dict, device: str) -> dict:
-    return {k: ({kk: vv.to(device) if torch.is_tensor(vv) else vv for kk, vv in v.items()} if isinstance(v, dict)
-                else v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    return {
+        k: (
+            {kk: vv.to(device) if torch.is_tensor(vv) else vv for kk, vv in v.items()}
+            if isinstance(v, dict)
+            else v.to(device)
+            if torch.is_tensor(v)
+            else v
+        )
+        for k, v in batch.items()
+    }
 
 
 @pytest.mark.parametrize("mode", ["lora", "qlora"])
@@ -38,8 +50,13 @@ def test_training_steps_on_cuda(tiny_replica, mode: str) -> None:  # noqa: ANN00
     if mode == "qlora":
         pytest.importorskip("bitsandbytes")
     path = str(tiny_replica("qwen2_vl"))
-    module = VLMFineTuner(path, mode=mode, lora=LoraSettings(r=8, alpha=16, dropout=0.0), dtype="bfloat16",
-                          metrics=["exact_match"]).cuda()
+    module = VLMFineTuner(
+        path,
+        mode=mode,
+        lora=LoraSettings(r=8, alpha=16, dropout=0.0),
+        dtype="bfloat16",
+        metrics=["exact_match"],
+    ).cuda()
     if mode == "qlora":
         import bitsandbytes as bnb
 
@@ -64,11 +81,30 @@ def test_cli_fit_and_test_on_gpu(tiny_replica, tmp_path: Path) -> None:  # noqa:
     from vlm_lightning.cli import build_cli
 
     data = write_receipt_dataset(tmp_path / "data")
-    common = ["--model.name_or_path", str(tiny_replica("qwen2_vl")), "--model.metrics", "[json, exact_match]",
-              "--model.generate_max_new_tokens", "16", "--data.train", str(data["train"]),
-              "--data.val", str(data["val"]), "--data.test", str(data["test"]), "--data.image_max_tokens", "16",
-              "--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.precision", "bf16-mixed",
-              "--trainer.default_root_dir", str(tmp_path / "runs")]
+    common = [
+        "--model.name_or_path",
+        str(tiny_replica("qwen2_vl")),
+        "--model.metrics",
+        "[json, exact_match]",
+        "--model.generate_max_new_tokens",
+        "16",
+        "--data.train",
+        str(data["train"]),
+        "--data.val",
+        str(data["val"]),
+        "--data.test",
+        str(data["test"]),
+        "--data.image_max_tokens",
+        "16",
+        "--trainer.accelerator",
+        "gpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.precision",
+        "bf16-mixed",
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+    ]
     cli = build_cli(["fit", *common, "--trainer.max_steps", "4"])
     best = Path(cli.trainer.log_dir) / "best.ckpt"
     assert best.is_file()
@@ -88,7 +124,9 @@ def test_no_host_sync_batches_give_the_same_loss_and_gradients(tiny_replica) -> 
     for fast in (False, True):
         batch = _batch(path)
         if fast:
-            batch = module.transfer_batch_to_device(module.on_before_batch_transfer(batch, 0), torch.device("cuda"), 0)
+            batch = module.transfer_batch_to_device(
+                module.on_before_batch_transfer(batch, 0), torch.device("cuda"), 0
+            )
             assert batch["inputs"]["spatial_shapes"].device.type == "cpu"
             keep = batch["label_positions"]
         else:
@@ -128,8 +166,16 @@ def test_deferred_guard_drops_a_nan_update_on_cuda(tmp_path: Path) -> None:
 
     data = torch.utils.data.TensorDataset(torch.randn(32, 4))
     model = Poison()
-    trainer = L.Trainer(max_steps=8, accelerator="gpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, default_root_dir=tmp_path, callbacks=[NonFiniteGuard()])
+    trainer = L.Trainer(
+        max_steps=8,
+        accelerator="gpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        callbacks=[NonFiniteGuard()],
+    )
     with pytest.raises(NonFiniteLossError, match="global step 3"):
         trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=4))
     # Lightning moves the module back to the CPU when fit ends with an error

@@ -90,8 +90,14 @@ def test_tiny_generation_reports_every_method() -> None:
     out = run_benchmark("--tiny", "--gen")
     rows = table_rows(out, "| method |")
     merged = "ours (LoRA merged)"
-    for key in ("per-sample loop/1", "HF generate/2", f"{merged}/2", "HF generate/4", f"{merged}/4",
-                f"{merged} + static cache/4"):
+    for key in (
+        "per-sample loop/1",
+        "HF generate/2",
+        f"{merged}/2",
+        "HF generate/4",
+        f"{merged}/4",
+        f"{merged} + static cache/4",
+    ):
         assert key in rows, f"missing {key}: {sorted(rows)}"
         cells = rows[key]
         assert not cells[2].startswith("failed"), f"{key}: {cells}"
@@ -100,5 +106,7 @@ def test_tiny_generation_reports_every_method() -> None:
         differ, total = (int(x) for x in re.match(r"(\d+)/(\d+)", cells[8]).groups())
         assert total == int(cells[2]) and 0 <= differ <= total
         if key != "per-sample loop/1":
-            assert total == 4 and differ == 0, f"{key}: fp32 on CPU must give HF generate's tokens ({cells[8]})"
+            assert total == 4 and differ == 0, (
+                f"{key}: fp32 on CPU must give HF generate's tokens ({cells[8]})"
+            )
     assert "LoRA trained 2 steps first" in out

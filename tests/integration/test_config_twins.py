@@ -25,22 +25,44 @@ def _hf_fixture(folder: Path, kind: str) -> dict[str, str]:
         ImageDraw.Draw(im).text((5, 5), f"doc {i}", fill="black")
         images.append(im)
     if kind == "docvqa":
-        data = {"questionId": [str(i) for i in range(4)], "question": [f"What is doc {i}?" for i in range(4)],
-                "question_types": [["form"]] * 4, "image": images, "docId": list(range(4)),
-                "answers": [[f"doc {i}", f"document {i}"] for i in range(4)]}
-        features = datasets.Features({"questionId": datasets.Value("string"), "question": datasets.Value("string"),
-                                      "question_types": datasets.Sequence(datasets.Value("string")),
-                                      "image": datasets.Image(), "docId": datasets.Value("int64"),
-                                      "answers": datasets.Sequence(datasets.Value("string"))})
+        data = {
+            "questionId": [str(i) for i in range(4)],
+            "question": [f"What is doc {i}?" for i in range(4)],
+            "question_types": [["form"]] * 4,
+            "image": images,
+            "docId": list(range(4)),
+            "answers": [[f"doc {i}", f"document {i}"] for i in range(4)],
+        }
+        features = datasets.Features(
+            {
+                "questionId": datasets.Value("string"),
+                "question": datasets.Value("string"),
+                "question_types": datasets.Sequence(datasets.Value("string")),
+                "image": datasets.Image(),
+                "docId": datasets.Value("int64"),
+                "answers": datasets.Sequence(datasets.Value("string")),
+            }
+        )
     else:  # cord
-        gts = [json.dumps({"gt_parse": {"menu": [{"nm": f"item{i}", "price": f"{i}.00"}], "total": {"total_price": f"{i}.00"}}})
-               for i in range(4)]
+        gts = [
+            json.dumps(
+                {
+                    "gt_parse": {
+                        "menu": [{"nm": f"item{i}", "price": f"{i}.00"}],
+                        "total": {"total_price": f"{i}.00"},
+                    }
+                }
+            )
+            for i in range(4)
+        ]
         data = {"image": images, "ground_truth": gts}
         features = datasets.Features({"image": datasets.Image(), "ground_truth": datasets.Value("string")})
     specs = {}
     for split, rows in (("train", slice(0, 2)), ("val", slice(2, 3)), ("test", slice(3, 4))):
         path = folder / kind / split
-        datasets.Dataset.from_dict({k: v[rows] for k, v in data.items()}, features=features).save_to_disk(str(path))
+        datasets.Dataset.from_dict({k: v[rows] for k, v in data.items()}, features=features).save_to_disk(
+            str(path)
+        )
         specs[split] = {"path": str(path), "adapter": kind}
     return specs
 
@@ -70,15 +92,39 @@ def test_every_seed_config_has_a_twin() -> None:
 def test_seed_config_twin_runs(config: str, tiny_replica, tmp_path: Path) -> None:  # noqa: ANN001
     family, data_kind = TWINS[config]
     raw = yaml.safe_load((CONFIGS / config).read_text())
-    data = _hf_fixture(tmp_path, data_kind) if data_kind in ("docvqa", "cord") else _synthetic(tmp_path, data_kind)
+    data = (
+        _hf_fixture(tmp_path, data_kind)
+        if data_kind in ("docvqa", "cord")
+        else _synthetic(tmp_path, data_kind)
+    )
     twin = {
-        "model": {"name_or_path": str(tiny_replica(family)), "dtype": "float32", "generate_max_new_tokens": 8},
-        "data": {**data, "batch_size": 2, "eval_batch_size": 2, "num_workers": 0, "max_length": 1024,
-                 "image_max_tokens": 64 if family != "paligemma" else None, "max_image_side": 256},
-        "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true", "max_steps": 2, "max_epochs": None,
-                    "limit_val_batches": 1, "val_check_interval": 1.0, "check_val_every_n_epoch": 1,
-                    "accumulate_grad_batches": 1, "default_root_dir": str(tmp_path / "runs"),
-                    "enable_progress_bar": False},
+        "model": {
+            "name_or_path": str(tiny_replica(family)),
+            "dtype": "float32",
+            "generate_max_new_tokens": 8,
+        },
+        "data": {
+            **data,
+            "batch_size": 2,
+            "eval_batch_size": 2,
+            "num_workers": 0,
+            "max_length": 1024,
+            "image_max_tokens": 64 if family != "paligemma" else None,
+            "max_image_side": 256,
+        },
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "precision": "32-true",
+            "max_steps": 2,
+            "max_epochs": None,
+            "limit_val_batches": 1,
+            "val_check_interval": 1.0,
+            "check_val_every_n_epoch": 1,
+            "accumulate_grad_batches": 1,
+            "default_root_dir": str(tmp_path / "runs"),
+            "enable_progress_bar": False,
+        },
     }
     if raw["model"]["mode"] == "qlora":
         twin["model"]["mode"] = "lora"  # 4-bit needs CUDA + bitsandbytes: covered by tests/gpu
@@ -95,8 +141,17 @@ def test_seed_config_twin_runs(config: str, tiny_replica, tmp_path: Path) -> Non
             assert cli.model.hparams[key] is not None, key
     lr = raw["model"]["optimizer"]["init_args"]["lr"]
     assert cli.trainer.optimizers[0].defaults["lr"] == pytest.approx(lr)
-    test = build_cli(["test", "--config", str(CONFIGS / config), "--config", str(override),
-                      "--ckpt_path", str(run / "last.ckpt")])
+    test = build_cli(
+        [
+            "test",
+            "--config",
+            str(CONFIGS / config),
+            "--config",
+            str(override),
+            "--ckpt_path",
+            str(run / "last.ckpt"),
+        ]
+    )
     metrics = json.loads((Path(test.trainer.log_dir) / "metrics.json").read_text())
     assert metrics["num_samples"] >= 1
     for name in raw["model"]["metrics"]:

@@ -196,6 +196,7 @@ def build(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
 def wandb_cleanup() -> Iterator[None]:
     yield
     import wandb
+
     if wandb.run is not None:
         wandb.finish()
 
@@ -215,8 +216,13 @@ def test_fit_writes_training_curves(tiny_replica, data, tmp_path, capsys) -> Non
     png = run / "training_curves.png"
     assert_png(png, min_bytes=20_000)
     assert f"[vlm_lightning] training curves: {png}" in capsys.readouterr().out
-    series = read_metrics_csv(run / "metrics.csv")
-    assert len(series["train/loss"]) == 4 and series["val/json_valid_rate"] and series["lr-AdamW"]
+    logged = read_metrics_csv(run / "metrics.csv")
+    assert logged["val/json_valid_rate"] and not logged.get("train/loss")  # 4 steps, a row every 10
+    curves = next(c for c in cli.trainer.callbacks if isinstance(c, TrainingCurves))  # the one that draws
+    series, source = curves.collect(cli.trainer)
+    assert source.endswith("metrics.csv + callback history")
+    assert [step for step, _ in series["train/loss"]] == [0.0, 1.0, 2.0, 3.0]  # every step, from the history
+    assert series["val/json_valid_rate"] == logged["val/json_valid_rate"] and len(series["lr-AdamW"]) == 4
 
 
 @pytest.mark.slow
@@ -265,6 +271,7 @@ def test_wandb_offline_fit_logs_table_and_curves(  # noqa: ANN001
     build, no_wandb_credentials, wandb_cleanup, tiny_replica, data, tmp_path, monkeypatch
 ) -> None:
     import wandb  # noqa: F401
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)  # present, but must not be written anywhere
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -20,11 +20,25 @@ FAMILY_NAMES = sorted(FAMILIES)
 
 def records() -> list[Record]:
     return [
-        Record("a", ["x"], [{"role": "user", "content": "Read the total."},
-                            {"role": "assistant", "content": '{"total": 12.5}'}], ['{"total": 12.5}']),
-        Record("b", ["x"], [{"role": "system", "content": "Answer briefly."},
-                            {"role": "user", "content": "Which store is it?"},
-                            {"role": "assistant", "content": "Corner Cafe"}], ["Corner Cafe"]),
+        Record(
+            "a",
+            ["x"],
+            [
+                {"role": "user", "content": "Read the total."},
+                {"role": "assistant", "content": '{"total": 12.5}'},
+            ],
+            ['{"total": 12.5}'],
+        ),
+        Record(
+            "b",
+            ["x"],
+            [
+                {"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": "Which store is it?"},
+                {"role": "assistant", "content": "Corner Cafe"},
+            ],
+            ["Corner Cafe"],
+        ),
     ]
 
 
@@ -32,8 +46,10 @@ def lora_model(path: str, facts, lora_b_std: float):  # noqa: ANN001, ANN201
     """The replica with LoRA r4 on attention + MLP and non-zero ``lora_B`` (so the adapters change outputs)."""
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(load_model(path, dtype="float32"),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=facts.lora_target_regex("attention_mlp")))
+    model = get_peft_model(
+        load_model(path, dtype="float32"),
+        LoraConfig(r=4, lora_alpha=8, target_modules=facts.lora_target_regex("attention_mlp")),
+    )
     for name, param in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=lora_b_std)
@@ -63,7 +79,9 @@ def test_labels_are_answer_plus_end_of_turn(family) -> None:  # noqa: ANN001
         assert learned.lstrip(" ") == rec.answers[0] + facts.end_of_turn, (name, learned)
         pad = batch["inputs"]["attention_mask"][i] == 0
         assert (labels[pad] == IGNORE_INDEX).all()
-        prompt_ids = batch["generation_inputs"]["input_ids"][i][batch["generation_inputs"]["attention_mask"][i].bool()]
+        prompt_ids = batch["generation_inputs"]["input_ids"][i][
+            batch["generation_inputs"]["attention_mask"][i].bool()
+        ]
         assert rec.answers[0] not in tok.decode(prompt_ids)
 
 
@@ -73,10 +91,19 @@ def test_batched_generation_equals_single(family) -> None:  # noqa: ANN001
     model = load_model(path, dtype="float32").eval()
     stop = end_of_turn_ids(processor.tokenizer, facts.end_of_turn)
     recs = records()
-    batched, _ = generate_batch(model, collator(items(recs))["generation_inputs"], processor.tokenizer, stop,
-                                max_new_tokens=6)
-    single = [generate_batch(model, collator(items(recs)[i : i + 1])["generation_inputs"], processor.tokenizer,
-                             stop, max_new_tokens=6)[0][0] for i in range(len(recs))]
+    batched, _ = generate_batch(
+        model, collator(items(recs))["generation_inputs"], processor.tokenizer, stop, max_new_tokens=6
+    )
+    single = [
+        generate_batch(
+            model,
+            collator(items(recs)[i : i + 1])["generation_inputs"],
+            processor.tokenizer,
+            stop,
+            max_new_tokens=6,
+        )[0][0]
+        for i in range(len(recs))
+    ]
     assert batched == single, name
 
 
@@ -108,7 +135,9 @@ def test_merged_lora_and_static_cache_give_the_adapter_path_tokens(family) -> No
     kwargs = {"max_new_tokens": 8, "min_new_tokens": 8}
     _, adapter = generate_batch(model, inputs, processor.tokenizer, stop, merge_lora=False, **kwargs)
     _, merged = generate_batch(model, inputs, processor.tokenizer, stop, **kwargs)
-    _, static = generate_batch(model, inputs, processor.tokenizer, stop, cache_implementation="static", **kwargs)
+    _, static = generate_batch(
+        model, inputs, processor.tokenizer, stop, cache_implementation="static", **kwargs
+    )
     assert torch.equal(merged, adapter), name
     assert torch.equal(static, adapter), name
 

@@ -1,9 +1,10 @@
 """``training_curves.png``: loss, monitored metric and learning rate vs step, drawn at the end of ``fit``.
 
-The values come from the run's own ``metrics.csv`` (CSVLogger, the default logger). When no CSVLogger is
-active (W&B only, TensorBoard only, ...) the callback uses the history it kept itself during training:
-``train/loss`` and the learning rate after every training batch, every ``val/*`` value after every
-validation (sanity checks excluded).
+The values come from the run's own ``metrics.csv`` (CSVLogger, the default logger) and from the history
+the callback keeps itself during training: ``train/loss`` and the learning rate after every training
+batch, every ``val/*`` value after every validation (sanity checks excluded). A series the history holds at
+more steps than ``metrics.csv`` (which has a row every ``log_every_n_steps`` only) is drawn from the history;
+with no CSVLogger (W&B only, TensorBoard only, ...) everything is.
 
 The figure is drawn with ``matplotlib.figure.Figure`` on the Agg canvas, so the global matplotlib
 backend is never changed.
@@ -136,7 +137,7 @@ class TrainingCurves(Callback):
         self._points: _Pending = defaultdict(list)
         self.path: Path | None = None
 
-    # --- fallback history (used when there is no metrics.csv) -----------------------------------
+    # --- own history (every step; metrics.csv has a row every log_every_n_steps) -----------------
     @property
     def history(self) -> Series:
         """The kept points as floats (device tensors are read here, not at every step; NaN dropped)."""
@@ -204,9 +205,11 @@ class TrainingCurves(Callback):
                 logger.save()  # flush rows still buffered (the logger is finalized only after on_fit_end)
                 metrics_file = Path(logger.log_dir) / "metrics.csv"
                 if metrics_file.is_file():
-                    series = read_metrics_csv(metrics_file)
+                    series = dict(read_metrics_csv(metrics_file))
                     if series:
-                        return series, str(metrics_file)
+                        denser = {k: v for k, v in self.history.items() if len(v) > len(series.get(k, []))}
+                        source = str(metrics_file) + (" + callback history" if denser else "")
+                        return {**series, **denser}, source
         return dict(self.history), "callback history"
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -220,7 +223,7 @@ class TrainingCurves(Callback):
         series, source = self.collect(trainer)
         checkpoint = trainer.checkpoint_callback
         monitor = getattr(checkpoint, "monitor", None)
-        title = f"{folder} (from {Path(source).name if source.endswith('.csv') else source})"
+        title = f"{folder} (from {source.replace(str(folder) + '/', '')})"
         self.path = plot_curves(series, folder / self.filename, monitor=monitor, title=title)
         print(f"[vlm_lightning] training curves: {self.path}")
 
