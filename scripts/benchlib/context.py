@@ -224,6 +224,7 @@ class StepTimer:
         self.window_start: float | None = None
         self.window_end: float | None = None
         self.first_start: float | None = None  # start of step 0: warm-up (compilation) time is visible
+        self.closed = False  # the last step ended with a sync: the window is complete
         self._t0 = 0.0
 
     def begin(self, step: int) -> None:
@@ -244,6 +245,7 @@ class StepTimer:
             return
         if step == self.total - 1:
             sync(self.device)
+            self.closed = True
         now = time.perf_counter()
         self.step_times.append(now - self._t0)
         self.window_end = now
@@ -253,6 +255,8 @@ class StepTimer:
         """Seconds from the start of the first timed step to the end of the last."""
         if self.window_start is None or self.window_end is None:
             raise RuntimeError("no timed step ran")
+        if not self.closed:  # the GPU may still have been working: the window would be too short
+            raise RuntimeError(f"the timed window did not end at step {self.total - 1} with a sync")
         return self.window_end - self.window_start
 
 
