@@ -129,6 +129,12 @@ def main() -> None:
     parser.add_argument(
         "--tag", default="", help="name suffix of the run folders (several variants, one workdir)"
     )
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=1,
+        help="fit runs per device count, interleaved (1, 2, 1, 2, ...); the table shows the median run",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ddp_scaling"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--shrink", action="store_true", help="CPU dry run on a shrunken architecture")
@@ -145,6 +151,8 @@ def main() -> None:
 
     # an epoch boundary inside the timed window (loader restart, epoch-end hooks) would hit only the
     # runs with more GPUs (fewer steps per epoch): size the data so that every run stays in epoch 0
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
     needed = -(-(args.steps + 1) * args.batch_size * max(args.devices) * 10 // 9) + 16
     if args.samples is not None and args.samples < needed:
         parser.error(
@@ -205,10 +213,9 @@ def main() -> None:
         given = any(a.startswith("--trainer.strategy") for a in args.extra)
         return [] if given else ["--trainer.strategy", "ddp" if n > 1 else "auto"]
 
-    results = []
-    ckpt = None
-    for n in args.devices:
-        root = work / f"runs{args.tag}_{n}"
+    def fit_once(n: int, rep: int) -> tuple[dict, str]:
+        name = f"{args.tag}_{n}" + (f"_r{rep}" if args.reps > 1 else "")
+        root = work / f"runs{name}"
         profile = (
             [
                 "--trainer.profiler=vlm_lightning.profiling.SteadyStateProfiler",
@@ -237,15 +244,28 @@ def main() -> None:
                 *throughput,
                 *profile,
             ],
-            work / f"fit{args.tag}_{n}.log",
+            work / f"fit{name}.log",
         )
         result = json.loads(line_value(out, "[vlm_lightning] throughput:"))
         if args.profile:
             result["profile"] = rank_profiles(root / "profile")
-        log_text = (work / f"fit{args.tag}_{n}.log").read_text()
+        log_text = (work / f"fit{name}.log").read_text()
         result["recompilations"] = log_text.count("Recompiling function")  # with TORCH_LOGS=recompiles
-        results.append(result)
-        ckpt = ckpt or line_value(out, "[vlm_lightning] best checkpoint:")
+        return result, line_value(out, "[vlm_lightning] best checkpoint:")
+
+    runs: dict[int, list[dict]] = {n: [] for n in args.devices}
+    ckpt = None
+    for rep in range(args.reps):  # interleaved: a slow phase of the machine hits every device count
+        for n in args.devices:
+            result, best = fit_once(n, rep)
+            runs[n].append(result)
+            ckpt = ckpt or best
+    results = []
+    for n in args.devices:
+        ranked = sorted(runs[n], key=lambda r: r["samples_per_s"])
+        median = dict(ranked[(len(ranked) - 1) // 2])  # the lower middle run for an even count
+        median["all_samples_per_s"] = [round(r["samples_per_s"], 1) for r in runs[n]]
+        results.append(median)
     validation: dict[int, dict] = {}
     predictions: dict[int, dict[str, str]] = {}
     for n in [] if args.no_test else sorted({1, max(args.devices)}):
@@ -277,18 +297,20 @@ def main() -> None:
         f"Device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}; torch {torch.__version__}; command: "
         f"`python scripts/ddp_scaling.py --arch {args.arch} --devices {' '.join(map(str, args.devices))} "
         f"--steps {args.steps} --warmup {args.warmup} --batch-size {args.batch_size} --samples {args.samples}"
+        + (f" --reps {args.reps}" if args.reps > 1 else "")
         + (f" --extra {' '.join(args.extra)}" if args.extra else "")
         + "`",
         "",
         "| GPUs | samples/s | tokens/s | speed-up vs 1 GPU | timed steps | seconds | recompilations "
-        "| peak GiB per GPU |",
-        "|---|---|---|---|---|---|---|---|",
+        "| peak GiB per GPU | samples/s of each rep |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['world_size']} | {r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
             f"{r['samples_per_s'] / base:.2f}x | {r['timed_optimizer_steps']} | {r['seconds']:.1f} | "
-            f"{r['recompilations']} | {', '.join(map(str, r['peak_gib_per_device']))} |"
+            f"{r['recompilations']} | {', '.join(map(str, r['peak_gib_per_device']))} | "
+            f"{', '.join(map(str, r['all_samples_per_s']))} |"
         )
     if args.profile:
         lines += ["", *profile_table(results)]
