@@ -21,6 +21,7 @@ from vlm_lightning.checkpoint_io import AtomicCheckpointIO
 from vlm_lightning.data.datamodule import DocumentDataModule
 from vlm_lightning.module import VLMFineTuner
 from vlm_lightning.secrets import RedactingSaveConfigCallback, load_env_file
+from vlm_lightning.setting_error import setting_error_in
 from vlm_lightning.tracking import PredictionTable, TrackingChecks
 
 
@@ -145,6 +146,12 @@ def main(args: list[str] | None = None) -> None:
         build_cli(args)
     except _user_errors() as exc:
         print(f"vlm_lightning: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ValueError as exc:  # a callback / profiler setting, wrapped by jsonargparse when it built it
+        setting = setting_error_in(exc)
+        if setting is None:
+            raise
+        print(f"vlm_lightning: error: {setting}", file=sys.stderr)
         raise SystemExit(2) from None
     except torch.OutOfMemoryError as exc:
         print(f"vlm_lightning: error: {out_of_memory_advice(exc)}", file=sys.stderr)

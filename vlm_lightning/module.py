@@ -30,7 +30,7 @@ from vlm_lightning.models.peft_setup import (
     parameter_report,
     qlora_config,
 )
-from vlm_lightning.models.sync_free import use_host_shapes
+from vlm_lightning.models.sync_free import split_host_inputs, use_host_shapes
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -113,7 +113,7 @@ class VLMFineTuner(L.LightningModule):
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
         )
-        use_host_shapes(base, self.facts.name)  # with host_inputs on the CPU: no sync per image
+        use_host_shapes(base, self.facts)  # with host_inputs on the CPU: no sync per image
         self.model = apply_training_mode(
             base,
             self.facts,
@@ -151,18 +151,15 @@ class VLMFineTuner(L.LightningModule):
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Move the batch, except the family's ``host_inputs`` (shapes read as Python numbers)."""
-        kept: dict[tuple[str, str], Any] = {}
-        if isinstance(batch, dict) and self.facts.host_inputs:
+        kept: dict[str, dict[str, Any]] = {}
+        if isinstance(batch, dict):
             for part in ("inputs", "generation_inputs"):
-                inputs = batch.get(part)
-                if isinstance(inputs, dict):
-                    for name in self.facts.host_inputs:
-                        if name in inputs:
-                            kept[(part, name)] = inputs.pop(name)
+                if isinstance(batch.get(part), dict):
+                    batch[part], kept[part] = split_host_inputs(batch[part], self.facts)
         moved = super().transfer_batch_to_device(batch, device, dataloader_idx)
-        for (part, name), value in kept.items():
-            batch[part][name] = value  # the caller's dict keeps them too (nothing lost on the host)
-            moved[part][name] = value
+        for part, host in kept.items():
+            batch[part].update(host)  # the caller's batch keeps them too (nothing lost on the host)
+            moved[part].update(host)
         return moved
 
     # --- one shared step ----------------------------------------------------------------------

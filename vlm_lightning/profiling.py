@@ -27,6 +27,8 @@ from typing import Any
 
 from lightning.pytorch.profilers import SimpleProfiler
 
+from vlm_lightning.setting_error import SettingError
+
 
 def steady_stats(durations: list[float], skip: int) -> dict[str, float] | None:
     """Calls, median / p90 / max in ms and total in s of ``durations`` after the first ``skip``."""
@@ -60,11 +62,11 @@ class SteadyStateProfiler(SimpleProfiler):
     def __init__(
         self, dirpath: str | Path | None = None, filename: str = "steady", skip: int = 20, rows: int = 40
     ) -> None:
+        super().__init__(dirpath=dirpath, filename=filename)  # first: Profiler.__del__ reads its fields
         if skip < 0 or rows < 1:
-            raise ValueError(
+            raise SettingError(
                 f"SteadyStateProfiler needs skip >= 0 and rows >= 1; got skip={skip}, rows={rows}"
             )
-        super().__init__(dirpath=dirpath, filename=filename)
         self.skip = skip
         self.rows = rows
         self._last_step_start: float | None = None

@@ -39,9 +39,10 @@ def ours_step(model: Any, optimizer: Any, params: list[Any], batch: dict[str, An
     import torch
 
     from vlm_lightning.loss import causal_lm_loss, labelled_positions
+    from vlm_lightning.models.sync_free import split_host_inputs
 
-    host = {k: v for k, v in batch["inputs"].items() if k in ctx.facts.host_inputs}
-    inputs = {**to_device({k: v for k, v in batch["inputs"].items() if k not in host}, ctx.device), **host}
+    moved, host = split_host_inputs(batch["inputs"], ctx.facts)
+    inputs = {**to_device(moved, ctx.device), **host}
     labels = to_device(batch["labels"], ctx.device)
     keep = batch.get("label_positions")
     keep = to_device(keep if keep is not None else labelled_positions(batch["labels"]), ctx.device)
@@ -102,7 +103,7 @@ def run_ours(ctx: Context, side: str) -> dict[str, Any]:
 
     levers = OURS_VARIANTS[side]
     model, counts = build_base_model(ctx)
-    use_host_shapes(model, ctx.facts.name)  # as VLMFineTuner does (shapes read from the CPU)
+    use_host_shapes(model, ctx.facts)  # as VLMFineTuner does (shapes read from the CPU)
     regex = lm_linear_regex(model, ctx.facts)
     hf_checkpointing = levers["gc"] and not levers["compile"]  # compiled: the compiler recomputes
     model = apply_training_mode(

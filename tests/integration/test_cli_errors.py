@@ -97,6 +97,29 @@ def test_sample_that_needs_more_tokens_names_sample_and_length(tiny_replica, dat
     assert_clean_error(proc, "sample 'train-0'", "needs", "max_length=24 would cut image tokens")
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            [
+                "--trainer.callbacks+=vlm_lightning.callbacks.host_syncs.HostSyncReport",
+                "--trainer.callbacks.steps=0",
+            ],
+            "HostSyncReport needs start_step >= 0 and steps >= 1; got 20, 0",
+        ),
+        (
+            ["--trainer.profiler=vlm_lightning.profiling.SteadyStateProfiler", "--trainer.profiler.skip=-1"],
+            "SteadyStateProfiler needs skip >= 0 and rows >= 1; got skip=-1",
+        ),
+    ],
+    ids=["callback", "profiler"],
+)
+def test_bad_callback_or_profiler_setting(tiny_replica, data, tmp_path, setting, message) -> None:  # noqa: ANN001
+    proc = run_cli("fit", *common(tiny_replica("qwen2_vl"), data, tmp_path), *setting)
+    assert_clean_error(proc, f"vlm_lightning: error: {message}")
+    assert proc.returncode == 2 and "Union subtypes" not in proc.stderr
+
+
 def test_wrong_model_path(data, tmp_path) -> None:  # noqa: ANN001
     proc = run_cli("fit", *common(tmp_path / "no-such-model", data, tmp_path))
     assert_clean_error(proc, "no such folder")

@@ -7,7 +7,7 @@
 A sync (``.item()``, ``.tolist()``, ``nonzero``, slicing with a GPU tensor, ``if tensor:``) empties the
 queue of launched kernels: the host cannot prepare the next kernels while the GPU works, and a step
 costs host time + GPU time instead of the larger of the two. For the chosen optimizer steps this callback
-turns on ``_set_sync_debug_mode("warn")`` and writes ``<run>/host_syncs.txt``: each Python
+turns on ``torch.cuda.set_sync_debug_mode("warn")`` and writes ``<run>/host_syncs.txt``: each Python
 line that synchronised, how often per step, and the operation, on rank 0. CUDA only (nothing to find
 on the CPU).
 """
@@ -22,6 +22,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+
+from vlm_lightning.setting_error import SettingError
 
 SYNC_MESSAGE = "synchronizing CUDA operation"
 
@@ -44,7 +46,7 @@ class HostSyncReport(Callback):
 
     def __init__(self, start_step: int = 20, steps: int = 2) -> None:
         if start_step < 0 or steps < 1:
-            raise ValueError(
+            raise SettingError(
                 f"HostSyncReport needs start_step >= 0 and steps >= 1; got {start_step}, {steps}"
             )
         self.start_step = start_step
@@ -83,17 +85,20 @@ class HostSyncReport(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         if self._catcher is not None:
-            _set_sync_debug_mode("default")
-            self._catcher.__exit__(None, None, None)
-            self._catcher = None
+            self._stop_recording()
 
-    def _finish(self, trainer: L.Trainer) -> None:
+    def _stop_recording(self) -> list[warnings.WarningMessage]:
+        """Sync debugging off, warnings back to normal; the warnings caught meanwhile."""
         _set_sync_debug_mode("default")
         assert self._catcher is not None and self._caught is not None
         self._catcher.__exit__(None, None, None)
-        self._catcher = None
+        self._catcher, caught, self._caught = None, self._caught, None
+        return caught
+
+    def _finish(self, trainer: L.Trainer) -> None:
+        caught = self._stop_recording()
         steps = max(1, trainer.global_step - self._first_step)
-        for w in self._caught:
+        for w in caught:
             if SYNC_MESSAGE in str(w.message):
                 self.sites[(w.filename, w.lineno, str(w.message).splitlines()[0][:120])] += 1
         total = sum(self.sites.values())

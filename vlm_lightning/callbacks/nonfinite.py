@@ -31,6 +31,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
+from vlm_lightning.setting_error import SettingError
+
 
 class NonFiniteLossError(FloatingPointError):
     """A non-finite loss or gradient stopped training; the message names the step and batch ids."""
@@ -97,7 +99,7 @@ class NonFiniteGuard(Callback):
         defer: bool | None = None,
     ) -> None:
         if action not in ("stop", "skip"):
-            raise ValueError(f"NonFiniteGuard action must be 'stop' or 'skip', got {action!r}")
+            raise SettingError(f"NonFiniteGuard action must be 'stop' or 'skip', got {action!r}")
         self.action = action
         self.check_grads = check_grads
         self.max_skips = max_skips
@@ -148,13 +150,13 @@ class NonFiniteGuard(Callback):
             flag, self._pending, grads_bad, trainer.global_step, trainer.current_epoch, *self._current
         )
         self._pending = []
-        defer = _defers_on_device(optimizer, trainer) if self.defer is None else self.defer
-        if defer and not _defers_on_device(optimizer, trainer):
-            raise ValueError(
+        supported = _defers_on_device(optimizer, trainer)
+        if self.defer and not supported:
+            raise SettingError(
                 f"NonFiniteGuard(defer=True) needs a fused optimizer that reads found_inf (e.g. "
                 f"torch.optim.AdamW(fused=True)) and no fp16 GradScaler; got {type(optimizer).__name__}"
             )
-        if not defer:
+        if not (supported if self.defer is None else self.defer):
             self._conclude(trainer, check, optimizer)
             return
         self._read_unread(trainer)  # last step's verdict: long computed by now on the device

@@ -46,6 +46,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
+from vlm_lightning.setting_error import SettingError
+
 _Handler = Any  # callable, signal.SIG_DFL / SIG_IGN or None
 
 
@@ -110,7 +112,7 @@ class PreemptionCheckpoint(Callback):
         self.filename = filename
         self.exit_code = exit_code
         if ddp_check_every_n_batches < 1:
-            raise ValueError(
+            raise SettingError(
                 f"PreemptionCheckpoint ddp_check_every_n_batches must be >= 1, got {ddp_check_every_n_batches}"
             )
         self.ddp_check_every_n_batches = ddp_check_every_n_batches

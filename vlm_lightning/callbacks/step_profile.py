@@ -20,6 +20,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from vlm_lightning.setting_error import SettingError
+
 
 class StepProfiler(Callback):
     """Record optimizer steps ``start_step`` .. ``start_step + steps`` (after compilation and warm-up).
@@ -33,7 +35,7 @@ class StepProfiler(Callback):
 
     def __init__(self, start_step: int = 50, steps: int = 5, rows: int = 30, trace: bool = True) -> None:
         if start_step < 0 or steps < 1 or rows < 1:
-            raise ValueError(
+            raise SettingError(
                 f"StepProfiler needs start_step >= 0, steps >= 1 and rows >= 1; got start_step={start_step}, "
                 f"steps={steps}, rows={rows}"
             )

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vlm_lightning.models.sync_free import bind_lfm2_vl_host_shapes
+
 LoraScope = Literal["attention", "attention_mlp", "all_linear"]
 
 
@@ -102,6 +104,8 @@ class FamilyFacts:
     # model inputs the model only reads as Python numbers (shapes): kept on the CPU when a batch moves to
     # the GPU, so that reading them is no host sync that stalls the queue of launched kernels
     host_inputs: tuple[str, ...] = field(default=())
+    # binds model methods that read those inputs on the CPU (models/sync_free.py); returns how many
+    bind_host_shape_methods: Callable[[Any], int] | None = None
 
     def lora_target_regex(self, scope: LoraScope = "attention_mlp") -> str:
         """A PEFT ``target_modules`` regex hitting only the language model's linear layers."""
@@ -152,6 +156,7 @@ FAMILIES: dict[str, FamilyFacts] = {
         checkpoints=("LiquidAI/LFM2-VL-450M", "LiquidAI/LFM2-VL-1.6B"),
         # SigLIP2 embeddings and the unpadding of image features call .tolist() / unpack per image
         host_inputs=("spatial_shapes",),
+        bind_host_shape_methods=bind_lfm2_vl_host_shapes,
         set_image_tokens=_set_lfm2_tokens,
         notes=(
             "hybrid LM: attention only in the full_attention layers (config.text_config.layer_types), short "

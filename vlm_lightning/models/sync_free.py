@@ -5,7 +5,7 @@ empties the queue of launched kernels, so a training step costs host time + GPU 
 larger of the two. The trainer keeps each family's ``FamilyFacts.host_inputs`` on the CPU; the methods
 here use them. Each replacement is bound to one model instance, takes its fast path only when the
 shapes really are on the CPU (else it calls the library's method), and gives identical outputs (tested
-on the replicas).
+on the replicas). Each family names its binder in ``FamilyFacts.bind_host_shape_methods``.
 
 LFM2-VL (transformers 5.x ``Lfm2VlModel``):
 * ``get_image_features`` cut each image's features to ``pixel_attention_mask.sum()`` (a GPU tensor:
@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import logging
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from vlm_lightning.models.families import FamilyFacts
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,8 @@ def _lfm2_placeholder_mask(
     return mask.unsqueeze(-1).to(inputs_embeds.device)
 
 
-def _patch_lfm2_vl(model: torch.nn.Module) -> int:
+def bind_lfm2_vl_host_shapes(model: torch.nn.Module) -> int:
+    """Bind the sync-free LFM2-VL methods to each ``Lfm2VlModel`` in ``model``; return how many."""
     patched = 0
     for module in model.modules():
         if type(module).__name__ == "Lfm2VlModel" and hasattr(module, "get_image_features"):
@@ -77,14 +81,16 @@ def _patch_lfm2_vl(model: torch.nn.Module) -> int:
     return patched
 
 
-PATCHES = {"lfm2_vl": _patch_lfm2_vl}
+def split_host_inputs(inputs: dict[str, Any], facts: FamilyFacts) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``inputs`` split into (what moves to the GPU, the family's ``host_inputs`` that stay on the CPU)."""
+    host = {k: v for k, v in inputs.items() if k in facts.host_inputs}
+    return {k: v for k, v in inputs.items() if k not in host}, host
 
 
-def use_host_shapes(model: torch.nn.Module, family: str) -> int:
-    """Bind the sync-free methods of ``family`` to ``model``; return how many modules were patched."""
-    patch = PATCHES.get(family)
-    if patch is None:
+def use_host_shapes(model: torch.nn.Module, facts: FamilyFacts) -> int:
+    """Bind the family's sync-free methods (``FamilyFacts.bind_host_shape_methods``); return the count."""
+    if facts.bind_host_shape_methods is None:
         return 0
-    patched = patch(model)
-    log.info("sync-free image features on %d %s module(s)", patched, family)
+    patched = facts.bind_host_shape_methods(model)
+    log.info("sync-free image features on %d %s module(s)", patched, facts.name)
     return patched

@@ -1,0 +1,25 @@
+"""``SettingError``: a callback, profiler or option built with a value it cannot work with.
+
+jsonargparse builds callbacks and profilers from the command line and wraps an exception raised in their
+``__init__`` into its own ``ValueError`` ("Does not validate against any of the Union subtypes ...") with
+the original as the cause; ``vlm_lightning.cli.main`` finds the ``SettingError`` in that chain and prints
+only its message.
+"""
+
+from __future__ import annotations
+
+
+class SettingError(ValueError):
+    """A setting out of range or incompatible with the run; the message names the setting and the value."""
+
+
+def setting_error_in(exc: BaseException) -> SettingError | None:
+    """The ``SettingError`` that caused ``exc`` (itself, or along ``__cause__`` / ``__context__``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SettingError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
