@@ -10,15 +10,16 @@ prompt, a 60-340-token JSON answer, loss on the answer only) are collated once b
   no gradient checkpointing, full-vocabulary logits at every position as HF computes them).
 * ``trl``: TRL ``SFTTrainer`` with its defaults (gradient checkpointing on), when ``import trl`` works.
 * ``ours``: what ``VLMFineTuner`` does per step under ``bf16-mixed`` with ``compile_language_model``:
-  ``apply_training_mode`` LoRA, frozen vision tower without autograd, ``causal_lm_loss`` (logits only at
-  labelled positions), fused AdamW, bf16 weights + fp32 LoRA under bf16 autocast without PEFT's input
+  ``apply_training_mode`` LoRA, frozen vision tower without autograd, ``causal_lm_loss`` (the frozen
+  lm_head and the cross-entropy fused in chunks over the labelled tokens only), fused AdamW, bf16 weights + fp32 LoRA under bf16 autocast without PEFT's input
   casts, decoder layers and vision encoder layers compiled one by one (``compile_vision_tower``),
   batches padded to a multiple of ``--pad-to`` and pinned as the trainer's DataLoader pins them.
 * lever sides, each one lever away from ``ours`` or from ``ours_plain`` (see ``OURS_VARIANTS``):
   ``ours_plain`` (no compile, PEFT's casts: the previous path), ``ours_nocast`` (plain + no casts),
   ``ours_compile_only`` (plain + LM compile), ``ours_lm_only`` (ours without the vision compile),
-  ``ours_nopad`` (ours with dynamic padding), ``ours_gc`` (ours + activation recomputation, to compare
-  with TRL's defaults, which checkpoint).
+  ``ours_nopad`` (ours with dynamic padding), ``ours_unfused`` (ours with lm_head logits at the labelled
+  positions and a separate cross-entropy), ``ours_gc`` (ours + activation recomputation, to compare
+  with TRL's defaults, which checkpoint), ``ours_gc_nopad`` (ours_gc with dynamic padding).
 * ``lightning`` (``--lightning``): a real ``L.Trainer.fit`` of ``VLMFineTuner`` on the same batches.
 
 ``--gen`` benchmarks greedy generation instead, after training the LoRA ``--gen-train-steps`` steps (a

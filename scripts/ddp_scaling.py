@@ -135,6 +135,14 @@ def main() -> None:
         default=1,
         help="fit runs per device count, interleaved (1, 2, 1, 2, ...); the table shows the median run",
     )
+    parser.add_argument(
+        "--ddp-options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="DistributedDataParallel keyword arguments for the multi-GPU runs (Lightning's DDPStrategy), "
+        "e.g. static_graph=true gradient_as_bucket_view=true; the 1-GPU run keeps no wrapper",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ddp_scaling"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--shrink", action="store_true", help="CPU dry run on a shrunken architecture")
@@ -145,6 +153,9 @@ def main() -> None:
         help="CLI arguments added to every fit/test command, e.g. --extra --data.group_by_length true",
     )
     args = parser.parse_args()
+    for option in args.ddp_options:
+        if "=" not in option:
+            parser.error(f"--ddp-options takes KEY=VALUE pairs, got {option!r}")
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     from vlm_lightning.data.synthetic import write_receipts
@@ -209,9 +220,16 @@ def main() -> None:
             "256",
         ]
 
-    def strategy(n: int) -> list[str]:  # a strategy in --extra (e.g. DDPStrategy with options) wins
-        given = any(a.startswith("--trainer.strategy") for a in args.extra)
-        return [] if given else ["--trainer.strategy", "ddp" if n > 1 else "auto"]
+    def strategy(n: int) -> list[str]:  # a strategy in --extra wins
+        if any(a.startswith("--trainer.strategy") for a in args.extra):
+            return []
+        if n == 1:
+            return ["--trainer.strategy", "auto"]
+        if not args.ddp_options:
+            return ["--trainer.strategy", "ddp"]
+        # jsonargparse passes DDPStrategy's **kwargs on to DistributedDataParallel as dict_kwargs
+        options = [f"--trainer.strategy.dict_kwargs.{option}" for option in args.ddp_options]
+        return ["--trainer.strategy", "lightning.pytorch.strategies.DDPStrategy", *options]
 
     def fit_once(n: int, rep: int) -> tuple[dict, str]:
         name = f"{args.tag}_{n}" + (f"_r{rep}" if args.reps > 1 else "")
@@ -298,6 +316,7 @@ def main() -> None:
         f"`python scripts/ddp_scaling.py --arch {args.arch} --devices {' '.join(map(str, args.devices))} "
         f"--steps {args.steps} --warmup {args.warmup} --batch-size {args.batch_size} --samples {args.samples}"
         + (f" --reps {args.reps}" if args.reps > 1 else "")
+        + (f" --ddp-options {' '.join(args.ddp_options)}" if args.ddp_options else "")
         + (f" --extra {' '.join(args.extra)}" if args.extra else "")
         + "`",
         "",

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from vlm_lightning.linear_cross_entropy import linear_cross_entropy
 
 IGNORE_INDEX = -100
 
@@ -15,12 +19,63 @@ def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)
 
 
+def labelled_rows(labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Indices into the flattened ``(batch, len(keep))`` rows at ``keep`` whose next token is labelled."""
+    return (labels[:, keep + 1] != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)
+
+
+def fusable_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The output head when the chunked ``linear_cross_entropy`` can stand in for it, else None.
+
+    It must be a plain frozen ``nn.Linear`` holding its whole matrix (LoRA / QLoRA keep ``lm_head``
+    frozen and unquantized) that runs without accelerate's device hooks, and the model must apply no
+    transform after it (Gemma 2's ``final_logit_softcapping`` in PaliGemma 2 keeps the unfused path).
+    """
+    if _softcap(model) is not None:
+        return None
+    try:
+        head = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if type(head) is not torch.nn.Linear or hasattr(head, "_hf_hook"):
+        return None
+    weight, bias = head.weight, head.bias
+    if weight.requires_grad or (bias is not None and bias.requires_grad):
+        return None  # trained head (full fine-tuning): its weight gradient comes from autograd
+    if type(weight.data) is not torch.Tensor or weight.shape != (head.out_features, head.in_features):
+        return None  # sharded (FSDP / DTensor) or flattened
+    return head
+
+
+@contextmanager
+def _head_bypassed(head: torch.nn.Module) -> Iterator[None]:
+    """Make ``head`` return its input (the model then hands back hidden states as ``logits``)."""
+    previous = head.__dict__.get("forward")
+    head.forward = lambda hidden, *args, **kwargs: hidden  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if previous is None:
+            del head.forward
+        else:
+            head.forward = previous
+
+
+def _softcap(model: torch.nn.Module) -> float | None:
+    """The text config's ``final_logit_softcapping`` (applied by the model to lm_head's output)."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "final_logit_softcapping", None)
+
+
 def causal_lm_loss(
     model: torch.nn.Module,
     inputs: dict[str, Any],
     labels: torch.Tensor,
     chunk_rows: int = 4096,
     keep: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
+    fuse_head: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean next-token cross-entropy over labelled tokens; also labelled-token count and correct count.
 
@@ -28,13 +83,30 @@ def causal_lm_loss(
     the cross-entropy runs in float32 over row chunks, so the full ``(batch, length, vocab)`` logits are
     never built. Equal to the HF loss (mean over labelled tokens) up to float rounding.
 
-    ``keep``: ``labelled_positions(labels)`` computed before the batch moved to the GPU (the trainer does
-    so on the CPU copy); computing it here from GPU labels is a host sync (``nonzero``) that makes the
-    host wait for the previous step's kernels before it can launch this step's.
+    With a frozen head (``fusable_head``) and ``fuse_head``, the head runs inside
+    ``linear_cross_entropy``: only the labelled ``rows`` go through it and no ``(rows, vocab)`` tensor is
+    kept for backward.
+
+    ``keep`` / ``rows``: ``labelled_positions(labels)`` / ``labelled_rows(labels, keep)`` computed before
+    the batch moved to the GPU (the trainer does so on the CPU copy); computing ``keep`` here from GPU
+    labels is a host sync (``nonzero``) that makes the host wait for the previous step's kernels before
+    it can launch this step's. Without ``rows`` every row at ``keep`` goes through the head.
     """
     if keep is None:
         keep = labelled_positions(labels)
     keep = keep.to(labels.device, non_blocking=True)
+    head = fusable_head(model) if fuse_head else None
+    if head is not None:
+        with _head_bypassed(head):
+            out = model(**inputs, logits_to_keep=keep, use_cache=False)
+        hidden = out.logits.reshape(-1, out.logits.shape[-1])  # hidden states at ``keep``
+        targets = labels[:, keep + 1].reshape(-1)
+        if rows is not None:
+            rows = rows.to(labels.device, non_blocking=True)
+            hidden, targets = hidden.index_select(0, rows), targets.index_select(0, rows)
+        n_tokens = (targets != IGNORE_INDEX).sum()
+        total, correct = linear_cross_entropy(hidden, head.weight, targets, head.bias)
+        return total / n_tokens.clamp(min=1), n_tokens, correct
     out = model(**inputs, logits_to_keep=keep, use_cache=False)
     logits = out.logits.reshape(-1, out.logits.shape[-1])
     targets = labels[:, keep + 1].reshape(-1)

@@ -15,7 +15,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
 from vlm_lightning.generation import end_of_turn_ids, generate_batch
-from vlm_lightning.loss import causal_lm_loss, labelled_positions
+from vlm_lightning.loss import causal_lm_loss, labelled_positions, labelled_rows
 from vlm_lightning.models.acceleration import (
     compile_decoder_layers,
     compile_vision_layers,
@@ -140,13 +140,14 @@ class VLMFineTuner(L.LightningModule):
 
     # --- batches on the device without host syncs -----------------------------------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Find the labelled positions on the CPU copy (on the GPU it is a sync: ``nonzero``)."""
+        """Find the labelled positions and rows on the CPU copy (on the GPU each is a sync: ``nonzero``)."""
         if (
             isinstance(batch, dict)
             and torch.is_tensor(batch.get("labels"))
             and batch["labels"].device.type == "cpu"
         ):
             batch["label_positions"] = labelled_positions(batch["labels"])
+            batch["label_rows"] = labelled_rows(batch["labels"], batch["label_positions"])
         return batch
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -165,7 +166,13 @@ class VLMFineTuner(L.LightningModule):
     # --- one shared step ----------------------------------------------------------------------
     def model_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward; return mean loss over labelled tokens, labelled-token count and correct-token count."""
-        return causal_lm_loss(self.model, batch["inputs"], batch["labels"], keep=batch.get("label_positions"))
+        return causal_lm_loss(
+            self.model,
+            batch["inputs"],
+            batch["labels"],
+            keep=batch.get("label_positions"),
+            rows=batch.get("label_rows"),
+        )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, n_tokens, correct = self.model_step(batch)

@@ -46,8 +46,11 @@ def ours_step(model: Any, optimizer: Any, params: list[Any], batch: dict[str, An
     labels = to_device(batch["labels"], ctx.device)
     keep = batch.get("label_positions")
     keep = to_device(keep if keep is not None else labelled_positions(batch["labels"]), ctx.device)
+    rows = batch.get("label_rows")
+    rows = None if rows is None else to_device(rows, ctx.device)
+    fuse = OURS_VARIANTS.get(ctx.args.side, {}).get("fuse_head", True)
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.bf16):
-        loss, _, _ = causal_lm_loss(model, inputs, labels, keep=keep)
+        loss, _, _ = causal_lm_loss(model, inputs, labels, keep=keep, rows=rows, fuse_head=fuse)
     loss.backward()
     # VLMFineTuner.configure_gradient_clipping: one norm, logged and clipped (HF: max_grad_norm)
     norm = torch.nn.utils.clip_grad_norm_(params, ctx.args.max_grad_norm, foreach=True)  # logged + clipped
@@ -70,10 +73,11 @@ def ours_step(model: Any, optimizer: Any, params: list[Any], batch: dict[str, An
 
 
 def with_positions(batch: dict[str, Any]) -> dict[str, Any]:
-    """The batch plus its labelled positions, found on the CPU (``VLMFineTuner.on_before_batch_transfer``)."""
-    from vlm_lightning.loss import labelled_positions
+    """The batch plus its labelled positions and rows, found on the CPU (as ``VLMFineTuner`` does)."""
+    from vlm_lightning.loss import labelled_positions, labelled_rows
 
-    return {**batch, "label_positions": labelled_positions(batch["labels"])}
+    keep = labelled_positions(batch["labels"])
+    return {**batch, "label_positions": keep, "label_rows": labelled_rows(batch["labels"], keep)}
 
 
 def pin(obj: Any, ctx: Context) -> Any:

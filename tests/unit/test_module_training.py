@@ -62,22 +62,25 @@ def test_full_mode_trains_language_model_only(tiny_replica) -> None:  # noqa: AN
 
 def test_batches_reach_the_device_without_host_syncs(tiny_replica) -> None:  # noqa: ANN001
     """Labelled positions are found on the CPU copy; LFM2-VL's spatial shapes stay on the CPU."""
-    from vlm_lightning.loss import causal_lm_loss, labelled_positions
+    from vlm_lightning.loss import causal_lm_loss, fusable_head, labelled_positions, labelled_rows
 
     path = str(tiny_replica("lfm2_vl"))
     module = VLMFineTuner(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0), metrics=["exact_match"])
+    assert fusable_head(module.model) is not None  # LoRA: the frozen lm_head runs inside the fused loss
     batch = module.on_before_batch_transfer(_batch(path), 0)
     assert torch.equal(batch["label_positions"], labelled_positions(batch["labels"]))
+    assert torch.equal(batch["label_rows"], labelled_rows(batch["labels"], batch["label_positions"]))
     moved = module.transfer_batch_to_device(batch, torch.device("meta"), 0)
     assert moved["inputs"]["input_ids"].device.type == "meta"
     assert moved["label_positions"].device.type == "meta"
+    assert moved["label_rows"].device.type == "meta"
     for part in ("inputs", "generation_inputs"):
         assert moved[part]["spatial_shapes"].device.type == "cpu"
         assert moved[part]["pixel_values"].device.type == "meta"
         assert batch[part]["spatial_shapes"] is moved[part]["spatial_shapes"]  # nothing dropped on the host
     module.model.eval()
     with torch.no_grad():
-        given = causal_lm_loss(module.model, batch["inputs"], batch["labels"], keep=batch["label_positions"])
+        given = module.model_step(batch)
         found = causal_lm_loss(module.model, batch["inputs"], batch["labels"])
     assert all(torch.equal(a, b) for a, b in zip(given, found, strict=True))
 
