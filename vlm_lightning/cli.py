@@ -69,6 +69,22 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         trainer_cfg["plugins"] = plugins
         return super().instantiate_trainer(**kwargs)
 
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before Lightning reads its hyper-parameters with a bare ``torch.load``.
+
+        A truncated, corrupt or unsafe file then ends with ``CheckpointError``'s message instead of a
+        traceback from deep inside torch; a missing file is reported later, when the run needs it.
+        """
+        from pathlib import Path
+
+        from vlm_lightning.checkpoint_io import validate_checkpoint
+
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            validate_checkpoint(ckpt_path, require_ours=False)
+        super()._parse_ckpt_path()
+
     def after_fit(self) -> None:
         trainer = self.trainer
         if trainer.global_rank != 0:

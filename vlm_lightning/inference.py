@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from vlm_lightning.data.datamodule import RecordDataset
-from vlm_lightning.data.records import DataValidationError, Record, read_jsonl, record_from_row
+from vlm_lightning.data.records import DataValidationError, Record, image_problem, read_jsonl, record_from_row
 from vlm_lightning.export import EXPORT_INFO, ExportError, load_checkpoint, rebuild_model
 from vlm_lightning.generation import end_of_turn_ids, generate_batch
 from vlm_lightning.models.families import FamilyFacts, UnknownFamilyError
@@ -344,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     for path, is_dir in ((args.image, False), (args.images_dir, True), (args.jsonl, False)):
         if path is not None and not (path.is_dir() if is_dir else path.is_file()):
             parser.error(f"no such {'folder' if is_dir else 'file'}: {path}")
+    if args.image is not None and (reason := image_problem(args.image)):
+        parser.error(f"--image: {reason}")
     try:
         predictor = Predictor.load(
             args.model,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import re
 import time
+import warnings
 from typing import Any, Literal
 
 import lightning as L
@@ -222,14 +224,26 @@ class VLMFineTuner(L.LightningModule):
                 ][:8]
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
-        self.log("val/token_acc", self.val_token_acc.compute())
+        self._log_synced("val/loss", self.val_loss.compute(), prog_bar=True)
+        self._log_synced("val/token_acc", self.val_token_acc.compute())
         self.val_loss.reset()
         self.val_token_acc.reset()
         if self.hparams.val_generate:
             for name, value in self.val_metrics.compute().items():
-                self.log(f"val/{name}", value, prog_bar=name in ("json_valid_rate", "exact_match", "anls"))
+                self._log_synced(
+                    f"val/{name}", value, prog_bar=name in ("json_valid_rate", "exact_match", "anls")
+                )
             self.val_metrics.reset()
+
+    def _log_synced(self, name: str, value: Any, **kwargs: Any) -> None:
+        """Log an epoch value a torchmetrics ``compute()`` already synced over all ranks.
+
+        Lightning cannot tell and, under DDP, warns once per key that ``sync_dist=True`` is recommended;
+        syncing again would only average equal values, so that warning is muted for these keys only.
+        """
+        message = re.escape(f"It is recommended to use `self.log({name!r}, ..., sync_dist=True)`")
+        warnings.filterwarnings("ignore", message=message)
+        self.log(name, value, sync_dist=False, **kwargs)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         start = time.perf_counter()
@@ -240,7 +254,7 @@ class VLMFineTuner(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         for name, value in self.test_metrics.compute().items():
-            self.log(f"test/{name}", value)
+            self._log_synced(f"test/{name}", value)
         self.test_metrics.reset()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:

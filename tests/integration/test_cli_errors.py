@@ -161,3 +161,43 @@ def test_out_of_memory_gives_advice_not_a_traceback(
     assert exit_info.value.code == 3
     err = capsys.readouterr().err
     assert "ran out of memory" in err and "--data.batch_size" in err and "gradient_checkpointing" in err
+
+
+def test_a_model_folder_without_a_usable_config_is_one_clear_error(data, tmp_path) -> None:  # noqa: ANN001
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")  # no model_type
+    proc = run_cli("fit", *common(empty, data, tmp_path))
+    assert_clean_error(proc, "cannot load model/processor", str(empty))
+    assert proc.returncode == 2
+
+
+def test_every_row_bad_with_skip_stops_instead_of_training_on_nothing(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
+    bad = tmp_path / "train.jsonl"
+    bad.write_text(json.dumps({"image": "nope.png", "answer": "x"}) + "\n")
+    proc = run_cli(
+        "fit",
+        *common(tiny_replica("qwen2_vl"), {**data, "train": bad}, tmp_path),
+        "--data.on_bad_row",
+        "skip",
+    )
+    assert_clean_error(proc, f"{bad}:1: field 'image'", "No usable row is left in data.train")
+    assert proc.returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"PK\x03\x04 only the first bytes of a zip", "truncated or corrupt"),
+        (b"just text\n", "truncated or corrupt"),
+    ],
+)
+def test_a_broken_checkpoint_for_test_is_one_clear_error(
+    tiny_replica, data, tmp_path, content, words
+) -> None:  # noqa: ANN001
+    ckpt = tmp_path / "broken.ckpt"
+    ckpt.write_bytes(content)
+    args = ["--model.name_or_path", str(tiny_replica("qwen2_vl")), "--data.test", str(data["test"])]
+    proc = run_cli("test", *args, "--trainer.accelerator", "cpu", "--ckpt_path", str(ckpt))
+    assert_clean_error(proc, words, str(ckpt))
+    assert proc.returncode == 2

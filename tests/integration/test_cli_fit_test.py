@@ -234,6 +234,9 @@ def test_ddp_on_cpu_fit_runs(tiny_replica, data, tmp_path) -> None:  # noqa: ANN
     proc = _run_cli("fit", *args, "--trainer.strategy", "ddp")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "best checkpoint:" in proc.stdout
+    assert "val/loss" in proc.stdout + proc.stderr  # validation ran and was reported ...
+    # ... without Lightning's sync_dist advice for values torchmetrics already synced over the ranks
+    assert "when logging on epoch level in distributed setting" not in proc.stderr
 
 
 def test_reports_and_baseline_vs_finetuned(fitted, tiny_replica, data, tmp_path) -> None:  # noqa: ANN001

@@ -146,3 +146,23 @@ def test_long_answer_is_cut_but_prompt_kept(qwen_collator: ChatCollator) -> None
     batch = qwen_collator([(rec, [_image()])])
     assert batch["inputs"]["input_ids"].shape[1] == 400
     assert (batch["labels"][0] != IGNORE_INDEX).sum() > 0
+
+
+def test_measuring_lengths_records_each_cut_answer_but_collating_does_not(
+    qwen_collator: ChatCollator,
+) -> None:
+    answer = "x" * 500
+    long = Record(
+        "long", ["x"], [{"role": "user", "content": "Q"}, {"role": "assistant", "content": answer}], [answer]
+    )
+    short = Record(
+        "short", ["x"], [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], ["A"]
+    )
+    qwen_collator.cut_samples.clear()
+    problems: list[str] = []
+    lengths = qwen_collator.lengths([(long, [_image()]), (short, [_image()])], problems)
+    assert not problems and lengths[0] == 400 and lengths[1] < 400
+    assert [(rid, kept) for rid, _, kept in qwen_collator.cut_samples] == [("long", 400)]
+    assert qwen_collator.cut_samples[0][1] > 400  # the uncut length, for the warning
+    qwen_collator([(long, [_image()])])  # training batches do not grow the list
+    assert len(qwen_collator.cut_samples) == 1

@@ -85,7 +85,8 @@ class ChatCollator:
         self.truncate_answers = truncate_answers
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.image_token_ids = self._image_token_ids()
-        self.truncated = 0
+        self.cut_samples: list[tuple[str, int, int]] = []  # (id, tokens, kept): answer tails cut
+        self._measuring = False  # cuts are recorded while ``lengths`` measures, not on every batch
 
     def _image_token_ids(self) -> set[int]:
         ids = set()
@@ -168,14 +169,20 @@ class ChatCollator:
             raise SampleTooLongError(
                 too_long_message(record, length, sample.prompt_len, self.max_length, what)
             )
-        self.truncated += 1
         m = self.max_length
+        if self._measuring:
+            self.cut_samples.append((record.id, length, m))
         extras = {k: v[:m] for k, v in sample.extras.items()}
         return EncodedSample(sample.input_ids[:m], sample.labels[:m], extras, sample.prompt_len)
 
     def lengths(self, items: Sequence[tuple[Record, list[Image.Image]]], problems: list[str]) -> list[int]:
-        """Token lengths of samples (before truncation); too-long samples are added to ``problems``."""
-        samples, _ = self.encode([r for r, _ in items], [imgs for _, imgs in items], problems=problems)
+        """Token lengths of samples (after cutting answer tails, recorded in ``cut_samples``); samples that
+        cannot fit are added to ``problems``."""
+        self._measuring = True
+        try:
+            samples, _ = self.encode([r for r, _ in items], [imgs for _, imgs in items], problems=problems)
+        finally:
+            self._measuring = False
         return [len(s.input_ids) for s in samples]
 
     def _pad_len(self, longest: int) -> int:

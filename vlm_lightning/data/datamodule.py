@@ -50,6 +50,22 @@ def merge_length_shares(
     return [int(length) for length in lengths if length is not None], problems
 
 
+def _report_cut_answers(split: str, cut: list[tuple[str, int, int]]) -> None:
+    """Warn which samples (of this rank's share) lose the tail of their answer to ``data.max_length``."""
+    if not cut:
+        return
+    shown = ", ".join(f"{rid} ({length} -> {kept} tokens)" for rid, length, kept in cut[:10])
+    more = f" and {len(cut) - 10} more" if len(cut) > 10 else ""
+    log.warning(
+        "data.%s: %d sample(s) longer than data.max_length lose the tail of their answer (left out of the loss): "
+        "%s%s. Raise data.max_length to keep them whole.",
+        split,
+        len(cut),
+        shown,
+        more,
+    )
+
+
 class ImageLoadError(RuntimeError):
     """An image could not be loaded while batching; names the file and row."""
 
@@ -262,10 +278,12 @@ class DocumentDataModule(L.LightningDataModule):
                 require_answer=split != "predict",
             )
         if problems:
+            if not records:  # skipping would leave nothing to train / evaluate on
+                hint = f"\nNo usable row is left in data.{split} ({path}): fix the rows above."
+                raise DataValidationError(problems, hint=hint)
             if self.hparams.on_bad_row == "error":
-                raise DataValidationError(
-                    problems, hint="\nFix these rows, or set data.on_bad_row=skip to train without them."
-                )
+                hint = "\nFix these rows, or set data.on_bad_row=skip to go on without them."
+                raise DataValidationError(problems, hint=hint)
             self.skipped.extend(problems)
             log.warning("skipping %d bad row(s) of %s (list written to the run folder)", len(problems), path)
         return records
@@ -360,8 +378,10 @@ class DocumentDataModule(L.LightningDataModule):
             if _all_ranks(cached is not None):  # ranks must agree: a rank that measures waits for the others
                 dataset.lengths = cached
                 continue
+            self.collator.cut_samples.clear()
             lengths, split_problems = self._measure_lengths(dataset)
             problems.extend(split_problems)
+            _report_cut_answers(split, self.collator.cut_samples)
             dataset.lengths = lengths
             if key and not problems:
                 self.cache.put_json(key, lengths)

@@ -43,6 +43,7 @@ class PrefixSuffixCollator:
         self.truncate_answers = truncate_answers
         self.image_tokens = int(getattr(processor, "image_seq_length", 0))
         self.image_token = getattr(processor, "image_token", "<image>")
+        self.cut_samples: list[tuple[str, int, int]] = []  # (id, tokens, kept): answer tails cut
 
     def _check(
         self,
@@ -52,7 +53,11 @@ class PrefixSuffixCollator:
         problems: list[str] | None,
     ) -> None:
         for record, length, prompt_len in zip(records, lengths, prompt_lengths):
-            if length <= self.max_length or (self.truncate_answers and prompt_len < self.max_length):
+            if length <= self.max_length:
+                continue
+            if self.truncate_answers and prompt_len < self.max_length:
+                if problems is not None:  # measuring (``lengths``), not collating a batch
+                    self.cut_samples.append((record.id, length, self.max_length))
                 continue
             what = "image tokens" if self.image_tokens >= self.max_length else "the prompt"
             message = too_long_message(record, length, prompt_len, self.max_length, what)

@@ -8,6 +8,7 @@ the file, line and field.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,18 @@ from typing import Any, Literal
 
 from PIL import Image
 
+log = logging.getLogger(__name__)
+
 Role = Literal["system", "user", "assistant"]
 ImageLike = str | Path | Image.Image
 
 IMAGE_KEYS = ("image", "image_path", "images")
 QUESTION_KEYS = ("question", "prompt")
 ANSWER_KEYS = ("answer", "response", "answers")
+DOC_TYPE_KEYS = ("doc_type", "document_type", "question_type")
+KNOWN_KEYS = frozenset(
+    {"id", "target", "messages", "system", *IMAGE_KEYS, *QUESTION_KEYS, *ANSWER_KEYS, *DOC_TYPE_KEYS}
+)
 
 
 @dataclass
@@ -85,6 +92,20 @@ def _first(row: dict[str, Any], keys: Iterable[str]) -> tuple[str | None, Any]:
     return None, None
 
 
+def _merge_answers(row: dict[str, Any], keys: list[str]) -> tuple[str, Any, str | None]:
+    """One answer field from several: 'answer' first, then the other references of 'answers'.
+
+    Allowed only when the single answer is one of the listed references (nothing is lost); anything
+    else is a conflict to report.
+    """
+    single = [k for k in keys if not isinstance(row[k], list)]
+    lists = [k for k in keys if isinstance(row[k], list)]
+    if len(single) == 1 and len(lists) == 1 and row[single[0]] in row[lists[0]]:
+        first = row[single[0]]
+        return lists[0], [first, *(a for a in row[lists[0]] if a != first)], None
+    return keys[0], row[keys[0]], f"given together with '{keys[0]}' and not one of its references: keep one"
+
+
 def _as_answers(key: str, value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
@@ -95,7 +116,7 @@ def _as_answers(key: str, value: Any) -> list[str]:
     raise TypeError(f"expected a string (or list of strings), got {type(value).__name__}")
 
 
-def _check_image(path: Path) -> str | None:
+def image_problem(path: Path) -> str | None:
     """Return a reason if the image file cannot be used, else None."""
     try:
         if not path.is_file():
@@ -160,6 +181,9 @@ def record_from_row(
 
     # images
     images: list[ImageLike] = []
+    given_images = [k for k in IMAGE_KEYS if row.get(k) is not None]
+    for extra in given_images[1:]:
+        bad(extra, f"given together with '{given_images[0]}': keep one image field (a list goes in 'images')")
     ikey, ival = _first(row, IMAGE_KEYS)
     if ikey is None:
         bad("image", "missing (one of 'image', 'image_path', 'images')")
@@ -177,7 +201,7 @@ def record_from_row(
                 bad(fld, f"path escapes the dataset root {root}: {value}")
                 continue
             path = path if path.is_absolute() else root / path
-            if check_images and (reason := _check_image(path)):
+            if check_images and (reason := image_problem(path)):
                 bad(fld, reason)
                 continue
             images.append(str(path))
@@ -191,6 +215,9 @@ def record_from_row(
     answers: list[str] = []
     target = None
     if "messages" in row:
+        mixed = [k for k in (*QUESTION_KEYS, *ANSWER_KEYS, "target") if row.get(k) is not None]
+        if mixed:
+            bad("messages", f"given together with {mixed}: use either 'messages' or a question + answer")
         msgs = row["messages"]
         if not isinstance(msgs, list) or not msgs:
             bad("messages", "expected a non-empty list of {role, content} objects")
@@ -220,6 +247,13 @@ def record_from_row(
             bad(qkey or "question", "expected a non-empty string")
             question = ""
         akey, answer = _first(row, ANSWER_KEYS)
+        given_answers = [k for k in ANSWER_KEYS if row.get(k) is not None]
+        if row.get("target") is not None and given_answers:
+            bad("target", f"given together with '{given_answers[0]}': keep one answer field")
+        elif len(given_answers) > 1:
+            akey, answer, reason = _merge_answers(row, given_answers)
+            if reason:
+                bad(given_answers[1], reason)
         if "target" in row and row["target"] is not None:
             target = row["target"]
             try:
@@ -246,7 +280,7 @@ def record_from_row(
     if problems:
         return None, problems
     meta = {"source": source, "line": line}
-    for key in ("doc_type", "document_type", "question_type"):
+    for key in DOC_TYPE_KEYS:
         if key in row:
             meta["doc_type"] = row[key]
     return Record(rid, images, messages, answers, target, meta), []
@@ -270,6 +304,7 @@ def read_jsonl(
         raise FileNotFoundError(f"data file not found: {path}")
     records: list[Record] = []
     problems: list[RowProblem] = []
+    unknown: dict[str, int] = {}
     root = path.parent
     with path.open("rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
@@ -305,11 +340,39 @@ def read_jsonl(
                 require_answer=require_answer,
             )
             problems.extend(row_problems)
+            if isinstance(row, dict):
+                for key in row.keys() - KNOWN_KEYS:
+                    unknown[key] = unknown.get(key, 0) + 1
             if record is not None:
                 records.append(record)
     if not records and not problems:
         problems.append(RowProblem(str(path), 0, "<file>", "no rows"))
+    _warn_unused(path, unknown, records)
     return records, problems
+
+
+def _warn_unused(path: Path, unknown: dict[str, int], records: list[Record]) -> None:
+    """Log the keys no row field reads (a typo such as 'qestion' falls back to the default prompt)."""
+    if unknown:
+        listed = ", ".join(f"'{k}' ({n} row{'s' * (n > 1)})" for k, n in sorted(unknown.items()))
+        log.warning(
+            "%s: keys not read by vlm_lightning (ignored): %s. Known keys: %s",
+            path,
+            listed,
+            ", ".join(sorted(KNOWN_KEYS)),
+        )
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.id] = counts.get(record.id, 0) + 1
+    repeated = [rid for rid, n in counts.items() if n > 1]
+    if repeated:
+        log.warning(
+            "%s: %d id(s) used by more than one row (e.g. %s): predictions and reports are per row, "
+            "but ids no longer tell the rows apart",
+            path,
+            len(repeated),
+            ", ".join(repeated[:5]),
+        )
 
 
 def load_image(image: ImageLike) -> Image.Image:

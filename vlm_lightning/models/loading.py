@@ -51,7 +51,8 @@ def _check_remote_code(name_or_path: str, trust_remote_code: bool) -> None:
                 f"'{name_or_path}' needs code from its repository to run. That code executes on your machine: "
                 "set model.trust_remote_code=true only if you trust its authors (not verified by vlm_lightning)."
             ) from exc
-        raise
+        # e.g. a folder without a usable config.json ("Unrecognized model ... model_type")
+        raise ModelLoadError(f"cannot load model/processor from '{name_or_path}': {exc}") from exc
 
 
 def family_of(name_or_path: str, trust_remote_code: bool = False) -> FamilyFacts:

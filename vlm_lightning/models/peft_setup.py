@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -105,7 +106,9 @@ def apply_training_mode(
             modules_to_save=modules_to_save or None,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, config)
+        with warnings.catch_warnings():  # PEFT reads transformers' deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+            model = get_peft_model(model, config)
     for flag, path in ((train_vision, facts.vision_tower), (train_projector, facts.projector)):
         if flag:
             sub = _find(model, path)
