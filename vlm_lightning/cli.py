@@ -74,6 +74,7 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
 
         A truncated, corrupt or unsafe file then ends with ``CheckpointError``'s message instead of a
         traceback from deep inside torch; a missing file is reported later, when the run needs it.
+        The checkpoint's model settings replace the command line's: each one that changes is printed.
         """
         from pathlib import Path
 
@@ -81,9 +82,19 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
 
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and Path(ckpt_path).is_file():
-            validate_checkpoint(ckpt_path, require_ours=False)
+        if not (ckpt_path and Path(ckpt_path).is_file()):
+            super()._parse_ckpt_path()
+            return
+        validate_checkpoint(ckpt_path, require_ours=False)
+        given = _flat(self.config[subcommand].get("model"))
         super()._parse_ckpt_path()
+        used = _flat(self.config[subcommand].get("model"))
+        changed = [k for k in sorted(given) if k in used and used[k] != given[k]]
+        if changed:
+            listed = "; ".join(f"model.{k}: {used[k]!r} (given {given[k]!r})" for k in changed)
+            print(
+                f"[vlm_lightning] {ckpt_path} sets the model it was trained with: {listed}", file=sys.stderr
+            )
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -103,6 +114,19 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
             print(
                 f"[vlm_lightning] evaluate it with:\n  python -m vlm_lightning test{cfg_arg} --ckpt_path {best}"
             )
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"lora.r": 8, ...}`` from a (nested) jsonargparse Namespace or dict."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if not isinstance(value, dict):
+        return {prefix.rstrip("."): value} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        if not key.startswith("_"):
+            flat.update(_flat(item, f"{prefix}{key}."))
+    return flat
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
