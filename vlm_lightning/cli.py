@@ -86,12 +86,11 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
             super()._parse_ckpt_path()
             return
         validate_checkpoint(ckpt_path, require_ours=False)
-        given = _flat(self.config[subcommand].get("model"))
+        given = _plain(self.config[subcommand].get("model"))
         super()._parse_ckpt_path()
-        used = _flat(self.config[subcommand].get("model"))
-        changed = [k for k in sorted(given) if k in used and used[k] != given[k]]
+        changed = _replaced(given, _plain(self.config[subcommand].get("model")))
         if changed:
-            listed = "; ".join(f"model.{k}: {used[k]!r} (given {given[k]!r})" for k in changed)
+            listed = "; ".join(changed)
             print(
                 f"[vlm_lightning] {ckpt_path} sets the model it was trained with: {listed}", file=sys.stderr
             )
@@ -116,17 +115,25 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
             )
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"lora.r": 8, ...}`` from a (nested) jsonargparse Namespace or dict."""
+def _plain(value: Any) -> Any:
+    """A (nested) jsonargparse Namespace as dicts, without private ``_`` keys."""
     if hasattr(value, "as_dict"):
         value = value.as_dict()
-    if not isinstance(value, dict):
-        return {prefix.rstrip("."): value} if prefix else {}
-    flat: dict[str, Any] = {}
-    for key, item in value.items():
-        if not key.startswith("_"):
-            flat.update(_flat(item, f"{prefix}{key}."))
-    return flat
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if not k.startswith("_")}
+    return value
+
+
+def _replaced(given: Any, used: Any, prefix: str = "model.") -> list[str]:
+    """``"model.lora.r: 32 (given 3)"`` for each setting whose value ``used`` replaced in ``given``."""
+    if isinstance(given, dict) and isinstance(used, dict):
+        return [
+            line
+            for key in sorted(set(given) & set(used))
+            for line in _replaced(given[key], used[key], f"{prefix}{key}.")
+        ]
+    shown = "None (the default)" if used is None else repr(used)
+    return [] if given == used else [f"{prefix.rstrip('.')}: {shown} (given {given!r})"]
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
