@@ -107,8 +107,13 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
             print(f"[vlm_lightning] skipped rows listed in {skipped}")
         best = getattr(ckpt, "best_model_path", "") or getattr(ckpt, "last_model_path", "")
         if best:
+            # the run's own settings (config file + every command-line override), saved by LightningCLI
+            saved = os.path.join(folder, "config.yaml") if folder else ""
             config = getattr(self.config.get("fit", self.config), "config", None)
-            cfg_arg = f" --config {config[0]}" if config else ""
+            if saved and os.path.isfile(saved):
+                cfg_arg = f" --config {saved}"
+            else:
+                cfg_arg = f" --config {config[0]}" if config else ""
             print(f"[vlm_lightning] best checkpoint: {best}")
             print(
                 f"[vlm_lightning] evaluate it with:\n  python -m vlm_lightning test{cfg_arg} --ckpt_path {best}"

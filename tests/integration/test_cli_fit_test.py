@@ -240,7 +240,13 @@ def test_ddp_on_cpu_fit_runs(tiny_replica, data, tmp_path) -> None:  # noqa: ANN
     proc = _run_cli("fit", *args, "--trainer.strategy", "ddp")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "best checkpoint:" in proc.stdout
-    logged = next(tmp_path.glob("version_*/metrics.csv")).read_text()
+    # the printed test command carries the run's own settings (here all given on the command line)
+    command = proc.stdout.split("evaluate it with:")[1].split()
+    assert command[:4] == ["python", "-m", "vlm_lightning", "test"] and command[4] == "--config"
+    evaluated = _run_cli(*command[3:], "--trainer.limit_test_batches", "1")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "test/json_valid_rate" in evaluated.stdout and "sets the model" not in evaluated.stderr
+    logged = (tmp_path / "version_0" / "metrics.csv").read_text()  # the fit run (the test run is version_1)
     assert "val/loss" in logged and "val/json_valid_rate" in logged  # validation ran and was logged ...
     # ... without Lightning's sync_dist advice for values torchmetrics already synced over the ranks
     assert "when logging on epoch level in distributed setting" not in proc.stderr
