@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +75,7 @@ def causal_lm_loss(
     chunk_rows: int = 4096,
     keep: torch.Tensor | None = None,
     rows: torch.Tensor | None = None,
-    fuse_head: bool = True,
+    head: torch.nn.Linear | None | Literal["auto"] = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean next-token cross-entropy over labelled tokens; also labelled-token count and correct count.
 
@@ -83,7 +83,8 @@ def causal_lm_loss(
     the cross-entropy runs in float32 over row chunks, so the full ``(batch, length, vocab)`` logits are
     never built. Equal to the HF loss (mean over labelled tokens) up to float rounding.
 
-    With a frozen head (``fusable_head``) and ``fuse_head``, the head runs inside
+    With a frozen head (``head``: ``fusable_head(model)`` found once by the caller, ``"auto"`` to look
+    it up here, None for the unfused loss), the head runs inside
     ``linear_cross_entropy``: only the labelled ``rows`` go through it and no ``(rows, vocab)`` tensor is
     kept for backward.
 
@@ -95,7 +96,8 @@ def causal_lm_loss(
     if keep is None:
         keep = labelled_positions(labels)
     keep = keep.to(labels.device, non_blocking=True)
-    head = fusable_head(model) if fuse_head else None
+    if head == "auto":
+        head = fusable_head(model)
     if head is not None:
         with _head_bypassed(head):
             out = model(**inputs, logits_to_keep=keep, use_cache=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import random
 import re
@@ -17,7 +18,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
 from vlm_lightning.generation import end_of_turn_ids, generate_batch
-from vlm_lightning.loss import causal_lm_loss, labelled_positions, labelled_rows
+from vlm_lightning.loss import causal_lm_loss, fusable_head, labelled_positions, labelled_rows
 from vlm_lightning.models.acceleration import (
     compile_decoder_layers,
     compile_vision_layers,
@@ -174,7 +175,14 @@ class VLMFineTuner(L.LightningModule):
             batch["labels"],
             keep=batch.get("label_positions"),
             rows=batch.get("label_rows"),
+            head=self._loss_head,
         )
+
+    @functools.cached_property
+    def _loss_head(self) -> torch.nn.Linear | None:
+        """The frozen output head the fused loss runs (None: the unfused loss), looked up at the first
+        step, after ``configure_model``; kept out of the module's submodules (no second state-dict entry)."""
+        return fusable_head(self.model)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, n_tokens, correct = self.model_step(batch)

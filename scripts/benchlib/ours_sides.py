@@ -48,9 +48,9 @@ def ours_step(model: Any, optimizer: Any, params: list[Any], batch: dict[str, An
     keep = to_device(keep if keep is not None else labelled_positions(batch["labels"]), ctx.device)
     rows = batch.get("label_rows")
     rows = None if rows is None else to_device(rows, ctx.device)
-    fuse = OURS_VARIANTS.get(ctx.args.side, {}).get("fuse_head", True)
+    head = "auto" if OURS_VARIANTS.get(ctx.args.side, {}).get("fuse_head", True) else None
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.bf16):
-        loss, _, _ = causal_lm_loss(model, inputs, labels, keep=keep, rows=rows, fuse_head=fuse)
+        loss, _, _ = causal_lm_loss(model, inputs, labels, keep=keep, rows=rows, head=head)
     loss.backward()
     # VLMFineTuner.configure_gradient_clipping: one norm, logged and clipped (HF: max_grad_norm)
     norm = torch.nn.utils.clip_grad_norm_(params, ctx.args.max_grad_norm, foreach=True)  # logged + clipped

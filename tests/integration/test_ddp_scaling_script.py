@@ -87,3 +87,17 @@ def test_zero_reps_is_refused_before_any_work(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2 and "--reps must be at least 1" in proc.stderr
     assert not any(tmp_path.iterdir())  # no weights built, no data written
+
+
+def test_ddp_options_without_a_value_are_refused(tmp_path: Path) -> None:
+    args = ["--shrink", "--ddp-options", "static_graph", "--workdir", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "ddp_scaling.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert "--ddp-options takes KEY=VALUE pairs, got 'static_graph'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not any(tmp_path.iterdir())  # refused before any work

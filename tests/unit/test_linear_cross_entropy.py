@@ -90,7 +90,7 @@ def test_every_family_gets_the_hf_loss_and_gradients_with_a_frozen_head(tiny_rep
     rows = labelled_rows(batch["labels"], keep)
     assert len(rows) == int((batch["labels"] != -100).sum())  # exactly the labelled tokens
     loss, n_tokens, correct = causal_lm_loss(model, batch["inputs"], batch["labels"], keep=keep, rows=rows)
-    unfused, _, unfused_correct = causal_lm_loss(model, batch["inputs"], batch["labels"], fuse_head=False)
+    unfused, _, unfused_correct = causal_lm_loss(model, batch["inputs"], batch["labels"], head=None)
     torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(unfused, ref, atol=1e-5, rtol=1e-5)
     assert int(correct) == int(unfused_correct)

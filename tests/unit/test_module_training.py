@@ -67,6 +67,8 @@ def test_batches_reach_the_device_without_host_syncs(tiny_replica) -> None:  # n
     path = str(tiny_replica("lfm2_vl"))
     module = VLMFineTuner(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0), metrics=["exact_match"])
     assert fusable_head(module.model) is not None  # LoRA: the frozen lm_head runs inside the fused loss
+    assert module._loss_head is module.model.get_output_embeddings()
+    assert not any(name.startswith("_loss_head") for name in module.state_dict())  # not a submodule
     batch = module.on_before_batch_transfer(_batch(path), 0)
     assert torch.equal(batch["label_positions"], labelled_positions(batch["labels"]))
     assert torch.equal(batch["label_rows"], labelled_rows(batch["labels"], batch["label_positions"]))

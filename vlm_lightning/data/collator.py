@@ -86,7 +86,6 @@ class ChatCollator:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.image_token_ids = self._image_token_ids()
         self.cut_samples: list[tuple[str, int, int]] = []  # (id, tokens, kept): answer tails cut
-        self._measuring = False  # cuts are recorded while ``lengths`` measures, not on every batch
 
     def _image_token_ids(self) -> set[int]:
         ids = set()
@@ -148,7 +147,7 @@ class ChatCollator:
             extras = {k: v[i, :n].tolist() + [0] * (len(ids) - n) for k, v in token_extras.items()}
             sample = EncodedSample(ids, labels, extras, prompt_len)
             try:
-                samples.append(self._fit_length(record, sample))
+                samples.append(self._fit_length(record, sample, measuring=problems is not None))
             except SampleTooLongError as exc:
                 if problems is None:
                     raise
@@ -156,7 +155,7 @@ class ChatCollator:
                 samples.append(sample)
         return samples, trim_patch_padding(dict(batch))
 
-    def _fit_length(self, record: Record, sample: EncodedSample) -> EncodedSample:
+    def _fit_length(self, record: Record, sample: EncodedSample, measuring: bool = False) -> EncodedSample:
         """Refuse to cut image or prompt tokens; cut the answer's tail if allowed."""
         length = len(sample.input_ids)
         if length <= self.max_length:
@@ -170,7 +169,7 @@ class ChatCollator:
                 too_long_message(record, length, sample.prompt_len, self.max_length, what)
             )
         m = self.max_length
-        if self._measuring:
+        if measuring:  # ``lengths`` (the length check), not a training batch
             self.cut_samples.append((record.id, length, m))
         extras = {k: v[:m] for k, v in sample.extras.items()}
         return EncodedSample(sample.input_ids[:m], sample.labels[:m], extras, sample.prompt_len)
@@ -178,11 +177,7 @@ class ChatCollator:
     def lengths(self, items: Sequence[tuple[Record, list[Image.Image]]], problems: list[str]) -> list[int]:
         """Token lengths of samples (after cutting answer tails, recorded in ``cut_samples``); samples that
         cannot fit are added to ``problems``."""
-        self._measuring = True
-        try:
-            samples, _ = self.encode([r for r, _ in items], [imgs for _, imgs in items], problems=problems)
-        finally:
-            self._measuring = False
+        samples, _ = self.encode([r for r, _ in items], [imgs for _, imgs in items], problems=problems)
         return [len(s.input_ids) for s in samples]
 
     def _pad_len(self, longest: int) -> int:
