@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from vlm_lightning.data.image_modes import UnsupportedImageError, to_rgb
+
 log = logging.getLogger(__name__)
 
 Role = Literal["system", "user", "assistant"]
@@ -119,6 +121,8 @@ def _as_answers(key: str, value: Any) -> list[str]:
 def image_problem(path: Path) -> str | None:
     """Return a reason if the image file cannot be used, else None."""
     try:
+        if path.is_dir():
+            return f"image path is a folder, not an image file: {path}"
         if not path.is_file():
             return f"image file not found: {path}"
     except (OSError, ValueError) as exc:  # name too long, embedded NUL, ...
@@ -128,6 +132,9 @@ def image_problem(path: Path) -> str | None:
             im.verify()
         with Image.open(path) as im:  # verify() does not decode pixel data: truncated JPEGs pass it
             im.load()
+            to_rgb(im)
+    except UnsupportedImageError as exc:
+        return f"unsupported image {path}: {exc}"
     except Exception as exc:  # PIL raises many types for corrupt files
         return f"unreadable image {path}: {type(exc).__name__}: {exc}"
     return None
@@ -376,8 +383,8 @@ def _warn_unused(path: Path, unknown: dict[str, int], records: list[Record]) -> 
 
 
 def load_image(image: ImageLike) -> Image.Image:
-    """Open an image as RGB."""
+    """Open an image as 8-bit RGB (transparency on white, 16-bit greyscale rescaled: ``image_modes``)."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     with Image.open(image) as im:
-        return im.convert("RGB")
+        return to_rgb(im)

@@ -21,7 +21,8 @@ from typing import Any
 
 from PIL import Image
 
-from vlm_lightning.data.records import ImageLike, Record, RowProblem, compact_json, read_jsonl
+from vlm_lightning.data.image_modes import UnsupportedImageError, to_rgb
+from vlm_lightning.data.records import ImageLike, Record, RowProblem, compact_json, image_problem, read_jsonl
 
 JSONL_DEFAULT_PROMPT = "Extract the information in this document as JSON."
 QA_PROMPT = "{question}\nAnswer the question using a single word or phrase."
@@ -186,20 +187,31 @@ def _collect(errors: list[RowError], fn: Callable[[], Any]) -> Any:
         return None
 
 
+def _usable(image: Image.Image, where: str) -> Image.Image:
+    """``image`` if its mode maps to 8-bit RGB (deep greyscale of unknown range does not)."""
+    if image.mode in ("I", "F"):
+        try:
+            to_rgb(image)
+        except UnsupportedImageError as exc:
+            raise RowError("image", f"unsupported image ({where}): {exc}") from exc
+    return image
+
+
 def _one_image(value: Any) -> ImageLike:
     if isinstance(value, Image.Image):
-        return value
+        return _usable(value, "decoded image")
     if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
         from datasets import Image as ImageFeature
 
+        where = value.get("path") or "embedded bytes"
         try:  # decoded here, not by datasets, so that one corrupt image is a row problem
-            return ImageFeature().decode_example(value)
+            decoded = ImageFeature().decode_example(value)
         except Exception as exc:
-            where = value.get("path") or "embedded bytes"
             raise RowError("image", f"unreadable image ({where}): {type(exc).__name__}: {exc}") from exc
+        return _usable(decoded, where)
     if isinstance(value, (str, Path)) and str(value).strip():
-        if not Path(value).is_file():
-            raise RowError("image", f"image file not found: {value}")
+        if reason := image_problem(Path(value)):
+            raise RowError("image", reason)
         return str(value)
     raise RowError("image", f"no image (got {type(value).__name__})")
 
