@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """Keeps the best checkpoint as ``<run>/best.ckpt`` and the latest as ``<run>/last.ckpt``.
+    """Keeps the best checkpoint as ``<run>/best.ckpt`` and the latest state as ``<run>/last.ckpt``.
 
     The files hold only trainable weights (see ``VLMFineTuner.on_save_checkpoint``) plus optimizer,
     scheduler and loop state, so ``fit --ckpt_path <run>/last.ckpt`` resumes exactly.
+
+    Lightning 2.6's ``ModelCheckpoint`` with a monitor rewrites ``last.ckpt`` only when it also saves a
+    top-k checkpoint, i.e. when the monitored value improves: ``last.ckpt`` would then hold the best
+    step, not the last one. Here ``last.ckpt`` is rewritten at every checkpoint moment (validation or
+    epoch end) and at the end of every fit, whenever it is older than the current step.
     """
 
     def __init__(
@@ -32,6 +39,7 @@ class RunCheckpoint(ModelCheckpoint):
             auto_insert_metric_name=False,
             enable_version_counter=False,
         )
+        self._step_in_last: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.dirpath is None:
@@ -39,3 +47,34 @@ class RunCheckpoint(ModelCheckpoint):
 
             self.dirpath = str(run_dir(trainer))
         super().setup(trainer, pl_module, stage)
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._step_in_last = trainer.global_step
+
+    def _refresh_last(self, trainer: L.Trainer) -> None:
+        """Write ``last.ckpt`` if it does not hold the current step (after Lightning's own saves)."""
+        if (
+            not self.save_last
+            or trainer.fast_dev_run
+            or trainer.sanity_checking
+            or trainer.state.fn != TrainerFn.FITTING
+            or trainer.global_step == 0
+            or self._step_in_last == trainer.global_step
+        ):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):  # else best.ckpt is chosen at epoch end
+            self._refresh_last(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._refresh_last(trainer)
