@@ -18,6 +18,7 @@ from vlm_lightning.callbacks.nonfinite import NonFiniteGuard
 from vlm_lightning.callbacks.preemption import PreemptionCheckpoint
 from vlm_lightning.callbacks.throughput import Throughput
 from vlm_lightning.checkpoint_io import AtomicCheckpointIO
+from vlm_lightning.checkpoint_settings import CheckpointSettingsError
 from vlm_lightning.data.datamodule import DocumentDataModule
 from vlm_lightning.module import VLMFineTuner
 from vlm_lightning.secrets import RedactingSaveConfigCallback, load_env_file
@@ -70,30 +71,38 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def _parse_ckpt_path(self) -> None:
-        """Check ``--ckpt_path`` before Lightning reads its hyper-parameters with a bare ``torch.load``.
+        """Take the trained structure from ``--ckpt_path``; every other model setting stays as given.
 
-        A truncated, corrupt or unsafe file then ends with ``CheckpointError``'s message instead of a
-        traceback from deep inside torch; a missing file is reported later, when the run needs it.
-        The checkpoint's model settings replace the command line's: each one that changes is printed.
+        Lightning's own version replaces all ``--model.*`` settings with the checkpoint's (even the base
+        model's path, the generation budget and the metrics). Here only what shapes the trained weights
+        comes from the checkpoint (``checkpoint_settings``); an explicit contradiction is an error, and
+        a base model of another family is refused before it loads. The file is validated first, so a
+        truncated, corrupt or unsafe checkpoint ends with ``CheckpointError``'s message.
         """
         from pathlib import Path
 
-        from vlm_lightning.checkpoint_io import validate_checkpoint
+        from vlm_lightning.checkpoint_io import OUR_KEY, validate_checkpoint
+        from vlm_lightning.checkpoint_settings import settings_from_checkpoint
 
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not (ckpt_path and Path(ckpt_path).is_file()):
-            super()._parse_ckpt_path()
+            return  # a missing file is reported when the run needs it
+        ckpt = validate_checkpoint(ckpt_path, require_ours=False)
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        if not hparams:
             return
-        validate_checkpoint(ckpt_path, require_ours=False)
-        given = _plain(self.config[subcommand].get("model"))
-        super()._parse_ckpt_path()
-        changed = _replaced(given, _plain(self.config[subcommand].get("model")))
-        if changed:
-            listed = "; ".join(changed)
-            print(
-                f"[vlm_lightning] {ckpt_path} sets the model it was trained with: {listed}", file=sys.stderr
-            )
+        model_cfg = self.config[subcommand]["model"]
+        values, supplied = settings_from_checkpoint(_plain(model_cfg), hparams, ckpt_path)
+        _check_base_model(ckpt_path, ckpt.get(OUR_KEY) or {}, _plain(model_cfg))
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": values}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"Parsing the model structure stored in {ckpt_path} failed!\n")
+            raise
+        if supplied:
+            listed = "; ".join(supplied)
+            print(f"[vlm_lightning] {ckpt_path} sets the trained structure: {listed}", file=sys.stderr)
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -120,6 +129,32 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
             )
 
 
+def _check_base_model(ckpt_path: str, info: dict[str, Any], model_cfg: dict[str, Any]) -> None:
+    """Refuse a base model of another family than the checkpoint's, before the model loads."""
+    from vlm_lightning.models.loading import family_of
+
+    trained_family, trained_base = info.get("family"), info.get("name_or_path")
+    base = model_cfg.get("name_or_path")
+    if not (trained_family and base):
+        return
+    family = family_of(base, bool(model_cfg.get("trust_remote_code"))).name
+    if family != trained_family:
+        raise CheckpointSettingsError(
+            f"{ckpt_path} holds {trained_family} weights (trained from {trained_base}); "
+            f"--model.name_or_path {base} is a {family} model: give the base model the checkpoint was "
+            "trained from"
+        )
+    if trained_base and not _same_path(base, trained_base):
+        print(
+            f"[vlm_lightning] base model: {base} (the checkpoint was trained from {trained_base})",
+            file=sys.stderr,
+        )
+
+
+def _same_path(a: str, b: str) -> bool:
+    return a == b or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
+
+
 def _plain(value: Any) -> Any:
     """A (nested) jsonargparse Namespace as dicts, without private ``_`` keys."""
     if hasattr(value, "as_dict"):
@@ -127,18 +162,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items() if not k.startswith("_")}
     return value
-
-
-def _replaced(given: Any, used: Any, prefix: str = "model.") -> list[str]:
-    """``"model.lora.r: 32 (given 3)"`` for each setting whose value ``used`` replaced in ``given``."""
-    if isinstance(given, dict) and isinstance(used, dict):
-        return [
-            line
-            for key in sorted(set(given) & set(used))
-            for line in _replaced(given[key], used[key], f"{prefix}{key}.")
-        ]
-    shown = "None (the default)" if used is None else repr(used)
-    return [] if given == used else [f"{prefix.rstrip('.')}: {shown} (given {given!r})"]
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -166,6 +189,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ModelLoadError,
         CheckpointMismatchError,
         CheckpointError,
+        CheckpointSettingsError,
         NonFiniteLossError,
         TrackingConfigError,
         FileNotFoundError,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import random
 import re
 import time
@@ -103,6 +104,8 @@ class VLMFineTuner(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
+        if os.path.isdir(name_or_path):  # checkpoints name their base model wherever they are used from
+            self.hparams["name_or_path"] = os.path.abspath(name_or_path)
         self.lora = lora or LoraSettings()
         self.optimizer_factory = optimizer
         self.facts: FamilyFacts = family_of(name_or_path, trust_remote_code)

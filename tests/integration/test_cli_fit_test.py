@@ -139,6 +139,72 @@ def test_test_from_best_checkpoint_writes_reports(fitted, tiny_replica, data, tm
     assert any(p.abs().sum() > 0 for p in lora_b)
 
 
+def test_evaluation_settings_follow_the_command_line_not_the_checkpoint(
+    fitted, tiny_replica, data, tmp_path, monkeypatch
+) -> None:  # noqa: ANN001
+    cli, _ = fitted
+    best = Path(cli.trainer.log_dir) / "best.ckpt"
+    monkeypatch.chdir(tmp_path)  # another working directory than the fit's
+    overrides = [
+        "--model.generate_max_new_tokens",
+        "3",
+        "--model.metrics",
+        "[exact_match]",
+        "--model.merge_lora_for_generation",
+        "false",
+        "--model.usd_per_gpu_hour",
+        "2.5",
+    ]
+    args = base_args(tiny_replica("qwen2_vl"), data, tmp_path, *overrides, "--ckpt_path", str(best))
+    test_cli = build_cli(["test", *args])
+    hparams = test_cli.model.hparams
+    assert hparams.generate_max_new_tokens == 3 and hparams.merge_lora_for_generation is False
+    metrics = json.loads((Path(test_cli.trainer.log_dir) / "metrics.json").read_text())
+    assert metrics["settings"]["generate_max_new_tokens"] == 3
+    assert metrics["settings"]["metrics"] == ["exact_match"]
+    assert "test/exact_match" in metrics and "test/json_valid_rate" not in metrics  # the given metrics
+    assert metrics["latency"].get("usd_per_1000_images") is not None
+    rows = [json.loads(line) for line in (Path(test_cli.trainer.log_dir) / "predictions.jsonl").open()]
+    tokenizer = test_cli.model.tokenizer
+    assert all(len(tokenizer(r["prediction"], add_special_tokens=False).input_ids) <= 3 for r in rows)
+
+
+def test_checkpoint_structure_contradicted_on_the_command_line_is_an_error(
+    fitted, tiny_replica, data, tmp_path
+) -> None:  # noqa: ANN001
+    from vlm_lightning.checkpoint_settings import CheckpointSettingsError
+
+    cli, _ = fitted
+    best = str(Path(cli.trainer.log_dir) / "best.ckpt")
+    args = base_args(tiny_replica("qwen2_vl"), data, tmp_path, "--ckpt_path", best)
+    with pytest.raises(CheckpointSettingsError, match=r"model\.lora\.r: 3 \(trained with 16\)"):
+        build_cli(["test", *args, "--model.lora.r", "3"])
+    with pytest.raises(CheckpointSettingsError, match="holds qwen2_vl weights.*is a lfm2_vl model"):
+        build_cli(["test", *base_args(tiny_replica("lfm2_vl"), data, tmp_path, "--ckpt_path", best)])
+
+
+def test_a_relative_base_path_is_stored_absolute_and_the_given_base_wins(
+    tiny_replica, data, tmp_path, monkeypatch
+) -> None:  # noqa: ANN001
+    model = tiny_replica("qwen2_vl")
+    monkeypatch.chdir(model.parent)
+    args = base_args(Path(model.name), data, tmp_path / "fit", "--trainer.max_steps", "1")
+    fit = build_cli(["fit", *args, "--trainer.limit_val_batches", "0"])
+    last = Path(fit.trainer.log_dir) / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["hyper_parameters"]["name_or_path"] == str(model.resolve())
+    assert ckpt["vlm_lightning"]["name_or_path"] == str(model.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    copy = tmp_path / "moved-base"  # the base model moved: the path given now wins over the stored one
+    import shutil
+
+    shutil.copytree(model, copy)
+    test_cli = build_cli(["test", *base_args(copy, data, tmp_path / "test"), "--ckpt_path", str(last)])
+    assert test_cli.model.hparams.name_or_path == str(copy)
+
+
 def test_resume_continues_step_optimizer_and_schedule(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
     model = tiny_replica("qwen2_vl")
     extra = [
@@ -211,12 +277,8 @@ def test_ddp_on_cpu_test_metrics_equal_single_process(fitted, tiny_replica, data
         args += ["--data.eval_batch_size", "2", "--ckpt_path", best]
         if devices == 2:
             args += ["--trainer.strategy", "ddp"]
-        else:  # a model setting that differs from the checkpoint's: the checkpoint's is used, and said so
-            args += ["--model.lora.r", "3"]
         proc = _run_cli("test", *args)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        told = f"{best} sets the model it was trained with: model.lora: None (the default) (given {{'r': 3,"
-        assert (told in proc.stderr) == (devices == 1), proc.stderr[-3000:]  # fitted with default LoRA
         run = next((tmp_path / f"d{devices}").glob("version_*"))
         rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
         assert sorted(r["id"] for r in rows) == [f"test-{i}" for i in range(5)]  # no sampler duplicates

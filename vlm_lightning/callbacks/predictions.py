@@ -9,6 +9,15 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+# the model settings that decide what a test run measures, recorded in metrics.json
+EVALUATION_SETTINGS = (
+    "name_or_path",
+    "mode",
+    "generate_max_new_tokens",
+    "merge_lora_for_generation",
+    "metrics",
+)
+
 
 def run_dir(trainer: L.Trainer) -> Path:
     """The run's log folder (same on every rank)."""
@@ -63,12 +72,14 @@ class PredictionWriter(Callback):
         from vlm_lightning.evaluation.report import write_reports
 
         datamodule = getattr(trainer, "datamodule", None)
+        hparams = trainer.lightning_module.hparams
         self.written = write_reports(
             folder,
             rows,
             metrics,
             batch_size=getattr(datamodule, "eval_batch_size", None),
-            usd_per_gpu_hour=getattr(trainer.lightning_module.hparams, "usd_per_gpu_hour", None),
+            usd_per_gpu_hour=getattr(hparams, "usd_per_gpu_hour", None),
+            settings={key: hparams[key] for key in EVALUATION_SETTINGS if key in hparams},
         )
         for name, path in self.written.items():
             print(f"[vlm_lightning] {name}: {path}")

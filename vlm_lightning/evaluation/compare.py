@@ -44,6 +44,28 @@ def comparison_table(baseline: dict, tuned: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# settings both sides must share for their deltas to mean something
+SHARED_SETTINGS = ("generate_max_new_tokens", "metrics")
+
+
+def check_same_evaluation(baseline: dict, tuned: dict) -> None:
+    """Refuse to compare runs that generated or scored differently (their deltas would mix budgets)."""
+    base, fine = baseline.get("settings", {}), tuned.get("settings", {})
+    differ = [
+        f"{key}: baseline {base.get(key)!r}, fine-tuned {fine.get(key)!r}"
+        for key in SHARED_SETTINGS
+        if base.get(key) != fine.get(key)
+    ]
+    if baseline.get("num_samples") != tuned.get("num_samples"):
+        differ.append(
+            f"samples: baseline {baseline.get('num_samples')}, fine-tuned {tuned.get('num_samples')}"
+        )
+    if differ:
+        raise SystemExit(
+            "vlm_lightning: error: the two test runs were not evaluated alike: " + "; ".join(differ)
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     parser = argparse.ArgumentParser(
@@ -56,9 +78,15 @@ def main(argv: list[str] | None = None) -> None:
     extra = [a for a in extra if a != "--"]
     baseline = run_test(args.config, None, extra)
     tuned = run_test(args.config, args.ckpt_path, extra)
+    check_same_evaluation(baseline, tuned)
     table = comparison_table(baseline, tuned)
+    settings = tuned.get("settings", {})
+    shared = ", ".join(f"{key} {settings.get(key)!r}" for key in SHARED_SETTINGS)
     out = Path(args.out) if args.out else Path(tuned["path"]).parent / "comparison.md"
-    out.write_text(f"# Baseline vs fine-tuned\n\ncheckpoint: `{args.ckpt_path}`\n\n{table}")
+    out.write_text(
+        f"# Baseline vs fine-tuned\n\ncheckpoint: `{args.ckpt_path}`\n\nboth sides: {shared}, "
+        f"{tuned.get('num_samples')} samples\n\n{table}"
+    )
     print(table)
     print(f"[vlm_lightning] comparison: {out}")
 

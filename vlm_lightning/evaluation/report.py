@@ -14,6 +14,7 @@ def write_reports(
     metrics: dict[str, float] | None,
     batch_size: int | None = None,
     usd_per_gpu_hour: float | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write predictions.jsonl / .csv, metrics.json and report.md (breakdowns, latency); return the paths."""
     from vlm_lightning.evaluation.breakdown import (
@@ -68,6 +69,7 @@ def write_reports(
             "per_document_type": per_document_type(rows),
             "failures": {k: v["count"] for k, v in failure_breakdown(rows).items()},
             "latency": latency,
+            "settings": settings or {},
         }
         metrics_path.write_text(json.dumps(payload, indent=2) + "\n")
         written["metrics"] = metrics_path
