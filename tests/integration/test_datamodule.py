@@ -167,3 +167,29 @@ def test_cache_hits_on_second_run_and_invalidates_on_setting_change(tiny_replica
         assert calls["n"] > 0  # cleared
     finally:
         ChatCollator.lengths = original
+
+
+def test_max_length_cutting_most_answers_stops_with_the_length_that_fits(tiny_replica, data) -> None:  # noqa: ANN001
+    from vlm_lightning.data.records import DataValidationError
+
+    full = make(tiny_replica, data)
+    full.setup("fit")
+    lengths = sorted(full.datasets["train"].lengths)
+    short = lengths[0] - 1  # cuts every answer (each answer's tail is longer than one token)
+    dm = make(tiny_replica, data, max_length=short)
+    with pytest.raises(DataValidationError) as info:
+        dm.setup("fit")
+    text = str(info.value)
+    assert f"4 of 4 training samples (100%) are longer than data.max_length {short}" in text
+    assert "end-of-turn token" in text
+    assert f"--data.max_length {lengths[-1]} keeps 95% whole, {lengths[-1]} keeps all" in text
+    allowed = make(tiny_replica, data, max_length=short, max_cut_fraction=1.0)
+    allowed.setup("fit")  # the user's explicit choice: trains with cut answers (and warns)
+    assert allowed.datasets["train"].lengths == [short] * 4
+
+
+def test_max_cut_fraction_out_of_range_is_a_setting_error(tiny_replica, data) -> None:  # noqa: ANN001
+    from vlm_lightning.setting_error import SettingError
+
+    with pytest.raises(SettingError, match=r"data.max_cut_fraction must be within \[0, 1\], got 1.5"):
+        make(tiny_replica, data, max_cut_fraction=1.5)

@@ -63,3 +63,11 @@ def test_each_step_draws_similar_lengths_on_every_rank(world: int) -> None:
 def test_lengths_must_match_the_dataset() -> None:
     with pytest.raises(ValueError, match="3 lengths for 4 samples"):
         EpochShuffleSampler(4, lengths=[1, 2, 3], batch_size=2)
+
+
+def test_length_to_fit_is_the_nearest_rank_percentile() -> None:
+    from vlm_lightning.data.datamodule import length_to_fit
+
+    lengths = list(range(1, 101))  # 1..100
+    assert length_to_fit(lengths, 0.95) == 95 and length_to_fit(lengths, 1.0) == 100
+    assert length_to_fit([7], 0.95) == 7 and length_to_fit([5, 3, 9], 0.5) == 5

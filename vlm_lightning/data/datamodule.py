@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from vlm_lightning.data.collator import ChatCollator
 from vlm_lightning.data.masking import MaskStrategy
 from vlm_lightning.data.records import DataValidationError, Record, RowProblem, load_image, read_jsonl
+from vlm_lightning.setting_error import SettingError
 
 log = logging.getLogger(__name__)
 Split = Literal["train", "val", "test", "predict"]
@@ -50,8 +52,40 @@ def merge_length_shares(
     return [int(length) for length in lengths if length is not None], problems
 
 
+def _gathered(items: list[Any]) -> list[Any]:
+    """Every rank's ``items`` (rank order) under an initialised process group; ``items`` otherwise."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return list(items)
+    parts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, list(items))
+    return [item for part in parts for item in part]
+
+
+def length_to_fit(lengths: list[int], share: float) -> int:
+    """The smallest token limit that keeps at least ``share`` of these samples whole (nearest rank)."""
+    ordered = sorted(lengths)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+def _too_many_cut(cut: list[tuple[str, int, int]], lengths: list[int], hparams: Any) -> str | None:
+    """The problem to report when ``max_length`` cuts more answers than ``max_cut_fraction`` allows."""
+    n, fraction = len(lengths), hparams["max_cut_fraction"]
+    if not cut or len(cut) <= fraction * n:
+        return None
+    # cut samples were measured at max_length: the longest len(cut) lengths are theirs
+    full = sorted(lengths)[: n - len(cut)] + [length for _, length, _ in cut]
+    shown = ", ".join(f"{rid} ({length} tokens)" for rid, length, _ in cut[:5])
+    return (
+        f"{len(cut)} of {n} training samples ({len(cut) / n:.0%}) are longer than data.max_length "
+        f"{hparams['max_length']} and would lose the end of their answer and its end-of-turn token, so the "
+        f"model would never learn to finish (e.g. {shown}). --data.max_length {length_to_fit(full, 0.95)} "
+        f"keeps 95% whole, {max(full)} keeps all; or allow this with --data.max_cut_fraction "
+        f"{math.ceil(100 * len(cut) / n) / 100:.2f}"
+    )
+
+
 def _report_cut_answers(split: str, cut: list[tuple[str, int, int]]) -> None:
-    """Warn which samples (of this rank's share) lose the tail of their answer to ``data.max_length``."""
+    """Warn which samples lose the tail of their answer to ``data.max_length``."""
     if not cut:
         return
     shown = ", ".join(f"{rid} ({length} -> {kept} tokens)" for rid, length, kept in cut[:10])
@@ -143,6 +177,9 @@ class DocumentDataModule(L.LightningDataModule):
         processor_name: the processor's hub id or folder; linked from ``model.name_or_path`` by the CLI.
         batch_size: training batch size per device; ``eval_batch_size`` for val/test/predict (default: same).
         max_length: token limit per sample; a sample that would lose image or prompt tokens is an error.
+        max_cut_fraction: largest share of the training samples whose answer tail (and with it the
+            end-of-turn token) ``max_length`` may cut; more stops before training with the length that
+            would fit. ``0`` refuses any cut.
         prompt: instruction used for rows that carry only a ``target`` / ``answer``.
         system: system prompt added to every conversation (a row's own ``system`` wins).
         mask: learn every assistant turn (``assistant``) or only the last one (``last``).
@@ -180,6 +217,7 @@ class DocumentDataModule(L.LightningDataModule):
         batch_size: int = 4,
         eval_batch_size: int | None = None,
         max_length: int = 2048,
+        max_cut_fraction: float = 0.05,
         prompt: str = "Extract the information in this document as JSON.",
         system: str | None = None,
         mask: MaskStrategy = "assistant",
@@ -206,6 +244,8 @@ class DocumentDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= max_cut_fraction <= 1.0:
+            raise SettingError(f"data.max_cut_fraction must be within [0, 1], got {max_cut_fraction}")
         self.save_hyperparameters()
         self.paths: dict[Split, str | None] = {"train": train, "val": val, "test": test, "predict": predict}
         self.processor_name = processor_name
@@ -297,9 +337,11 @@ class DocumentDataModule(L.LightningDataModule):
             "predict": ["predict"],
         }.get(stage or "fit", ["train", "val", "test", "predict"])
         if stage == "fit" and not self.paths["train"]:
-            raise ValueError("fit needs data.train (a JSONL path or a dataset spec)")
+            raise SettingError("fit needs data.train (a JSONL path or a dataset spec): set --data.train")
         if stage in ("test", "validate", "predict") and not self.paths[needed[0]]:
-            raise ValueError(f"{stage} needs data.{needed[0]} (a JSONL path)")
+            raise SettingError(
+                f"{stage} needs data.{needed[0]}: set --data.{needed[0]} (a JSONL path or a dataset spec)"
+            )
         loaded = {split: self._read(split) for split in needed}
         if stage == "fit" and self.hparams.leakage != "off" and self.paths["test"]:
             loaded_test = self._read("test")
@@ -381,7 +423,11 @@ class DocumentDataModule(L.LightningDataModule):
             self.collator.cut_samples.clear()
             lengths, split_problems = self._measure_lengths(dataset)
             problems.extend(split_problems)
-            _report_cut_answers(split, self.collator.cut_samples)
+            cut = _gathered(self.collator.cut_samples)
+            if split == "train" and (too_many := _too_many_cut(cut, lengths, self.hparams)):
+                problems.append(too_many)
+            else:
+                _report_cut_answers(split, cut)
             dataset.lengths = lengths
             if key and not problems:
                 self.cache.put_json(key, lengths)
@@ -425,7 +471,7 @@ class DocumentDataModule(L.LightningDataModule):
 
         augmenter = build_augmentation(self.hparams.augment, seed=self.hparams.seed)
         if self.hparams.augment_copies < 1:
-            raise ValueError("data.augment is set but data.augment_copies is 0: set how many copies to add")
+            raise SettingError("data.augment is set but data.augment_copies is 0: set how many copies to add")
         return expand_with_copies(records, self.hparams.augment_copies, self.hparams.augment_p), augmenter
 
     # --- dataloaders ------------------------------------------------------------------------
@@ -444,7 +490,7 @@ class DocumentDataModule(L.LightningDataModule):
             lengths = None
             if self.hparams.group_by_length:
                 if dataset.lengths is None:
-                    raise ValueError(
+                    raise SettingError(
                         "data.group_by_length needs the sample lengths: keep data.check_lengths on"
                     )
                 lengths = dataset.lengths
