@@ -18,7 +18,9 @@ Usage::
 
 Each point runs ``python -m vlm_lightning fit`` in ``<out>/<point>/fit`` and then ``test --ckpt_path <best>``
 in ``<out>/<point>/test`` (subprocesses; logs in ``<out>/<point>/{fit,test}.log``). A finished point has
-``<out>/<point>/result.json`` and is skipped when the sweep is run again; an unfinished one is started over.
+``<out>/<point>/result.json`` and is skipped when the sweep is run again with the same settings (the base
+config's content, extra_args, the arguments after ``--`` and the point's own); a point whose settings changed,
+or an unfinished one, is started over. ``base_config`` is relative to the sweep file.
 Writes ``<out>/results.csv``, ``<out>/results.md`` and ``<out>/chart_<param>.png`` (the metric vs each swept
 parameter, one line per combination of the other parameters).
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import itertools
 import json
 import re
@@ -81,6 +84,28 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     spec.setdefault("extra_args", [])
     spec.setdefault("out", "runs/sweep")
     return spec
+
+
+def resolve_base_config(sweep_path: str | Path, base_config: str) -> Path:
+    """``base_config`` relative to the sweep file (or, for older sweep files, the working directory)."""
+    given = Path(base_config)
+    candidates = [given] if given.is_absolute() else [Path(sweep_path).parent / given, given]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
+    raise SweepError(
+        f"{sweep_path}: base_config '{base_config}' not found (looked for {looked}); "
+        "give it relative to the sweep file"
+    )
+
+
+def settings_key(base_config_path: Path, common_args: Sequence[str], overrides: Sequence[str]) -> str:
+    """Fingerprint of everything a point's result depends on that the sweep controls."""
+    payload = json.dumps(
+        {"base_config": base_config_path.read_text(), "args": [*common_args, *overrides]}, sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def short_name(key: str) -> str:
@@ -190,6 +215,7 @@ def run_point(
     overrides: list[str],
     out: Path,
     python: str = sys.executable,
+    key: str | None = None,
 ) -> dict[str, Any]:
     """Fit then test one point; write and return its result (``status`` ``ok`` or ``failed``)."""
     folder = out / name
@@ -197,7 +223,9 @@ def run_point(
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     start = time.perf_counter()
-    result: dict[str, Any] = {"point": name, "grid": point, "args": overrides, "status": "failed"}
+    result: dict[str, Any] = {
+        "point": name, "grid": point, "args": overrides, "status": "failed", "settings_key": key,
+    }  # fmt: skip
     base = [python, "-m", "vlm_lightning"]
     fit_cmd = [
         *base, "fit", "--config", base_config_path, *common_args, *overrides,
@@ -380,8 +408,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, yaml.YAMLError, SweepError) as exc:
         print(f"sweep: error: {exc}", file=sys.stderr)
         return 2
-    base_config_path = args.base_config or spec["base_config"]
-    base_config = yaml.safe_load(Path(base_config_path).read_text()) or {}
+    try:
+        base_config_file = (
+            Path(args.base_config)
+            if args.base_config
+            else resolve_base_config(args.sweep, spec["base_config"])
+        )
+        if not base_config_file.is_file():
+            raise SweepError(f"--base-config {args.base_config}: file not found")
+        base_config = yaml.safe_load(base_config_file.read_text()) or {}
+    except (OSError, yaml.YAMLError, SweepError) as exc:
+        print(f"sweep: error: {exc}", file=sys.stderr)
+        return 2
+    base_config_path = str(base_config_file)
     common = [str(a) for a in spec["extra_args"]] + passthrough
     out = Path(args.out or spec["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -392,15 +431,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = point_args(point, base_config, common)
         tag = f"[sweep] {index}/{len(points)} {name}"
         done = out / name / "result.json"
+        key = settings_key(base_config_file, common, overrides)
         if done.is_file():
-            print(f"{tag}: finished earlier, skipped ({done})", flush=True)
-            results.append(json.loads(done.read_text()))
-            continue
+            earlier = json.loads(done.read_text())
+            if earlier.get("settings_key") == key:
+                print(f"{tag}: finished earlier, skipped ({done})", flush=True)
+                results.append(earlier)
+                continue
+            print(f"{tag}: finished earlier with other settings, running again", flush=True)
         if args.dry_run:
             print(f"{tag}: {' '.join(overrides)}")
             continue
         print(f"{tag}: running {' '.join(overrides)}", flush=True)
-        result = run_point(name, point, base_config_path, common, overrides, out, python=args.python)
+        result = run_point(name, point, base_config_path, common, overrides, out, python=args.python, key=key)
         summary = result.get("error") or ", ".join(
             f"{k}={v:.4g}" for k, v in list(result["metrics"].items())[:3]
         )

@@ -121,6 +121,20 @@ def test_plot_curves_from_csv(tmp_path: Path) -> None:
     assert_png(path)
 
 
+def test_sweep_base_config_is_relative_to_the_sweep_file(tmp_path: Path) -> None:
+    sweep = load_sweep_module()
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "base.yaml").write_text("model: {}\n")
+    assert sweep.resolve_base_config(tmp_path / "sweeps" / "s.yaml", "../base.yaml") == tmp_path / "base.yaml"
+    with pytest.raises(sweep.SweepError, match="base_config 'missing.yaml' not found"):
+        sweep.resolve_base_config(tmp_path / "sweeps" / "s.yaml", "missing.yaml")
+    key = sweep.settings_key(tmp_path / "base.yaml", ["--a=1"], ["--model.lora.r=4"])
+    assert key == sweep.settings_key(tmp_path / "base.yaml", ["--a=1"], ["--model.lora.r=4"])
+    assert key != sweep.settings_key(tmp_path / "base.yaml", ["--a=2"], ["--model.lora.r=4"])
+    (tmp_path / "base.yaml").write_text("model: {lr: 1}\n")  # the base config's content counts too
+    assert key != sweep.settings_key(tmp_path / "base.yaml", ["--a=1"], ["--model.lora.r=4"])
+
+
 def test_sweep_grid_helpers() -> None:
     sweep = load_sweep_module()
     points = sweep.grid_points({"model.lora.r": [4, 8], "alpha_ratio": [1, 2.5]})
@@ -316,7 +330,7 @@ def test_wandb_offline_fit_logs_table_and_curves(  # noqa: ANN001
 def test_sweep_2x2_then_resume(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
     out = tmp_path / "sweep"
     cmd = [
-        sys.executable, str(REPO / "scripts" / "sweep.py"), "configs/sweeps/quickstart.yaml",
+        sys.executable, str(REPO / "scripts" / "sweep.py"), str(REPO / "configs/sweeps/quickstart.yaml"),
         "--out", str(out), "--metric", "test/json_valid_rate", "--",
         f"--model.name_or_path={tiny_replica('qwen2_vl')}",
         f"--data.train={data['train']}", f"--data.val={data['val']}",
@@ -349,3 +363,11 @@ def test_sweep_2x2_then_resume(tiny_replica, data, tmp_path) -> None:  # noqa: A
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/result.json")} == finished
     with (out / "results.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == 4
+    # other arguments after `--`: the finished points no longer match and run again (shown by a dry run)
+    changed = [*cmd, "--model.optimizer.init_args.lr=0.5", "--dry-run"]
+    changed.remove("--dry-run")
+    changed.insert(changed.index("--"), "--dry-run")
+    rerun = subprocess.run(changed, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]  # from another folder: base_config is found
+    assert rerun.stdout.count("finished earlier with other settings, running again") == 4
+    assert "finished earlier, skipped" not in rerun.stdout
