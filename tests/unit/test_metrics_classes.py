@@ -81,7 +81,7 @@ def test_single_sample_compute_equals_score_sample(name: str) -> None:
         computed = _values(metric)
         scored = metric.score_sample(pred, ref)
         if name == "latex":  # per-sample BLEU is sentence BLEU (effective order)
-            computed.pop("bleu"), scored.pop("bleu")
+            computed.pop("bleu"), scored.pop("sentence_bleu")
         assert computed == pytest.approx(scored, abs=1e-12)
 
 
@@ -157,7 +157,7 @@ def test_latex_bleu_equals_sacrebleu_corpus() -> None:
     ]
     assert values["normalized_edit_distance"] == pytest.approx(sum(best) / 4)
     sentence = sacrebleu.sentence_bleu(preds[2], [first[2], second[2]], tokenize="13a").score
-    assert metric.score_sample(preds[2], [first[2], second[2]])["bleu"] == pytest.approx(sentence)
+    assert metric.score_sample(preds[2], [first[2], second[2]])["sentence_bleu"] == pytest.approx(sentence)
 
 
 def test_tree_matches_functional() -> None:

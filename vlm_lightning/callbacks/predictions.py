@@ -80,6 +80,7 @@ class PredictionWriter(Callback):
             batch_size=getattr(datamodule, "eval_batch_size", None),
             usd_per_gpu_hour=getattr(hparams, "usd_per_gpu_hour", None),
             settings={key: hparams[key] for key in EVALUATION_SETTINGS if key in hparams},
+            metric_names=(hparams.get("metrics") or ["exact_match"]) if metrics is not None else None,
         )
         for name, path in self.written.items():
             print(f"[vlm_lightning] {name}: {path}")

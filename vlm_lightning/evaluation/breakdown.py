@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 FAILURE_KINDS = ("empty_output", "invalid_json", "missing_field", "extra_field", "wrong_value", "correct")
@@ -60,20 +61,40 @@ def per_field_accuracy(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
 
 
-def per_document_type(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean of every per-sample score, grouped by ``meta.doc_type`` (``unknown`` when absent)."""
-    groups: dict[str, list[dict[str, float]]] = defaultdict(list)
+def per_document_type(
+    rows: list[dict[str, Any]], metric_names: Sequence[str] | None = None
+) -> dict[str, dict[str, float]]:
+    """Every metric per ``meta.doc_type`` group (``unknown`` when absent).
+
+    With ``metric_names`` each group is scored by the same metric objects as the whole split (corpus BLEU
+    over the group's samples, micro F1 over its fields, ...), so a group holding every sample shows the
+    split's own values. Without them (predict runs), the mean of the per-sample scores.
+    """
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         doc_type = (row.get("meta") or {}).get("doc_type", "unknown")
-        groups[str(doc_type)].append(row.get("scores", {}))
+        groups[str(doc_type)].append(row)
     table = {}
-    for doc_type, scores in sorted(groups.items()):
+    for doc_type, members in sorted(groups.items()):
+        if metric_names:
+            table[doc_type] = {"n": len(members), **_group_metrics(metric_names, members)}
+            continue
+        scores = [row.get("scores", {}) for row in members]
         keys = sorted({k for s in scores for k in s})
         table[doc_type] = {
             "n": len(scores),
             **{k: statistics.fmean(s.get(k, 0.0) for s in scores) for k in keys},
         }
     return table
+
+
+def _group_metrics(metric_names: Sequence[str], rows: list[dict[str, Any]]) -> dict[str, float]:
+    from vlm_lightning.metrics import build_metrics
+
+    metrics = build_metrics(list(metric_names), sync_on_compute=False)  # rank 0 alone writes reports
+    references = [r["target"] if isinstance(r["target"], list) else [r["target"]] for r in rows]
+    metrics.update([r["prediction"] for r in rows], references)
+    return metrics.compute()
 
 
 def latency_summary(
@@ -98,8 +119,13 @@ def latency_summary(
     return out
 
 
-def markdown_report(rows: list[dict[str, Any]], metrics: dict[str, float] | None, latency: dict) -> str:
-    """A human-readable report of all the tables."""
+def markdown_report(
+    rows: list[dict[str, Any]],
+    metrics: dict[str, float] | None,
+    latency: dict,
+    by_type: dict[str, dict[str, float]] | None = None,
+) -> str:
+    """A human-readable report of all the tables (``by_type``: ``per_document_type``'s table)."""
     lines = ["# Evaluation report", ""]
     if metrics:
         lines += (
@@ -109,7 +135,7 @@ def markdown_report(rows: list[dict[str, Any]], metrics: dict[str, float] | None
     if fields:
         lines += ["## Per field", "", "| field | accuracy |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in fields.items()] + [""]
-    by_type = per_document_type(rows)
+    by_type = per_document_type(rows) if by_type is None else by_type
     if by_type:
         keys = sorted({k for v in by_type.values() for k in v if k != "n"})
         lines += [
@@ -119,7 +145,7 @@ def markdown_report(rows: list[dict[str, Any]], metrics: dict[str, float] | None
             "|---|---|" + "---|" * len(keys),
         ]
         for t, v in by_type.items():
-            lines.append(f"| {t} | {v['n']} | " + " | ".join(f"{v.get(k, 0):.3f}" for k in keys) + " |")
+            lines.append(f"| {t} | {v['n']} | " + " | ".join(f"{v.get(k, 0):.4f}" for k in keys) + " |")
         lines.append("")
     lines += ["## Failures", "", "| kind | count | example |", "|---|---|---|"]
     for kind, entry in failure_breakdown(rows).items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,12 @@ def write_reports(
     batch_size: int | None = None,
     usd_per_gpu_hour: float | None = None,
     settings: dict[str, Any] | None = None,
+    metric_names: Sequence[str] | None = None,
 ) -> dict[str, Path]:
-    """Write predictions.jsonl / .csv, metrics.json and report.md (breakdowns, latency); return the paths."""
+    """Write predictions.jsonl / .csv, metrics.json and report.md (breakdowns, latency); return the paths.
+
+    ``metric_names`` (the run's metrics) score each document type with the split's own definitions.
+    """
     from vlm_lightning.evaluation.breakdown import (
         failure_breakdown,
         latency_summary,
@@ -62,11 +67,12 @@ def write_reports(
     if metrics is not None:
         metrics_path = folder / "metrics.json"
         latency = latency_summary(rows, batch_size, usd_per_gpu_hour)
+        by_type = per_document_type(rows, metric_names)
         payload = {
             "num_samples": len(rows),
             **dict(sorted(metrics.items())),
             "per_field": per_field_accuracy(rows),
-            "per_document_type": per_document_type(rows),
+            "per_document_type": by_type,
             "failures": {k: v["count"] for k, v in failure_breakdown(rows).items()},
             "latency": latency,
             "settings": settings or {},
@@ -74,6 +80,6 @@ def write_reports(
         metrics_path.write_text(json.dumps(payload, indent=2) + "\n")
         written["metrics"] = metrics_path
         report = folder / "report.md"
-        report.write_text(markdown_report(rows, metrics, latency))
+        report.write_text(markdown_report(rows, metrics, latency, by_type))
         written["report"] = report
     return written

@@ -152,8 +152,8 @@ class LatexMetrics(DocumentMetric):
 
     ``bleu`` is sacrebleu ``corpus_bleu`` (tokenize ``13a``, exp smoothing, 0-100 scale) rebuilt from
     summed sufficient statistics (n-gram matches and totals, hypothesis and closest reference
-    lengths), so it equals the corpus score over all ranks; per sample (``score_sample``) it is
-    sacrebleu's sentence BLEU (effective order). ``normalized_edit_distance`` (lower is better) is the
+    lengths), so it equals the corpus score over all ranks; per sample (``score_sample``) the value is
+    sacrebleu's sentence BLEU (effective order), named ``sentence_bleu``. ``normalized_edit_distance`` (lower is better) is the
     minimum over references, averaged over samples; ``exact_match`` is whitespace-normalised.
     """
 
@@ -188,7 +188,12 @@ class LatexMetrics(DocumentMetric):
         }
 
     def score_sample(self, prediction: str, references: Sequence[str]) -> dict[str, float]:
-        """As the base class, with sacrebleu's sentence BLEU (effective order) for ``bleu``."""
+        """As the base class, with ``sentence_bleu`` (sacrebleu, effective order) instead of ``bleu``.
+
+        Corpus BLEU is not a mean of sentence scores: the per-sample value has its own name so that it is
+        never shown next to (or averaged into something that looks like) the corpus ``bleu``.
+        """
         scores = super().score_sample(prediction, references)
-        scores["bleu"] = float(_bleu().sentence_score(prediction, _reference_list(references)).score)
+        scores.pop("bleu", None)
+        scores["sentence_bleu"] = float(_bleu().sentence_score(prediction, _reference_list(references)).score)
         return scores
