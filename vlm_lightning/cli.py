@@ -20,9 +20,16 @@ from vlm_lightning.callbacks.throughput import Throughput
 from vlm_lightning.checkpoint_io import AtomicCheckpointIO
 from vlm_lightning.checkpoint_settings import CheckpointSettingsError
 from vlm_lightning.data.datamodule import DocumentDataModule
+from vlm_lightning.metrics import build_metrics
 from vlm_lightning.module import VLMFineTuner
 from vlm_lightning.secrets import RedactingSaveConfigCallback, load_env_file
-from vlm_lightning.setting_error import setting_error_in
+from vlm_lightning.setting_error import SettingError, setting_error_in
+from vlm_lightning.startup_checks import (
+    check_lora_targets,
+    check_metrics_fit_answers,
+    check_monitor,
+    first_answers,
+)
 from vlm_lightning.tracking import PredictionTable, TrackingChecks
 
 
@@ -43,6 +50,39 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         )
         parser.link_arguments("checkpoint.monitor", "early_stopping.monitor")
         parser.link_arguments("checkpoint.mode", "early_stopping.mode")
+
+    def before_instantiate_classes(self) -> None:
+        """Check settings against each other and the data before the model loads (``startup_checks``)."""
+        super().before_instantiate_classes()
+        self._prepared_data: DocumentDataModule | None = None
+        subcommand = self.subcommand
+        if subcommand not in ("fit", "validate", "test", "predict"):
+            return
+        section = self.config[subcommand]
+        model = _plain(section.get("model")) or {}
+        lora = model.get("lora") or {}
+        if isinstance(lora, dict) and isinstance(lora.get("targets"), str):
+            check_lora_targets(lora["targets"])
+        names = list(model.get("metrics") or ["exact_match"])
+        build_metrics(names)  # an unknown name is a SettingError listing the known ones
+        data = DocumentDataModule(**(_plain(section.get("data")) or {}))
+        data.prepare(subcommand)  # rows validated now, not after the model has loaded
+        self._prepared_data = data
+        scored = {"fit": "val", "validate": "val", "test": "test"}.get(subcommand)
+        records = data.datasets[scored].records if scored in data.datasets else []
+        if records and (scored == "test" or model.get("val_generate", True)):
+            check_metrics_fit_answers(names, {scored: records})
+        if subcommand == "fit":
+            monitor = (_plain(section.get("checkpoint")) or {}).get("monitor")
+            check_monitor(monitor, names, model.get("val_generate", True), first_answers(records))
+
+    def instantiate_classes(self) -> None:
+        """As LightningCLI, with the data module whose rows ``before_instantiate_classes`` validated."""
+        super().instantiate_classes()
+        prepared = getattr(self, "_prepared_data", None)
+        if prepared is not None:
+            self.datamodule = prepared
+            self.config_init[self.subcommand]["data"] = prepared
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer_cfg = self._get(self.config_init, "trainer")
@@ -192,6 +232,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         CheckpointSettingsError,
         NonFiniteLossError,
         TrackingConfigError,
+        SettingError,
         FileNotFoundError,
     )
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -259,6 +260,8 @@ class DocumentDataModule(L.LightningDataModule):
         from vlm_lightning.data.sampling import StreamPosition
 
         self.train_position = StreamPosition()
+        self._prepared: set[str | None] = set()
+        self._lengths_checked: set[str | None] = set()
 
     # --- processor and collator -------------------------------------------------------------
     @property
@@ -329,13 +332,26 @@ class DocumentDataModule(L.LightningDataModule):
         return records
 
     def setup(self, stage: str | None = None) -> None:
-        """Read and validate the splits the stage needs; all problems are reported together."""
+        """Read and validate the splits the stage needs (``prepare``), then check every sample's length."""
+        needed = self.prepare(stage)
+        if self.hparams.check_lengths and stage not in self._lengths_checked:
+            self._check_lengths([s for s in needed if s in self.datasets and s != "predict"])
+            self._lengths_checked.add(stage)
+
+    def prepare(self, stage: str | None = None) -> list[Split]:
+        """Read and validate the splits ``stage`` needs (all problems reported together); returns them.
+
+        Needs neither the processor nor the model: the CLI calls it before the model loads, so data
+        errors come first. Done once per stage (``setup`` reuses it).
+        """
         needed: list[Split] = {
             "fit": ["train", "val"],
             "validate": ["val"],
             "test": ["test"],
             "predict": ["predict"],
         }.get(stage or "fit", ["train", "val", "test", "predict"])
+        if stage in self._prepared:
+            return needed
         if stage == "fit" and not self.paths["train"]:
             raise SettingError("fit needs data.train (a JSONL path or a dataset spec): set --data.train")
         if stage in ("test", "validate", "predict") and not self.paths[needed[0]]:
@@ -371,8 +387,8 @@ class DocumentDataModule(L.LightningDataModule):
                 cache=self.cache,
                 cache_settings=self._image_settings(),
             )
-        if self.hparams.check_lengths:
-            self._check_lengths([s for s in needed if s in self.datasets and s != "predict"])
+        self._prepared.add(stage)
+        return needed
 
     @property
     def cache(self) -> Any:
@@ -383,7 +399,9 @@ class DocumentDataModule(L.LightningDataModule):
             from vlm_lightning.data.cache import PreprocessCache
 
             self._cache = PreprocessCache(self.hparams.cache_dir)
-            if self.hparams.clear_cache and (self.trainer is None or self.trainer.is_global_zero):
+            # before the trainer is attached (the CLI's early ``prepare``), the launcher's rank decides
+            first = rank_zero_only.rank == 0 if self.trainer is None else self.trainer.is_global_zero
+            if self.hparams.clear_cache and first:
                 self._cache.clear()
         return self._cache
 

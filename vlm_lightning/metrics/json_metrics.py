@@ -91,6 +91,8 @@ class JSONMetrics(DocumentMetric):
     several references, the one giving the highest ``json_score`` is used.
     """
 
+    needs_json_references = True
+
     higher_is_better = None
     stat_names = (
         "valid_sum",
@@ -174,6 +176,8 @@ class ReceiptFieldMetrics(DocumentMetric):
     A prediction that holds no JSON object counts 0 everywhere. With several references, the one with
     the most matches is used.
     """
+
+    needs_json_references = True
 
     def __init__(
         self, fields: Sequence[str] = ("store_name", "date", "total", "currency"), **kwargs: Any

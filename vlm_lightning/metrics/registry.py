@@ -11,6 +11,7 @@ import torch
 from vlm_lightning.metrics.json_metrics import JSONMetrics, ReceiptFieldMetrics
 from vlm_lightning.metrics.text import ANLS, DocumentMetric, ExactMatch, LatexMetrics, RelaxedAccuracy
 from vlm_lightning.metrics.tree import TreeEditAccuracy
+from vlm_lightning.setting_error import SettingError
 
 __all__ = ["METRICS", "DocumentMetrics", "build_metrics"]
 
@@ -103,7 +104,9 @@ def build_metrics(names: Sequence[str], **kwargs: Any) -> DocumentMetrics:
         names = [names]
     unknown = [name for name in names if name not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; known metrics: {sorted(METRICS)}")
+        raise SettingError(
+            f"unknown metric(s) {unknown} in model.metrics; known metrics: {', '.join(sorted(METRICS))}"
+        )
     unused = set(kwargs)
     metrics: dict[str, DocumentMetric] = {}
     for name in dict.fromkeys(names):

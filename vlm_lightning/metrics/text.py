@@ -44,6 +44,8 @@ class DocumentMetric(Metric):
     is_differentiable = False
     higher_is_better: bool | None = True
     stat_names: tuple[str, ...] = ()
+    #: references must be JSON documents (checked against the data before training starts)
+    needs_json_references: bool = False
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -21,6 +21,8 @@ class TreeEditAccuracy(DocumentMetric):
     JSON is scored as ``{}``. With several references, the one with the best tree accuracy is used.
     """
 
+    needs_json_references = True
+
     stat_names = ("ted_sum", "tp", "fn_or_fp")
 
     def _against(self, parsed: Any, target: Any) -> dict[str, float]:

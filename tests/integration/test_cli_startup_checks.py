@@ -1,0 +1,91 @@
+"""Settings that cannot work with each other or with the data stop before the model loads, in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fixtures_data import write_receipt_dataset
+
+from vlm_lightning.cli import main
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("startup")
+    paths = write_receipt_dataset(folder, n_train=3, n_val=2, n_test=2)
+    qa = folder / "qa_val.jsonl"  # plain-text answers (document QA)
+    rows = [json.loads(line) for line in paths["val"].read_text().splitlines()]
+    qa.write_text(
+        "".join(json.dumps({"id": r["id"], "image": r["image"], "question": "Store?", "answer": "ACME"}) + "\n"
+                for r in rows)  # fmt: skip
+    )
+    paths["qa_val"] = qa
+    return paths
+
+
+def _args(model: Path, data: dict[str, Path], root: Path, *extra: str) -> list[str]:
+    return [
+        "--model.name_or_path", str(model), "--data.train", str(data["train"]), "--data.val", str(data["val"]),
+        "--trainer.accelerator", "cpu", "--trainer.max_steps", "1", "--trainer.default_root_dir", str(root),
+        *extra,
+    ]  # fmt: skip
+
+
+CASES = {
+    "json metrics on plain answers": (
+        ["fit", "--model.metrics", "[json]", "--data.val", "{qa_val}"],
+        "model.metrics ['json'] compare JSON answers, but 2 of 2 rows of data.val have plain-text answers",
+    ),
+    "monitor not logged by the metrics": (
+        ["fit", "--model.metrics", "[anls]", "--checkpoint.monitor", "val/json_valid_rate"],
+        "--checkpoint.monitor val/json_valid_rate is not logged with model.metrics ['anls']",
+    ),
+    "monitor typo": (
+        ["fit", "--model.metrics", "[json]", "--checkpoint.monitor", "val/json_valid_rat"],
+        "(did you mean val/json_valid_rate?)",
+    ),
+    "monitor of a metric without generation": (
+        ["fit", "--model.metrics", "[json]", "--model.val_generate", "false",
+         "--checkpoint.monitor", "val/json_valid_rate"],
+        "model.val_generate is false",
+    ),
+    "LoRA preset typo": (
+        ["fit", "--model.lora.targets", "atention"],
+        "model.lora.targets 'atention' is neither a preset (attention, attention_mlp, all_linear) nor a regex",
+    ),
+    "unknown metric": (
+        ["fit", "--model.metrics", "[anls, blue]"],
+        "unknown metric(s) ['blue'] in model.metrics; known metrics: anls,",
+    ),
+    "test without data.test": (["test"], "test needs data.test: set --data.test"),
+    "bad row": (["fit", "--data.val", "{bad}"], "data file not found"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_settings_stop_before_the_model_loads(
+    case: str, tiny_replica, data, tmp_path, monkeypatch, capsys
+) -> None:  # noqa: ANN001
+    def no_model(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr("vlm_lightning.module.load_model", no_model)
+    extra, message = CASES[case]
+    paths = {"qa_val": str(data["qa_val"]), "bad": str(tmp_path / "missing.jsonl")}
+    extra = [e.format(**paths) for e in extra]
+    with pytest.raises(SystemExit) as info:
+        main([extra[0], *_args(tiny_replica("qwen2_vl"), data, tmp_path), *extra[1:]])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "vlm_lightning: error: " in err and message in err, err[-2000:]
+    assert "Traceback" not in err
+
+
+def test_good_settings_pass_the_checks_and_train(tiny_replica, data, tmp_path, capsys) -> None:  # noqa: ANN001
+    main(["fit", *_args(tiny_replica("qwen2_vl"), data, tmp_path), "--model.metrics", "[receipt, json]",
+          "--checkpoint.monitor", "val/field_acc/store_name", "--checkpoint.mode", "max",
+          "--data.max_length", "400", "--data.image_max_tokens", "16", "--model.generate_max_new_tokens", "4",
+          "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    assert (next(tmp_path.glob("version_*")) / "last.ckpt").is_file()

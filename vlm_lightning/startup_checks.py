@@ -1,0 +1,117 @@
+"""Settings checked against each other and against the data before the model loads.
+
+Each check raises ``SettingError`` with what to set, instead of a traceback minutes into a run: LoRA
+targets that are neither a preset nor a regex, metrics that need JSON answers on plain-text data, and a
+monitored key (checkpoint / early stopping) that the chosen metrics never log.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Mapping, Sequence
+
+from vlm_lightning.data.records import Record
+from vlm_lightning.setting_error import SettingError
+
+LORA_PRESETS = ("attention", "attention_mlp", "all_linear")
+#: keys the module logs whatever the metrics (``VLMFineTuner``)
+ALWAYS_LOGGED = ("val/loss", "val/token_acc", "train/loss", "train/token_acc", "train/grad_norm")
+_REGEX_SYNTAX = re.compile(r"[.*+?()\[\]|\\^$]")
+
+
+def check_lora_targets(targets: str) -> None:
+    """Refuse a ``model.lora.targets`` that is neither a preset nor a regex (e.g. a typo of a preset).
+
+    PEFT full-matches a string against dotted module names, so a bare word without regex syntax can
+    match no layer of a VLM.
+    """
+    if targets in LORA_PRESETS or _REGEX_SYNTAX.search(targets):
+        return
+    close = difflib.get_close_matches(targets, LORA_PRESETS, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise SettingError(
+        f"model.lora.targets '{targets}' is neither a preset ({', '.join(LORA_PRESETS)}) nor a regex over "
+        f"module names: {hint}a regex looks like '.*language_model.*\\.(q_proj|v_proj)'"
+    )
+
+
+def _where(record: Record) -> str:
+    meta = record.meta
+    return f"{meta.get('source', '?')}:{meta.get('line', meta.get('row', '?'))}"
+
+
+def check_metrics_fit_answers(metric_names: Sequence[str], splits: Mapping[str, list[Record]]) -> None:
+    """Refuse JSON metrics (``json``, ``receipt``, ``tree``) on splits whose answers are not JSON."""
+    from vlm_lightning.metrics import METRICS
+
+    needing = [name for name in metric_names if getattr(METRICS.get(name), "needs_json_references", False)]
+    if not needing:
+        return
+    for split, records in splits.items():
+        plain = []
+        for record in records:
+            for answer in record.answers:
+                try:
+                    json.loads(answer)
+                except ValueError:
+                    plain.append((record, answer))
+                    break
+        if plain:
+            shown = "; ".join(f"{_where(r)} {a[:40]!r}" for r, a in plain[:3])
+            raise SettingError(
+                f"model.metrics {needing} compare JSON answers, but {len(plain)} of {len(records)} rows of "
+                f"data.{split} have plain-text answers (e.g. {shown}): choose metrics for text answers "
+                "(anls, exact_match, relaxed_accuracy, latex) with --model.metrics, or give JSON answers"
+            )
+
+
+def logged_metric_keys(metric_names: Sequence[str], answers: Sequence[Sequence[str]]) -> list[str]:
+    """The keys the chosen metrics log for this data (``val/<key>``), found by scoring the answers."""
+    from vlm_lightning.metrics import build_metrics
+
+    metrics = build_metrics(list(metric_names), sync_on_compute=False)
+    if answers:
+        metrics.update([a[0] for a in answers], [list(a) for a in answers])
+    return sorted(metrics.compute())
+
+
+def check_monitor(
+    monitor: str | None,
+    metric_names: Sequence[str],
+    val_generate: bool,
+    answers: Sequence[Sequence[str]],
+) -> None:
+    """Refuse a checkpoint / early-stopping monitor that no chosen metric logs."""
+    if not monitor or monitor in ALWAYS_LOGGED or monitor.startswith(("lr-", "train/")):
+        return
+    keys = [f"val/{k}" for k in logged_metric_keys(metric_names, answers)]
+    if monitor in keys and val_generate:
+        return
+    if monitor in keys:
+        raise SettingError(
+            f"--checkpoint.monitor {monitor} is computed from generated text, but model.val_generate is "
+            "false: set --model.val_generate true or monitor val/loss"
+        )
+    available = [k for k in ALWAYS_LOGGED if k.startswith("val/")] + (keys if val_generate else [])
+    close = difflib.get_close_matches(monitor, available, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise SettingError(
+        f"--checkpoint.monitor {monitor} is not logged with model.metrics {list(metric_names)}{hint}: "
+        f"monitor one of {', '.join(available)} (early stopping follows --checkpoint.monitor)"
+    )
+
+
+def first_answers(records: Sequence[Record], n: int = 32) -> list[list[str]]:
+    """The answers of the first ``n`` records (enough to learn which per-field keys are logged)."""
+    return [list(r.answers) for r in records[:n] if r.answers]
+
+
+__all__ = [
+    "check_lora_targets",
+    "check_metrics_fit_answers",
+    "check_monitor",
+    "first_answers",
+    "logged_metric_keys",
+]
