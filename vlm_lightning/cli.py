@@ -19,15 +19,17 @@ from vlm_lightning.callbacks.preemption import PreemptionCheckpoint
 from vlm_lightning.callbacks.throughput import Throughput
 from vlm_lightning.checkpoint_io import AtomicCheckpointIO
 from vlm_lightning.checkpoint_settings import CheckpointSettingsError
+from vlm_lightning.cli_parser import ConciseArgumentParser, parser_kwargs
 from vlm_lightning.data.datamodule import DocumentDataModule
 from vlm_lightning.metrics import build_metrics
 from vlm_lightning.module import VLMFineTuner
 from vlm_lightning.secrets import RedactingSaveConfigCallback, load_env_file
-from vlm_lightning.setting_error import SettingError, setting_error_in
+from vlm_lightning.setting_error import SettingError, missing_package_message, setting_error_in
 from vlm_lightning.startup_checks import (
     check_lora_targets,
     check_metrics_fit_answers,
     check_monitor,
+    check_run_folder,
     first_answers,
 )
 from vlm_lightning.tracking import PredictionTable, TrackingChecks
@@ -59,6 +61,7 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         if subcommand not in ("fit", "validate", "test", "predict"):
             return
         section = self.config[subcommand]
+        check_run_folder((_plain(section.get("trainer")) or {}).get("default_root_dir") or os.getcwd())
         model = _plain(section.get("model")) or {}
         lora = model.get("lora") or {}
         if isinstance(lora, dict) and isinstance(lora.get("targets"), str):
@@ -251,6 +254,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> VLMLightningCL
         args=args,
         run=run,
         auto_configure_optimizers=False,
+        parser_class=ConciseArgumentParser,
+        parser_kwargs=parser_kwargs(),
     )
 
 
@@ -264,11 +269,16 @@ def main(args: list[str] | None = None) -> None:
     except _user_errors() as exc:
         print(f"vlm_lightning: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except ValueError as exc:  # a callback / profiler setting, wrapped by jsonargparse when it built it
-        setting = setting_error_in(exc)
-        if setting is None:
+    except ValueError as exc:  # a callback / profiler / logger setting, wrapped by jsonargparse
+        message = setting_error_in(exc) or missing_package_message(exc)
+        if message is None:
             raise
-        print(f"vlm_lightning: error: {setting}", file=sys.stderr)
+        print(f"vlm_lightning: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").startswith("vlm_lightning"):
+            raise
+        print(f"vlm_lightning: error: {missing_package_message(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
     except torch.OutOfMemoryError as exc:
         print(f"vlm_lightning: error: {out_of_memory_advice(exc)}", file=sys.stderr)

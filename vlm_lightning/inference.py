@@ -78,6 +78,22 @@ def _read_defaults(folder: str | Path | None) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _check_adapter(adapter: Path, model: str, family: str) -> None:
+    """Refuse an adapter folder that is not one, or that was trained on another family than ``model``."""
+    if not (adapter / "adapter_config.json").is_file():
+        raise ExportError(
+            f"--adapter {adapter} is not a PEFT adapter folder (no adapter_config.json): "
+            "give the folder written by python -m vlm_lightning.export"
+        )
+    trained = _read_defaults(adapter).get("family")
+    if trained and trained != family:
+        base = _read_defaults(adapter).get("base_model")
+        raise ExportError(
+            f"--adapter {adapter} was trained on a {trained} model ({base}); --model {model} is a {family} "
+            "model: give the base model the adapter was trained from"
+        )
+
+
 class Predictor:
     """A loaded model + processor that generates from images and prompts like the training loop does."""
 
@@ -122,6 +138,8 @@ class Predictor:
             defaults = info.training_defaults()
         else:
             facts = family_of(model, trust_remote_code)
+            if adapter:
+                _check_adapter(Path(adapter), model, facts.name)
             net = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
             source = model
             if adapter:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from vlm_lightning.data.records import Record
 from vlm_lightning.setting_error import SettingError
@@ -35,6 +37,21 @@ def check_lora_targets(targets: str) -> None:
         f"model.lora.targets '{targets}' is neither a preset ({', '.join(LORA_PRESETS)}) nor a regex over "
         f"module names: {hint}a regex looks like '.*language_model.*\\.(q_proj|v_proj)'"
     )
+
+
+def check_run_folder(root: str) -> None:
+    """Refuse a ``trainer.default_root_dir`` that cannot be created or written (checked by writing a file)."""
+    try:
+        folder = Path(root)
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise SettingError(
+            f"trainer.default_root_dir '{root}' is the run folder (checkpoints, logs, reports) and cannot be "
+            f"used: {reason}: set --trainer.default_root_dir to a folder you can write"
+        ) from None
 
 
 def _where(record: Record) -> str:
@@ -110,6 +127,7 @@ def first_answers(records: Sequence[Record], n: int = 32) -> list[list[str]]:
 
 __all__ = [
     "check_lora_targets",
+    "check_run_folder",
     "check_metrics_fit_answers",
     "check_monitor",
     "first_answers",

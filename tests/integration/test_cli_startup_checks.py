@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 from fixtures_data import write_receipt_dataset
+from PIL import Image
 
 from vlm_lightning.cli import main
 
@@ -61,6 +63,23 @@ CASES = {
     ),
     "test without data.test": (["test"], "test needs data.test: set --data.test"),
     "bad row": (["fit", "--data.val", "{bad}"], "data file not found"),
+    "run folder is a file": (
+        ["fit", "--trainer.default_root_dir", "{afile}/runs"],
+        "trainer.default_root_dir '{afile}/runs' is the run folder (checkpoints, logs, reports) and cannot be used",
+    ),
+    "image folder without answers": (
+        ["fit", "--data.train", "{imgf}"],
+        "an image folder without answers (its only columns: image): put a metadata.jsonl next to the images",
+    ),
+    "unknown albumentations transform": (
+        ["fit", "--data.augment", "[{{name: GaussNoize}}]", "--data.augment_copies", "1"],
+        "unknown albumentations transform 'GaussNoize'. Did you mean",
+    ),
+    "option typo": (["fit", "--data.bach_size", "2"], "--data.bach_size 2 (did you mean data.batch_size?)"),
+    "unknown nested option": (
+        ["fit", "--model.lora.rank", "8"],
+        "option 'rank' is not accepted by --model.lora\n  valid keys of model.lora: r, alpha, dropout,",
+    ),
 }  # fmt: skip
 
 
@@ -73,14 +92,36 @@ def test_bad_settings_stop_before_the_model_loads(
 
     monkeypatch.setattr("vlm_lightning.module.load_model", no_model)
     extra, message = CASES[case]
-    paths = {"qa_val": str(data["qa_val"]), "bad": str(tmp_path / "missing.jsonl")}
+    (tmp_path / "afile").write_text("")
+    images = tmp_path / "imgf"
+    images.mkdir()
+    for i in range(2):
+        Image.new("RGB", (16, 16)).save(images / f"{i}.png")
+    paths = {
+        "qa_val": str(data["qa_val"]), "bad": str(tmp_path / "missing.jsonl"), "afile": str(tmp_path / "afile"),
+        "imgf": str(images),
+    }  # fmt: skip
     extra = [e.format(**paths) for e in extra]
+    message = message.format(**paths).replace("\\n", "\n")
     with pytest.raises(SystemExit) as info:
         main([extra[0], *_args(tiny_replica("qwen2_vl"), data, tmp_path), *extra[1:]])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "vlm_lightning: error: " in err and message in err, err[-2000:]
     assert "Traceback" not in err
+
+
+def test_a_logger_whose_package_is_missing_says_what_to_install(tiny_replica, data, tmp_path, capsys) -> None:  # noqa: ANN001
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        pytest.skip("tensorboard is installed here: the missing-package path cannot be reached")
+    with pytest.raises(SystemExit) as info:
+        main(["fit", *_args(tiny_replica("qwen2_vl"), data, tmp_path),
+              "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger",
+              "--trainer.logger.save_dir", str(tmp_path)])  # fmt: skip
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "vlm_lightning: error: a class in the config needs a package that is not installed" in err
+    assert err.rstrip().endswith("pip install tensorboard") and "Traceback" not in err
 
 
 def test_good_settings_pass_the_checks_and_train(tiny_replica, data, tmp_path, capsys) -> None:  # noqa: ANN001

@@ -245,3 +245,22 @@ def test_export_refuses_foreign_checkpoint(tmp_path, capsys) -> None:  # noqa: A
     with pytest.raises(SystemExit):
         export_main(["--ckpt", str(ckpt), "--out", str(tmp_path / "o")])
     assert "not written by vlm_lightning" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_infer_adapter_onto_a_base_of_another_family_is_one_clear_error(
+    run, exported, tiny_replica, tmp_path, capsys
+) -> None:  # noqa: ANN001
+    from vlm_lightning.inference import main as infer_main
+
+    image = _val_images(run)[0]
+    with pytest.raises(SystemExit) as info:
+        infer_main(
+            ["--model", str(tiny_replica("lfm2_vl")), "--adapter", str(exported), "--image", str(image)]
+        )
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--adapter {exported} was trained on a qwen2_vl model" in err and "is a lfm2_vl model" in err
+    with pytest.raises(SystemExit):  # a folder that is no adapter at all
+        infer_main(["--model", str(run["model"]), "--adapter", str(tmp_path), "--image", str(image)])
+    assert "is not a PEFT adapter folder (no adapter_config.json)" in capsys.readouterr().err

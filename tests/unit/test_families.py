@@ -134,6 +134,7 @@ def test_unknown_model_type_lists_supported_families():
     for name in FAMILY_NAMES:
         assert name in message
     assert set(FAMILY_NAMES) <= set(FAMILIES)
+    assert "trust_remote_code" not in message  # it does not make an unknown family supported
 
 
 def test_lora_targets_only_the_language_model(family, loaded):

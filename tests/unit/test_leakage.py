@@ -52,8 +52,9 @@ def test_same_image_file_in_train_and_test(images: list[str], tmp_path: Path) ->
     image_overlap = report.between("test", "train")[0]
     assert image_overlap.pairs == [("b", "c")]
     assert not report.between("train", "val")
-    with pytest.raises(LeakageError, match="train <-> test: 1 shared image"):
+    with pytest.raises(LeakageError, match="train <-> test: 1 shared image") as info:
         report.raise_if_any()
+    assert "--data.leakage warn" in str(info.value)  # the setting that allows it
     report.raise_if_any(allow=True)  # only a warning
 
 

@@ -105,3 +105,17 @@ def test_paths_escaping_the_root_are_refused_when_asked(tmp_path: Path) -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_numbers_in_answer_lists_are_text_and_bad_items_are_named(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        [
+            {"image": "ok.png", "question": "How many?", "answers": [42, "42", 42.5]},
+            {"image": "ok.png", "question": "Q", "answers": ["a", {"b": 1}]},
+        ],
+    )
+    records, problems = read_jsonl(path)
+    assert records[0].answers == ["42", "42.5"]  # 42 and "42" are one answer
+    assert len(problems) == 1 and problems[0].line == 2
+    assert "answers[1] is a dict" in problems[0].reason and "got list" not in problems[0].reason

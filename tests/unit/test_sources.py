@@ -213,7 +213,7 @@ def test_chartqa_parquet_file_path(tmp_path: Path) -> None:
     assert [r.answers for r in records] == [["Yes"], ["27"]]
     assert [r.meta["doc_type"] for r in records] == ["human", "machine"]
     assert records[1].prompt_text.startswith("What's the max?")
-    assert records[0].id == "chartqa-test-test-0"
+    assert records[0].id == "chartqa-test-0"  # the file stem, not "chartqa-test-test-0"
 
 
 # --- LaTeX OCR (unsloth/LaTeX_OCR) as an image folder with metadata ------------------------------

@@ -27,6 +27,7 @@ from PIL import Image
 
 from vlm_lightning.data.enhance import enhance, fit_to_token_budget
 from vlm_lightning.data.records import Record
+from vlm_lightning.setting_error import SettingError
 
 #: The document pipeline of seed 000: small rotation and perspective on white, light photometric noise.
 DEFAULT_PIPELINE: list[dict[str, Any]] = [
@@ -77,7 +78,7 @@ class Augmenter:
 
     def __init__(self, transforms: Sequence[A.BasicTransform], seed: int = 0, p: float = 1.0) -> None:
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"augmentation probability p must be in [0, 1], got {p}")
+            raise SettingError(f"augmentation probability p must be in [0, 1], got {p}")
         self.transforms = list(transforms)
         self.seed = seed
         self.p = p
@@ -116,7 +117,7 @@ def _argument(key: str, value: Any) -> Any:
     if key in _CV2_NAMED and isinstance(value, str):
         table = _CV2_NAMED[key]
         if value.lower() not in table:
-            raise ValueError(f"'{key}: {value}' is not one of {', '.join(table)}")
+            raise SettingError(f"'{key}: {value}' is not one of {', '.join(table)}")
         return table[value.lower()]
     return tuple(value) if isinstance(value, list) else value
 
@@ -125,12 +126,12 @@ def build_transform(spec: Mapping[str, Any], index: int = 0) -> A.BasicTransform
     """Build one albumentations transform from ``{name: Rotate, limit: 4, p: 0.5}``."""
     where = f"augment[{index}]"
     if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
-        raise ValueError(
+        raise SettingError(
             f"{where}: expected a mapping with a 'name', e.g. {{name: Rotate, limit: 4}}; got {spec!r}"
         )
     name = spec["name"]
     if name in REFUSED:
-        raise ValueError(
+        raise SettingError(
             f"{where}: {name} is refused for documents: it {REFUSED[name]}, so the page no longer matches "
             f"its text. Use a small Rotate (limit 3-5) or Perspective instead."
         )
@@ -138,7 +139,7 @@ def build_transform(spec: Mapping[str, Any], index: int = 0) -> A.BasicTransform
     if name not in classes:
         close = difflib.get_close_matches(name, list(classes), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"{where}: unknown albumentations transform '{name}'.{hint}")
+        raise SettingError(f"{where}: unknown albumentations transform '{name}'.{hint}")
     cls = classes[name]
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     params = inspect.signature(cls.__init__).parameters
@@ -146,11 +147,11 @@ def build_transform(spec: Mapping[str, Any], index: int = 0) -> A.BasicTransform
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
             valid = ", ".join(p for p in params if p != "self")
-            raise ValueError(f"{where} ({name}): unknown argument(s) {unknown}; valid: {valid}")
+            raise SettingError(f"{where} ({name}): unknown argument(s) {unknown}; valid: {valid}")
     try:
         return cls(**{k: _argument(k, v) for k, v in kwargs.items()})
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where} ({name}): invalid arguments: {exc}") from exc
+        raise SettingError(f"{where} ({name}): invalid arguments: {exc}") from exc
 
 
 def build_augmentation(
@@ -162,10 +163,12 @@ def build_augmentation(
         return None
     if isinstance(spec, str):
         if spec.lower() != "default":
-            raise ValueError(f"unknown augmentation preset '{spec}': use 'default' or a list of transforms")
+            raise SettingError(f"unknown augmentation preset '{spec}': use 'default' or a list of transforms")
         spec = DEFAULT_PIPELINE
     if isinstance(spec, Mapping) or not isinstance(spec, Sequence):
-        raise ValueError(f"augment must be 'default' or a list of {{name: ..., ...}} mappings, got {spec!r}")
+        raise SettingError(
+            f"augment must be 'default' or a list of {{name: ..., ...}} mappings, got {spec!r}"
+        )
     if not spec:
         return None
     return Augmenter([build_transform(item, i) for i, item in enumerate(spec)], seed=seed, p=p)
@@ -185,13 +188,15 @@ def expand_with_copies(records: Sequence[Record], copies: int, p: float = 1.0) -
     Call it on the training split only: the originals are returned unmarked.
     """
     if copies < 0:
-        raise ValueError(f"augment copies must be >= 0, got {copies}")
+        raise SettingError(f"augment copies must be >= 0, got {copies}")
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"augment p must be in [0, 1], got {p}")
+        raise SettingError(f"augment p must be in [0, 1], got {p}")
     out: list[Record] = []
     for position, record in enumerate(records):
         if "augment_copy" in record.meta or "augment_key" in record.meta:
-            raise ValueError(f"record '{record.id}' is already an augmented copy: expand the split only once")
+            raise SettingError(
+                f"record '{record.id}' is already an augmented copy: expand the split only once"
+            )
         out.append(record)
         for copy in range(1, copies + 1):
             key = _stable_int(record.id, position, copy)

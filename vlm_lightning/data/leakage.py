@@ -81,7 +81,8 @@ class LeakageReport:
             log.warning("%s", self.summary())
             return
         raise LeakageError(
-            self.summary() + "\nRemove the shared samples from one split, or allow the overlap explicitly."
+            self.summary() + "\nRemove the shared samples from one split, or allow the overlap with "
+            "--data.leakage warn (or off)."
         )
 
 

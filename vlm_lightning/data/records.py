@@ -108,14 +108,26 @@ def _merge_answers(row: dict[str, Any], keys: list[str]) -> tuple[str, Any, str 
     return keys[0], row[keys[0]], f"given together with '{keys[0]}' and not one of its references: keep one"
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _as_answers(key: str, value: Any) -> list[str]:
+    """Answers as strings; numbers (alone or in a list) are written as text, as in the file."""
     if isinstance(value, str):
         return [value]
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return list(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if _is_number(value):
         return [str(value)]
-    raise TypeError(f"expected a string (or list of strings), got {type(value).__name__}")
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise TypeError("empty list: give at least one answer")
+        for i, item in enumerate(value):
+            if not (isinstance(item, str) or _is_number(item)):
+                raise TypeError(
+                    f"{key}[{i}] is a {type(item).__name__} ({json.dumps(item)[:40]}): answers are strings or numbers"
+                )
+        return list(dict.fromkeys(item if isinstance(item, str) else str(item) for item in value))
+    raise TypeError(f"expected a string or number (or a list of them), got {type(value).__name__}")
 
 
 def image_problem(path: Path) -> str | None:

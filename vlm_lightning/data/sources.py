@@ -23,6 +23,7 @@ from PIL import Image
 
 from vlm_lightning.data.image_modes import UnsupportedImageError, to_rgb
 from vlm_lightning.data.records import ImageLike, Record, RowProblem, compact_json, image_problem, read_jsonl
+from vlm_lightning.setting_error import SettingError
 
 JSONL_DEFAULT_PROMPT = "Extract the information in this document as JSON."
 QA_PROMPT = "{question}\nAnswer the question using a single word or phrase."
@@ -335,7 +336,7 @@ ADAPTERS: dict[str, Adapter] = {
 def get_adapter(name: str) -> Adapter:
     """The adapter registered under ``name`` (clear error listing the known ones)."""
     if name not in ADAPTERS:
-        raise ValueError(f"unknown dataset adapter '{name}'; known adapters: {', '.join(sorted(ADAPTERS))}")
+        raise SettingError(f"unknown dataset adapter '{name}'; known adapters: {', '.join(sorted(ADAPTERS))}")
     return ADAPTERS[name]
 
 
@@ -350,7 +351,7 @@ def resolve_columns(
     columns = dict(columns or {})
     unknown = sorted(set(columns) - set(adapter.fields))
     if unknown:
-        raise ValueError(
+        raise SettingError(
             f"{source}: adapter '{adapter.name}' has no field(s) {unknown} in 'columns'; "
             f"its fields are: {', '.join(adapter.fields)}"
         )
@@ -358,7 +359,7 @@ def resolve_columns(
     for logical, candidates in adapter.fields.items():
         if logical in columns:
             if columns[logical] not in available:
-                raise ValueError(
+                raise SettingError(
                     f"{source}: column '{columns[logical]}' (columns.{logical}) is not in the dataset; "
                     f"its columns are: {', '.join(available)}"
                 )
@@ -368,8 +369,14 @@ def resolve_columns(
     missing = [f for f in adapter.required if f not in resolved]
     if require_answer and not any(f in resolved for f in adapter.answers):
         missing.append(" or ".join(adapter.answers))
+    if missing and set(available) <= {"image", "label"}:
+        raise SettingError(
+            f"{source}: an image folder without answers (its only columns: {', '.join(available)}): put a "
+            "metadata.jsonl next to the images with one row per image, e.g. "
+            '{"file_name": "0001.png", "answer": "..."} (datasets imagefolder format), or use a JSONL file'
+        )
     if missing:
-        raise ValueError(
+        raise SettingError(
             f"{source}: adapter '{adapter.name}' needs field(s) {missing} but no matching column was found; "
             f"the dataset's columns are: {', '.join(available)}. "
             f"Map them in the dataset spec, e.g. columns: {{{missing[0].split(' or ')[0]}: <column>}}"
@@ -437,14 +444,16 @@ def _pick_split(data: Any, split: str, path: str) -> Any:
     if not isinstance(data, DatasetDict):
         return data
     if split not in data:
-        raise ValueError(f"dataset '{path}' has no split '{split}'; its splits are: {', '.join(data)}")
+        raise SettingError(f"dataset '{path}' has no split '{split}'; its splits are: {', '.join(data)}")
     return data[split]
 
 
 def _builder_for(file: str) -> str:
     suffix = Path(file).suffix.lower()
     if suffix not in FILE_BUILDERS:
-        raise ValueError(f"cannot tell the format of data file '{file}' (known: {', '.join(FILE_BUILDERS)})")
+        raise SettingError(
+            f"cannot tell the format of data file '{file}' (known: {', '.join(FILE_BUILDERS)})"
+        )
     return FILE_BUILDERS[suffix]
 
 
@@ -462,7 +471,7 @@ def open_dataset(
     local = Path(path).expanduser()
     if path in PACKAGED_BUILDERS:
         if files is None:
-            raise ValueError(
+            raise SettingError(
                 f"dataset path '{path}' is a file format: give data_files (or use a folder path)"
             )
         return load_dataset(path, name, data_files=files, split=split)
@@ -483,11 +492,12 @@ def _source_name(path: str, name: str | None, split: str) -> str:
 
 
 def _id_prefix(source: str) -> str:
-    """``cord-v2-train`` for ``naver-clova-ix/cord-v2:train``; file suffixes are dropped."""
+    """``cord-v2-train`` for ``naver-clova-ix/cord-v2:train``; ``cord_test`` for ``data/cord_test.parquet``."""
     location, _, split = source.rpartition(":")
     stem = Path(location.split("[")[0].rstrip("/")).name
     if Path(stem).suffix.lower() in FILE_BUILDERS:
-        stem = Path(stem).stem
+        # a data file given as one split: its split name is datasets' label, not the user's (``cord_test-0``)
+        return Path(stem).stem
     return f"{stem}-{split}"
 
 
@@ -498,7 +508,7 @@ def _resolve_prompt(
     if text is None:  # generic adapter
         text = "{question}" if "question" in resolved else default_prompt
     if "{question}" in text and "question" not in resolved:
-        raise ValueError(
+        raise SettingError(
             f"the prompt uses {{question}} but adapter '{adapter.name}' found no question column"
         )
     return text
@@ -628,9 +638,11 @@ class DatasetSpec:
     def __post_init__(self) -> None:
         get_adapter(self.adapter)
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 0):
-            raise ValueError(f"dataset spec 'limit' must be a non-negative integer, got {self.limit!r}")
+            raise SettingError(f"dataset spec 'limit' must be a non-negative integer, got {self.limit!r}")
         if self.columns is not None and not all(isinstance(v, str) for v in self.columns.values()):
-            raise ValueError(f"dataset spec 'columns' must map field names to column names: {self.columns!r}")
+            raise SettingError(
+                f"dataset spec 'columns' must map field names to column names: {self.columns!r}"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DatasetSpec:
@@ -638,9 +650,9 @@ class DatasetSpec:
         allowed = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(allowed))
         if unknown:
-            raise ValueError(f"unknown dataset spec key(s) {unknown}; allowed: {', '.join(allowed)}")
+            raise SettingError(f"unknown dataset spec key(s) {unknown}; allowed: {', '.join(allowed)}")
         if "path" not in data:
-            raise ValueError("dataset spec needs 'path' (hub name, saved folder or data file)")
+            raise SettingError("dataset spec needs 'path' (hub name, saved folder or data file)")
         return cls(**data)
 
 

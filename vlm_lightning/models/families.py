@@ -237,5 +237,6 @@ def family_for_model_type(model_type: str) -> FamilyFacts:
     supported = ", ".join(f"{f.name} ({', '.join(f.model_types)})" for f in FAMILIES.values())
     raise UnknownFamilyError(
         f"model type '{model_type}' is not a supported family. Supported: {supported}. "
-        "Other architectures can be tried with model.trust_remote_code=true at your own risk (not verified)."
+        "A family needs its FamilyFacts entry (where the language model is, LoRA targets, end-of-turn token, "
+        "label building): see the README's Models section"
     )
