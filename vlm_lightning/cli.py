@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -16,11 +16,15 @@ from vlm_lightning.callbacks import PredictionWriter, RunCheckpoint
 from vlm_lightning.callbacks.curves import TrainingCurves
 from vlm_lightning.callbacks.nonfinite import NonFiniteGuard
 from vlm_lightning.callbacks.preemption import PreemptionCheckpoint
+from vlm_lightning.callbacks.progress import StepProgressBar
+from vlm_lightning.callbacks.run_log import ResumedCSVLogger, run_folder_of
+from vlm_lightning.callbacks.run_summary import RunSummary
 from vlm_lightning.callbacks.throughput import Throughput
 from vlm_lightning.checkpoint_io import AtomicCheckpointIO
 from vlm_lightning.checkpoint_settings import CheckpointSettingsError
 from vlm_lightning.cli_parser import ConciseArgumentParser, parser_kwargs
 from vlm_lightning.data.datamodule import DocumentDataModule
+from vlm_lightning.library_noise import quiet_libraries
 from vlm_lightning.metrics import build_metrics
 from vlm_lightning.module import VLMFineTuner
 from vlm_lightning.secrets import RedactingSaveConfigCallback, load_env_file
@@ -89,7 +93,14 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer_cfg = self._get(self.config_init, "trainer")
-        if trainer_cfg.get("logger") in (None, True):
+        logger = trainer_cfg.get("logger")
+        resumed = getattr(self, "_resumed_run", None)
+        if resumed is not None and (logger in (None, True) or type(logger) is CSVLogger):
+            folder, step = resumed  # one run, one folder: continue the checkpoint's own logs
+            print(f"[vlm_lightning] resuming run {folder} from step {step}", file=sys.stderr)
+            flush = getattr(logger, "_flush_logs_every_n_steps", 100)
+            trainer_cfg["logger"] = ResumedCSVLogger(folder, step, flush_logs_every_n_steps=flush)
+        elif logger in (None, True):
             root = trainer_cfg.get("default_root_dir") or os.getcwd()
             trainer_cfg["logger"] = CSVLogger(save_dir=root, name="")
         callbacks = trainer_cfg.get("callbacks") or []
@@ -102,6 +113,11 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         if not any(isinstance(c, Throughput) for c in callbacks):
             callbacks.append(Throughput())
         callbacks.append(TrainingCurves())
+        callbacks.append(RunSummary())
+        if trainer_cfg.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            callbacks.append(StepProgressBar())
         callbacks.append(PredictionTable())
         if trainer_cfg.get("logger") is not False:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -132,6 +148,9 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         if not (ckpt_path and Path(ckpt_path).is_file()):
             return  # a missing file is reported when the run needs it
         ckpt = validate_checkpoint(ckpt_path, require_ours=False)
+        folder = run_folder_of(ckpt_path)
+        if subcommand == "fit" and folder is not None:
+            self._resumed_run = (folder, int(ckpt.get("global_step", 0)))
         hparams = dict(ckpt.get("hyper_parameters") or {})
         if not hparams:
             return
@@ -242,6 +261,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> VLMLightningCLI:
     """Build (and by default run) the CLI; raises user errors as exceptions."""
+    quiet_libraries()
     return VLMLightningCLI(
         VLMFineTuner,
         DocumentDataModule,

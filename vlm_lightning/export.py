@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from vlm_lightning.model_card import model_card
 from vlm_lightning.models.families import FamilyFacts, UnknownFamilyError
 from vlm_lightning.models.loading import (
     DTYPES,
@@ -240,6 +241,11 @@ def _write_info(folder: Path, info: CheckpointInfo, kind: str, base: str) -> Non
         **info.training_defaults(),
     }
     (folder / EXPORT_INFO).write_text(json.dumps(payload, indent=2) + "\n")
+    card = model_card(
+        kind=kind, family=info.family, mode=info.mode, base=base, checkpoint=info.path,
+        global_step=info.global_step, lora=payload["lora"], defaults=info.training_defaults(), folder=folder,
+    )  # fmt: skip
+    (folder / "README.md").write_text(card)
 
 
 def zip_folder(folder: Path, archive: Path, exclude: tuple[str, ...] = ()) -> Path:
@@ -288,6 +294,11 @@ def export_checkpoint(
         hint = "" if base else " (pass --base to point at the base model if it moved)"
         raise ExportError(f"{exc}{hint}") from exc
     base_name = base or info.name_or_path
+    if Path(base_name).is_dir():  # the adapter config and card name the base wherever they are used from
+        base_name = str(Path(base_name).resolve())
+    if hasattr(model, "peft_config"):
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = base_name
     written: dict[str, Path] = {}
     if info.mode == "full":
         model.save_pretrained(out)

@@ -7,9 +7,7 @@ import functools
 import logging
 import os
 import random
-import re
 import time
-import warnings
 from typing import Any, Literal
 
 import lightning as L
@@ -249,11 +247,9 @@ class VLMFineTuner(L.LightningModule):
     def _log_synced(self, name: str, value: Any, **kwargs: Any) -> None:
         """Log an epoch value a torchmetrics ``compute()`` already synced over all ranks.
 
-        Lightning cannot tell and, under DDP, warns once per key that ``sync_dist=True`` is recommended;
-        syncing again would only average equal values, so that warning is muted for these keys only.
+        Lightning cannot tell and, under DDP, warns that ``sync_dist=True`` is recommended; syncing again
+        would only average equal values (that warning is muted for val/ and test/ keys in ``library_noise``).
         """
-        message = re.escape(f"It is recommended to use `self.log({name!r}, ..., sync_dist=True)`")
-        warnings.filterwarnings("ignore", message=message)
         self.log(name, value, sync_dist=False, **kwargs)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:

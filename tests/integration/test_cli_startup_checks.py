@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +23,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     qa = folder / "qa_val.jsonl"  # plain-text answers (document QA)
     rows = [json.loads(line) for line in paths["val"].read_text().splitlines()]
     qa.write_text(
-        "".join(json.dumps({"id": r["id"], "image": r["image"], "question": "Store?", "answer": "ACME"}) + "\n"
-                for r in rows)  # fmt: skip
+        "".join(
+            json.dumps({"id": r["id"], "image": r["image"], "question": "Store?", "answer": "ACME"}) + "\n"
+            for r in rows
+        )  # fmt: skip
     )
     paths["qa_val"] = qa
     return paths
@@ -130,3 +135,26 @@ def test_good_settings_pass_the_checks_and_train(tiny_replica, data, tmp_path, c
           "--data.max_length", "400", "--data.image_max_tokens", "16", "--model.generate_max_new_tokens", "4",
           "--trainer.enable_progress_bar", "false"])  # fmt: skip
     assert (next(tmp_path.glob("version_*")) / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_a_clean_run_prints_no_library_warning_and_says_what_it_did(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
+    args = [*_args(tiny_replica("qwen2_vl"), data, tmp_path), "--trainer.max_steps", "7",
+            "--data.batch_size", "1", "--trainer.log_every_n_steps", "1", "--data.max_length", "400",
+            "--data.image_max_tokens", "16", "--model.generate_max_new_tokens", "4"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlm_lightning", "fit", *args], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warned = [line for line in proc.stderr.splitlines() if re.search(r"\.py:\d+: |Warning\b", line)]
+    assert not warned, "\n".join(warned)
+    assert "Tip:" not in proc.stderr and "v_num" not in proc.stderr
+    assert (
+        "[vlm_lightning] fit: train 3 samples, val 2 samples, 3 optimizer steps per epoch, 7 in all"
+        in proc.stdout
+    )
+    assert "[vlm_lightning] training stopped: reached trainer.max_steps 7" in proc.stdout
+    bar = proc.stdout.replace("\r", "\n")  # Lightning's tqdm bars write to stdout
+    assert "train (epoch 2): 100%" in bar and "7/7 [" in bar
+    throughput = json.loads((next(tmp_path.glob("version_*")) / "throughput.json").read_text())
+    assert "peak_gib_per_device" not in throughput and throughput["peak_rss_gib_per_process"][0] > 0.1

@@ -142,6 +142,13 @@ def test_export_writes_adapter_merged_folder_and_zip(run, exported) -> None:  # 
     names = set(zipfile.ZipFile(archive).namelist())
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json"} <= names
     assert not any(n.startswith("merged/") for n in names)
+    assert Path(config["base_model_name_or_path"]).is_absolute()
+    card = (exported / "README.md").read_text()  # a model card, not PEFT's blank template
+    assert f"Fine-tuned with vlm_lightning from `{Path(run['model']).resolve()}` (qwen2_vl, lora mode" in card
+    assert "[More Information Needed]" not in card and "## Validation (last logged values)" in card
+    assert (
+        f"python -m vlm_lightning.infer --model {Path(run['model']).resolve()} --adapter {exported}" in card
+    )
 
 
 @pytest.mark.slow

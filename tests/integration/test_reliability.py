@@ -439,20 +439,24 @@ def test_sigterm_saves_last_ckpt_exits_cleanly_and_resume_matches_uninterrupted(
     assert ckpt["global_step"] == step
     assert "optimizer_states" in ckpt and "lr_schedulers" in ckpt and "rng_states" in ckpt
 
+    first = _losses(saved.parent)
     resumed = _run(
         _fit_args(model, receipt_data, tmp_path / "resumed", total, "--ckpt_path", str(saved)), tmp_path
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "not resumable" not in resumed.stderr  # Lightning sees the loader's position
     straight = _run(_fit_args(model, receipt_data, tmp_path / "straight", total), tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    first = _losses(saved.parent)
-    second = _losses(next((tmp_path / "resumed").glob("version_*")))
+    # one run, one folder: the resumed fit continued the preempted run's folder and its metrics.csv
+    assert not list((tmp_path / "resumed").glob("version_*"))
+    joined = _losses(saved.parent)
     reference = _losses(next((tmp_path / "straight").glob("version_*")))
     assert sorted(reference) == list(range(1, total + 1))
-    assert sorted(second) == list(range(step + 1, total + 1))  # continued at the next step, up to max_steps
+    assert sorted(joined) == list(range(1, total + 1))  # every step once: continued at the next step
+    assert all(first[s] == joined[s] for s in range(1, step + 1))  # the earlier rows kept as they were
     assert all(first[s] == pytest.approx(reference[s], abs=1e-6) for s in range(1, step + 1))
-    joined = {**{s: first[s] for s in range(1, step + 1)}, **second}
+    assert (saved.parent / "training_curves.png").is_file()
     worst = max(abs(joined[s] - reference[s]) for s in reference)
     print(f"preempted at step {step}/{total}; max |train loss - uninterrupted| over all steps: {worst:.3e}")
     assert worst <= 1e-5, {s: (joined[s], reference[s]) for s in reference}

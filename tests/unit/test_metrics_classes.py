@@ -92,7 +92,7 @@ def test_mean_of_score_sample_for_mean_metrics(name: str) -> None:
     metric.update(preds, refs)
     computed = _values(metric)
     per_sample = [metric.score_sample(p, r) for p, r in zip(preds, refs)]
-    micro = {"bleu", "field_f1", "json_field_precision", "json_field_recall", "json_field_f1"}
+    micro = {"bleu", "field_f1", "json_field_precision", "json_field_recall", "json_field_f1", "cer"}
     for key in computed.keys() - micro:
         assert computed[key] == pytest.approx(sum(s[key] for s in per_sample) / len(preds)), key
 
@@ -306,3 +306,17 @@ def test_states_are_scalar_sums() -> None:
 def test_build_metrics_passes_torchmetrics_kwargs() -> None:
     metrics = build_metrics(["exact_match", "receipt"], sync_on_compute=False)
     assert all(not m.sync_on_compute for m in metrics.metrics.values())
+
+
+def test_character_error_rate_is_corpus_edits_over_reference_chars() -> None:
+    metric = METRICS["cer"]()
+    metric.update(["abcd", "xyz", "Q7"], [["abce"], ["xy", "zzz"], ["q7"]])
+    # abcd/abce: 1 edit of 4; xyz: the closest reference is "xy" (1 edit of 2); Q7/q7: case counts, 1 of 2
+    assert _values(metric)["cer"] == pytest.approx(3 / 8)
+    assert metric.score_sample("xyz", ["xy", "zzz"])["cer"] == pytest.approx(0.5)
+    try:
+        from torchmetrics.text import CharErrorRate
+    except ImportError:  # pragma: no cover - torchmetrics is a dependency
+        return
+    reference = CharErrorRate()(["abcd", "xyz", "Q7"], ["abce", "xy", "q7"])
+    assert _values(metric)["cer"] == pytest.approx(float(reference))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
@@ -46,7 +49,11 @@ class RunCheckpoint(ModelCheckpoint):
             from vlm_lightning.callbacks.predictions import run_dir
 
             self.dirpath = str(run_dir(trainer))
-        super().setup(trainer, pl_module, stage)
+        with warnings.catch_warnings():
+            # the run folder always holds config.yaml / hparams.yaml: warn only about earlier checkpoints
+            if not any(Path(self.dirpath).glob("*.ckpt")):
+                warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+            super().setup(trainer, pl_module, stage)
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)

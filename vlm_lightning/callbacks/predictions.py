@@ -33,6 +33,19 @@ def _gather(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row for part in parts for row in part]
 
 
+def in_input_order(rows: list[dict[str, Any]], trainer: L.Trainer) -> list[dict[str, Any]]:
+    """Rows gathered rank after rank, put back in the order of the split's records (stable for repeated ids)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    stage = "test" if trainer.testing else "predict"
+    dataset = (getattr(datamodule, "datasets", None) or {}).get(stage)
+    if dataset is None:
+        return rows
+    position: dict[str, int] = {}
+    for i, record in enumerate(dataset.records):
+        position.setdefault(record.id, i)
+    return sorted(rows, key=lambda row: position.get(row["id"], len(position)))
+
+
 class PredictionWriter(Callback):
     """Writes ``predictions.jsonl``, ``predictions.csv`` and ``metrics.json`` into the run folder."""
 
@@ -68,6 +81,7 @@ class PredictionWriter(Callback):
         folder = run_dir(trainer)
         if trainer.global_rank != 0:
             return
+        rows = in_input_order(rows, trainer)
         folder.mkdir(parents=True, exist_ok=True)
         from vlm_lightning.evaluation.report import write_reports
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,9 @@ class Throughput(Callback):
         tokens = float(self._tokens) if torch.is_tensor(self._tokens) else self._tokens
         totals = torch.tensor([self._samples, tokens], dtype=torch.float64, device=pl_module.device)
         totals = trainer.strategy.reduce(totals, reduce_op="sum")
-        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+        on_gpu = pl_module.device.type == "cuda"
+        # GPU: peak allocated memory per device; CPU: peak resident memory of each process (no GPU figure)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else _peak_rss_gib()
         peaks = trainer.strategy.all_gather(torch.tensor(peak, device=pl_module.device))
         steps = trainer.global_step - self._steps_at_start
         self.result = {
@@ -60,7 +64,9 @@ class Throughput(Callback):
             "seconds": elapsed,
             "samples_per_s": float(totals[0]) / elapsed,
             "tokens_per_s": float(totals[1]) / elapsed,
-            "peak_gib_per_device": [round(float(x), 2) for x in peaks.flatten()],
+            ("peak_gib_per_device" if on_gpu else "peak_rss_gib_per_process"): [
+                round(float(x), 2) for x in peaks.flatten()
+            ],
         }
         if trainer.global_rank == 0:
             print(f"[vlm_lightning] throughput: {json.dumps(self.result)}")
@@ -68,3 +74,9 @@ class Throughput(Callback):
             if folder:
                 Path(folder).mkdir(parents=True, exist_ok=True)
                 (Path(folder) / "throughput.json").write_text(json.dumps(self.result, indent=2) + "\n")
+
+
+def _peak_rss_gib() -> float:
+    """Peak resident set size of this process in GiB (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)

@@ -128,6 +128,16 @@ class StreamDataLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         return self._stream()
 
+    # Lightning's resumable-loader protocol: with it, resuming mid-epoch is known to be exact (no
+    # "your dataloader is not resumable" warning). The datamodule's checkpoint state holds the same position.
+    def state_dict(self) -> dict[str, int]:
+        """The stream position (epoch and batch within it)."""
+        return self.position.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved stream position."""
+        self.position.load_state_dict(state)
+
     def _stream(self) -> Iterator[Any]:
         pos, sampler = self.position, self.sampler
         if not isinstance(sampler, EpochShuffleSampler):

@@ -113,6 +113,8 @@ def latency_summary(
         "p95_ms": p95,
         "images_per_s": images_per_s,
         "batch_size": batch_size,
+        # generation is batched: a sample's latency is its batch's time over the batch's samples
+        "measured_as": "batch generation time / samples in the batch",
     }
     if usd_per_gpu_hour:
         out["usd_per_1000_images"] = usd_per_gpu_hour / 3600.0 * 1000.0 / images_per_s

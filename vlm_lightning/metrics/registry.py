@@ -9,7 +9,14 @@ from typing import Any
 import torch
 
 from vlm_lightning.metrics.json_metrics import JSONMetrics, ReceiptFieldMetrics
-from vlm_lightning.metrics.text import ANLS, DocumentMetric, ExactMatch, LatexMetrics, RelaxedAccuracy
+from vlm_lightning.metrics.text import (
+    ANLS,
+    CharacterErrorRate,
+    DocumentMetric,
+    ExactMatch,
+    LatexMetrics,
+    RelaxedAccuracy,
+)
 from vlm_lightning.metrics.tree import TreeEditAccuracy
 from vlm_lightning.setting_error import SettingError
 
@@ -23,6 +30,7 @@ METRICS: dict[str, type[DocumentMetric]] = {
     "receipt": ReceiptFieldMetrics,
     "tree": TreeEditAccuracy,
     "latex": LatexMetrics,
+    "cer": CharacterErrorRate,
 }
 
 

@@ -7,6 +7,7 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+from rapidfuzz.distance import Levenshtein
 from sacrebleu.metrics import BLEU
 from torch import Tensor
 from torchmetrics import Metric
@@ -142,6 +143,26 @@ class ExactMatch(_MeanOverSamples):
 
     def sample_score(self, prediction: str, references: list[str]) -> float:
         return float(any(F.exact_match(prediction, ref) for ref in references))
+
+
+class CharacterErrorRate(DocumentMetric):
+    """Character error rate for captchas / OCR -> ``{"cer"}`` (lower is better).
+
+    Corpus CER as jiwer / torchmetrics ``CharErrorRate`` define it: the summed Levenshtein edits between
+    each prediction and its reference over the summed reference lengths (not a mean of per-sample
+    rates). With several references the one with the fewest edits is used. Per sample: edits / length.
+    Text is compared as given (no case or whitespace folding: a captcha's case matters).
+    """
+
+    higher_is_better = False
+    stat_names = ("edits", "reference_chars")
+
+    def sample_stats(self, prediction: str, references: list[str]) -> dict[str, float]:
+        best = min(references, key=lambda ref: (Levenshtein.distance(prediction, ref), len(ref)))
+        return {"edits": float(Levenshtein.distance(prediction, best)), "reference_chars": float(len(best))}
+
+    def finalize(self, stats: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"cer": ratio(stats["edits"], stats["reference_chars"])}
 
 
 @lru_cache(maxsize=1)
