@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from vlm_lightning.library_noise import quiet_libraries
 from vlm_lightning.model_card import model_card
 from vlm_lightning.models.families import FamilyFacts, UnknownFamilyError
 from vlm_lightning.models.loading import (
@@ -338,6 +339,7 @@ def _describe(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m vlm_lightning.export``."""
+    quiet_libraries()
     parser = argparse.ArgumentParser(
         prog="python -m vlm_lightning.export",
         description=__doc__,

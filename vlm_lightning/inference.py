@@ -35,6 +35,7 @@ from vlm_lightning.data.datamodule import RecordDataset
 from vlm_lightning.data.records import DataValidationError, Record, image_problem, read_jsonl, record_from_row
 from vlm_lightning.export import EXPORT_INFO, ExportError, load_checkpoint, rebuild_model
 from vlm_lightning.generation import end_of_turn_ids, generate_batch
+from vlm_lightning.library_noise import quiet_libraries
 from vlm_lightning.models.families import FamilyFacts, UnknownFamilyError
 from vlm_lightning.models.loading import (
     Dtype,
@@ -355,6 +356,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m vlm_lightning.infer``."""
+    quiet_libraries()
     parser = _parser()
     args = parser.parse_args(argv)
     if args.temperature < 0 or not 0 < args.top_p <= 1 or not 0 <= args.min_p < 1:

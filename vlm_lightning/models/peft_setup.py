@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-import warnings
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
 from vlm_lightning.models.families import FamilyFacts, LoraScope
+from vlm_lightning.setting_error import SettingError
 
 log = logging.getLogger(__name__)
 Mode = Literal["lora", "qlora", "full"]
@@ -49,6 +50,21 @@ def target_regex(facts: FamilyFacts, lora: LoraSettings) -> str:
     if lora.vision:
         pattern = f"({pattern})|({facts.vision_lora_regex()})"
     return pattern
+
+
+def _check_targets_match(model: torch.nn.Module, pattern: str, given: str) -> None:
+    """Refuse LoRA targets that match no linear layer (PEFT would fail deep inside with its own message)."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise SettingError(f"model.lora.targets {given!r} is not a valid regex: {exc}") from None
+    linear = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    if not any(regex.fullmatch(name) for name in linear):
+        shown = ", ".join(linear[:4])
+        raise SettingError(
+            f"model.lora.targets {given!r} (regex {pattern!r}) matches no linear layer of this model; the regex "
+            f"must match whole module names, e.g. {shown}: use a preset (attention, attention_mlp, all_linear)"
+        )
 
 
 def _submodule(model: torch.nn.Module, dotted: str) -> torch.nn.Module | None:
@@ -97,18 +113,18 @@ def apply_training_mode(
         from peft import LoraConfig, get_peft_model
 
         modules_to_save = list(lora.extra_modules_to_save)
+        pattern = target_regex(facts, lora)
+        _check_targets_match(model, pattern, lora.targets)
         config = LoraConfig(
             r=lora.r,
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
-            target_modules=target_regex(facts, lora),
+            target_modules=pattern,
             use_rslora=lora.use_rslora,
             modules_to_save=modules_to_save or None,
             task_type="CAUSAL_LM",
         )
-        with warnings.catch_warnings():  # PEFT reads transformers' deprecated is_gradient_checkpointing
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
-            model = get_peft_model(model, config)
+        model = get_peft_model(model, config)
     for flag, path in ((train_vision, facts.vision_tower), (train_projector, facts.projector)):
         if flag:
             sub = _find(model, path)

@@ -1,0 +1,57 @@
+"""Library noise is silenced by exact messages only; LoRA targets matching no layer are one clear error."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import pytest
+import torch
+
+from vlm_lightning.library_noise import SILENCED_WARNINGS, quiet_libraries
+from vlm_lightning.models.peft_setup import _check_targets_match
+from vlm_lightning.setting_error import SettingError
+
+EXAMPLES = {
+    0: "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead.",
+    1: "You have overridden `transfer_batch_to_device` in `LightningModule` but have passed in a "
+    "`LightningDataModule`. It will use the implementation from `LightningModule` instance.",
+    2: "It is recommended to use `self.log('val/loss', ..., sync_dist=True)` when logging on epoch level",
+    3: "`is_gradient_checkpointing` is deprecated",
+    4: "The dirpath has changed from 'a' to 'b', therefore `best_model_score`, `kth_best_model_path` ...",
+}
+
+
+def test_each_entry_matches_its_message_and_not_a_neighbour() -> None:
+    assert len(EXAMPLES) == len(SILENCED_WARNINGS)
+    for i, (pattern, reason) in enumerate(SILENCED_WARNINGS):
+        assert reason and re.match(pattern, EXAMPLES[i]), pattern
+    # a training-step warning of the same family stays visible
+    assert not any(re.match(p, "It is recommended to use `self.log('train/loss', ..., sync_dist=True)`")
+                   for p, _ in SILENCED_WARNINGS)  # fmt: skip
+
+
+def test_quiet_libraries_hides_listed_and_keeps_other_warnings() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_libraries()
+        quiet_libraries()  # idempotent
+        warnings.warn(EXAMPLES[1], UserWarning, stacklevel=1)
+        warnings.warn("something new from a library", UserWarning, stacklevel=1)
+    texts = [str(w.message) for w in caught]
+    assert texts == ["something new from a library"]
+
+
+class _Toy(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.language_model = torch.nn.Module()
+        self.language_model.q_proj = torch.nn.Linear(2, 2)
+
+
+def test_lora_targets_matching_no_layer_are_a_setting_error() -> None:
+    _check_targets_match(_Toy(), r".*q_proj", ".*q_proj")
+    with pytest.raises(SettingError, match="matches no linear layer of this model.*language_model.q_proj"):
+        _check_targets_match(_Toy(), r".*\.k_proj", r".*\.k_proj")
+    with pytest.raises(SettingError, match="is not a valid regex"):
+        _check_targets_match(_Toy(), r"(", r"(")
