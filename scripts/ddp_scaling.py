@@ -328,7 +328,7 @@ def main() -> None:
         lines.append(
             f"| {r['world_size']} | {r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
             f"{r['samples_per_s'] / base:.2f}x | {r['timed_optimizer_steps']} | {r['seconds']:.1f} | "
-            f"{r['recompilations']} | {', '.join(map(str, r['peak_gib_per_device']))} | "
+            f"{r['recompilations']} | {', '.join(map(str, r.get('peak_gib_per_device', ['-'])))} | "
             f"{', '.join(map(str, r['all_samples_per_s']))} |"
         )
     if args.profile:

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -105,22 +105,11 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
             trainer_cfg["logger"] = CSVLogger(save_dir=root, name="")
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
-        callbacks.append(PredictionWriter())
-        if not any(isinstance(c, PreemptionCheckpoint) for c in callbacks):
-            callbacks.append(PreemptionCheckpoint())
-        if not any(isinstance(c, NonFiniteGuard) for c in callbacks):
-            callbacks.append(NonFiniteGuard(action="stop"))
-        if not any(isinstance(c, Throughput) for c in callbacks):
-            callbacks.append(Throughput())
-        callbacks.append(TrainingCurves())
-        callbacks.append(RunSummary())
-        if trainer_cfg.get("enable_progress_bar") is not False and not any(
-            isinstance(c, ProgressBar) for c in callbacks
-        ):
-            callbacks.append(StepProgressBar())
-        callbacks.append(PredictionTable())
-        if trainer_cfg.get("logger") is not False:
-            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        callbacks = with_default_callbacks(
+            callbacks,
+            progress_bar=trainer_cfg.get("enable_progress_bar") is not False,
+            logger=trainer_cfg.get("logger") is not False,
+        )
         trainer_cfg["callbacks"] = callbacks
         plugins = trainer_cfg.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list) else [plugins]
@@ -189,6 +178,34 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
             print(
                 f"[vlm_lightning] evaluate it with:\n  python -m vlm_lightning test{cfg_arg} --ckpt_path {best}"
             )
+
+
+def default_callbacks(progress_bar: bool = True, logger: bool = True) -> list[Callback]:
+    """Every callback a run gets by default, one per type (the one table of defaults)."""
+    defaults: list[Callback] = [
+        PredictionWriter(),
+        PreemptionCheckpoint(),
+        NonFiniteGuard(action="stop"),
+        Throughput(),
+        TrainingCurves(),
+        RunSummary(),
+        PredictionTable(),
+    ]
+    if progress_bar:
+        defaults.append(StepProgressBar())
+    if logger:
+        defaults.append(LearningRateMonitor(logging_interval="step"))
+    return defaults
+
+
+def with_default_callbacks(callbacks: list[Callback], **kwargs: bool) -> list[Callback]:
+    """The user's callbacks plus each default whose type the user did not list (a listed one replaces it)."""
+    chosen = list(callbacks)
+    for default in default_callbacks(**kwargs):
+        kind = ProgressBar if isinstance(default, ProgressBar) else type(default)  # any bar replaces ours
+        if not any(isinstance(c, kind) for c in callbacks):
+            chosen.append(default)
+    return chosen
 
 
 def _check_base_model(ckpt_path: str, info: dict[str, Any], model_cfg: dict[str, Any]) -> None:

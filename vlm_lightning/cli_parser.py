@@ -75,8 +75,10 @@ class ConciseArgumentParser(LightningArgumentParser):
 
 
 def parser_kwargs() -> dict[str, Any]:
-    """Keyword arguments for LightningCLI's main parser."""
-    return {"prog": PROG}
+    """Keyword arguments for LightningCLI's main parser (its help lists every command)."""
+    from vlm_lightning.commands import usage
+
+    return {"prog": PROG, "description": "Fine-tune vision-language models on documents.", "epilog": usage()}
 
 
 __all__ = ["ConciseArgumentParser", "PROG", "parser_kwargs"]

@@ -33,16 +33,16 @@ from typing import Any
 
 import torch
 
+from vlm_lightning.checkpoint_io import CheckpointError, validate_checkpoint
 from vlm_lightning.library_noise import quiet_libraries
 from vlm_lightning.model_card import model_card
+from vlm_lightning.models.build import build_model
 from vlm_lightning.models.families import FamilyFacts, UnknownFamilyError
 from vlm_lightning.models.loading import (
     DTYPES,
     Dtype,
     ModelLoadError,
     family_of,
-    load_model,
-    load_processor,
 )
 from vlm_lightning.models.peft_setup import LoraSettings, apply_training_mode
 
@@ -79,11 +79,7 @@ class CheckpointInfo:
 def load_checkpoint(path: str | Path) -> CheckpointInfo:
     """Read a vlm_lightning checkpoint with ``torch.load(weights_only=True)`` (no arbitrary unpickling)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    # a LoraSettings dataclass (set from Python rather than the CLI) is the one non-tensor object allowed
-    with torch.serialization.safe_globals([LoraSettings]):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = validate_checkpoint(path)  # as --ckpt_path: missing, truncated, unsafe or foreign files refused
     info = ckpt.get("vlm_lightning")
     hparams = dict(ckpt.get("hyper_parameters") or {})
     if info is None or "name_or_path" not in hparams:
@@ -183,12 +179,16 @@ def rebuild_model(
         raise ExportError(f"checkpoint is a {info.family} run but {base} is a {facts.name} model")
     torch_dtype = resolve_dtype(info, device, dtype)
     dtype_name = next(k for k, v in DTYPES.items() if v == torch_dtype)
-    model = load_model(
+    built = build_model(
         base,
+        mode=None,  # the trained weights are loaded below; the base is never quantized here
         dtype=dtype_name,  # type: ignore[arg-type]
         attn_implementation=info.hparams.get("attn_implementation"),
         trust_remote_code=trust,
+        image_max_tokens=info.data_hparams.get("image_max_tokens"),
+        image_min_tokens=info.data_hparams.get("image_min_tokens"),
     )
+    model, processor = built.model, built.processor
     peft = info.mode in ("lora", "qlora")
     peft_sd, base_sd = _split_weights(info.state_dict, peft)
     if base_sd:
@@ -203,12 +203,6 @@ def rebuild_model(
     model.requires_grad_(False)
     model.eval()
     model.to(device)
-    processor = load_processor(
-        base,
-        image_max_tokens=info.data_hparams.get("image_max_tokens"),
-        image_min_tokens=info.data_hparams.get("image_min_tokens"),
-        trust_remote_code=trust,
-    )
     return model, processor, facts
 
 
@@ -369,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
             device=args.device,
             dtype=args.dtype,
         )
-    except (ExportError, UnknownFamilyError, OSError) as exc:
+    except (ExportError, CheckpointError, UnknownFamilyError, OSError) as exc:
         print(f"vlm_lightning.export: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     for name, path in written.items():

@@ -31,24 +31,23 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vlm_lightning.checkpoint_io import CheckpointError
 from vlm_lightning.data.datamodule import RecordDataset
 from vlm_lightning.data.records import DataValidationError, Record, image_problem, read_jsonl, record_from_row
 from vlm_lightning.export import EXPORT_INFO, ExportError, load_checkpoint, rebuild_model
 from vlm_lightning.generation import end_of_turn_ids, generate_batch
 from vlm_lightning.library_noise import quiet_libraries
+from vlm_lightning.models.build import build_model
 from vlm_lightning.models.families import FamilyFacts, UnknownFamilyError
 from vlm_lightning.models.loading import (
     Dtype,
     ModelLoadError,
     family_of,
-    load_model,
-    load_processor,
     make_collator,
 )
 
 DEFAULT_PROMPT = "Extract the information in this document as JSON."
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
 
 
 @dataclass
@@ -138,31 +137,22 @@ class Predictor:
             )
             defaults = info.training_defaults()
         else:
-            facts = family_of(model, trust_remote_code)
             if adapter:
-                _check_adapter(Path(adapter), model, facts.name)
-            net = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
-            source = model
+                _check_adapter(Path(adapter), model, family_of(model, trust_remote_code).name)
+            defaults = _read_defaults(adapter) or _read_defaults(model if Path(model).is_dir() else None)
+            built = build_model(
+                model,
+                mode=None,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                image_max_tokens=defaults.get("image_max_tokens"),
+                image_min_tokens=defaults.get("image_min_tokens"),
+            )
+            net, processor, facts = built.model, built.processor, built.facts
             if adapter:
                 from peft import PeftModel
 
                 net = PeftModel.from_pretrained(net, str(adapter))
-                if any((Path(adapter) / f).is_file() for f in PROCESSOR_FILES):
-                    source = str(adapter)
-            defaults = _read_defaults(adapter) or _read_defaults(model if Path(model).is_dir() else None)
-            if source == model:
-                processor = load_processor(
-                    model,
-                    image_max_tokens=defaults.get("image_max_tokens"),
-                    image_min_tokens=defaults.get("image_min_tokens"),
-                    trust_remote_code=trust_remote_code,
-                )
-            else:  # the exported processor already carries the run's image budget
-                from transformers import AutoProcessor
-
-                processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
-                if processor.tokenizer.pad_token is None:
-                    processor.tokenizer.pad_token = processor.tokenizer.eos_token
             net.to(device)
         if (image_max_tokens or image_min_tokens) and facts.set_image_tokens is not None:
             facts.set_image_tokens(processor, image_min_tokens, image_max_tokens)
@@ -385,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
             _batch(predictor, args, settings)
     except (
         DataValidationError,
+        CheckpointError,
         ExportError,
         ModelLoadError,
         UnknownFamilyError,

@@ -18,21 +18,17 @@ from torchmetrics import MeanMetric
 
 from vlm_lightning.generation import end_of_turn_ids, generate_batch
 from vlm_lightning.loss import causal_lm_loss, fusable_head, labelled_positions, labelled_rows
+from vlm_lightning.metrics import build_metrics
 from vlm_lightning.models.acceleration import (
     compile_decoder_layers,
     compile_vision_layers,
     skip_lora_input_cast,
 )
+from vlm_lightning.models.build import build_model
 from vlm_lightning.models.families import FamilyFacts
-from vlm_lightning.models.loading import Dtype, family_of, load_model, load_processor
-from vlm_lightning.models.peft_setup import (
-    LoraSettings,
-    Mode,
-    apply_training_mode,
-    parameter_report,
-    qlora_config,
-)
-from vlm_lightning.models.sync_free import split_host_inputs, use_host_shapes
+from vlm_lightning.models.loading import Dtype
+from vlm_lightning.models.peft_setup import LoraSettings, Mode, parameter_report
+from vlm_lightning.models.sync_free import split_host_inputs
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -106,37 +102,30 @@ class VLMFineTuner(L.LightningModule):
             self.hparams["name_or_path"] = os.path.abspath(name_or_path)
         self.lora = lora or LoraSettings()
         self.optimizer_factory = optimizer
-        self.facts: FamilyFacts = family_of(name_or_path, trust_remote_code)
-        self.processor = load_processor(name_or_path, trust_remote_code=trust_remote_code)
-        self.tokenizer = self.processor.tokenizer
-        self.stop_ids = end_of_turn_ids(self.tokenizer, self.facts.end_of_turn)
-        base = load_model(
+        names = list(metrics or ["exact_match"])
+        self.val_metrics = build_metrics(names)  # an unknown name fails before the model loads
+        self.test_metrics = build_metrics(names)
+        built = build_model(
             name_or_path,
-            dtype=dtype,
-            quantization=qlora_config() if mode == "qlora" else None,
-            attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code,
-        )
-        use_host_shapes(base, self.facts)  # with host_inputs on the CPU: no sync per image
-        self.model = apply_training_mode(
-            base,
-            self.facts,
-            mode,
-            self.lora,
+            mode=mode,
+            lora=self.lora,
             train_vision=train_vision,
             train_projector=train_projector,
             gradient_checkpointing=gradient_checkpointing and not compile_language_model,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
         )
+        self.facts: FamilyFacts = built.facts
+        self.processor = built.processor  # for the tokenizer (the data module's carries the image budget)
+        self.tokenizer = self.processor.tokenizer
+        self.stop_ids = end_of_turn_ids(self.tokenizer, self.facts.end_of_turn)
+        self.model = built.model
         self.model.train()
         self.trainable, self.total, summary = parameter_report(self.model)
         log.info("%s", summary)
         print(f"[vlm_lightning] {self.facts.name} {mode}: {summary}")
         self.strict_loading = False
-        from vlm_lightning.metrics import build_metrics
-
-        names = list(metrics or ["exact_match"])
-        self.val_metrics = build_metrics(names)
-        self.test_metrics = build_metrics(names)
         self.val_loss = _TokenMean()
         self.train_token_acc = MeanMetric()
         self.val_token_acc = _TokenMean()

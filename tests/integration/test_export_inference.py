@@ -251,7 +251,13 @@ def test_export_refuses_foreign_checkpoint(tmp_path, capsys) -> None:  # noqa: A
     torch.save({"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": {}}, ckpt)
     with pytest.raises(SystemExit):
         export_main(["--ckpt", str(ckpt), "--out", str(tmp_path / "o")])
-    assert "not written by vlm_lightning" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is not a Lightning checkpoint" in err and "Traceback" not in err  # validated as --ckpt_path is
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(SystemExit):
+        export_main(["--ckpt", str(truncated), "--out", str(tmp_path / "o")])
+    assert "is truncated or corrupt" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -271,3 +277,24 @@ def test_infer_adapter_onto_a_base_of_another_family_is_one_clear_error(
     with pytest.raises(SystemExit):  # a folder that is no adapter at all
         infer_main(["--model", str(run["model"]), "--adapter", str(tmp_path), "--image", str(image)])
     assert "is not a PEFT adapter folder (no adapter_config.json)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_training_export_and_inference_build_the_same_model(run) -> None:  # noqa: ANN001
+    """One model build: the same module tree and the same logits from the module, export and inference."""
+    from vlm_lightning.export import load_checkpoint, rebuild_model
+    from vlm_lightning.inference import Predictor
+    from vlm_lightning.module import VLMFineTuner
+
+    module = VLMFineTuner.load_from_checkpoint(run["best"], map_location="cpu").eval()
+    exported, _, _ = rebuild_model(load_checkpoint(run["best"]), device="cpu")
+    predictor = Predictor.load(str(run["model"]), ckpt=run["best"], device="cpu")
+
+    def tree(model: torch.nn.Module) -> list[tuple[str, str]]:
+        return [(name, type(m).__name__) for name, m in model.named_modules()]
+
+    assert tree(module.model) == tree(exported) == tree(predictor.model)
+    batch = run["cli"].datamodule.collator([run["cli"].datamodule.datasets["val"][0]])
+    with torch.no_grad():
+        logits = [m(**batch["inputs"]).logits for m in (module.model, exported, predictor.model)]
+    assert torch.equal(logits[0], logits[1]) and torch.equal(logits[0], logits[2])

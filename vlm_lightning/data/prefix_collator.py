@@ -15,12 +15,27 @@ from PIL import Image
 from vlm_lightning.data.collator import IGNORE_INDEX, SampleTooLongError, too_long_message
 from vlm_lightning.data.records import Record
 from vlm_lightning.models.families import FamilyFacts
+from vlm_lightning.setting_error import SettingError
 
 
 def prefix_prompt(record: Record, image_token: str = "<image>") -> str:
-    """``<image>`` per image, then the system text (if any) and the user turns, one per line."""
-    parts = [m["content"] for m in record.messages if m["role"] in ("system", "user")]
+    """``<image>`` per image, then every turn before the final answer (system, user, earlier answers), one per
+    line: the prefix format has no turn markers, so earlier answers are context, never targets."""
+    parts = [m["content"] for m in record.prompt_messages]
     return image_token * len(record.images) + "\n".join(parts)
+
+
+def unlearnable_turns(record: Record, mask: str) -> str | None:
+    """Why ``mask`` cannot be honoured for ``record`` in the prompt + suffix format, or None."""
+    answers = sum(m["role"] == "assistant" for m in record.messages)
+    if mask == "assistant" and answers > 1:
+        return (
+            f"sample '{record.id}' ({record.meta.get('source', '?')}:{record.meta.get('line', record.meta.get('row', '?'))}) "
+            f"has {answers} assistant turns, but this family's prompt + suffix format learns only the final answer: "
+            "data.mask assistant cannot train the earlier ones; set --data.mask last (earlier turns stay in the "
+            "prompt as context)"
+        )
+    return None
 
 
 class PrefixSuffixCollator:
@@ -39,6 +54,7 @@ class PrefixSuffixCollator:
         self.tokenizer = processor.tokenizer
         self.facts = facts
         self.max_length = max_length
+        self.mask = mask
         self.pad_to_multiple_of = pad_to_multiple_of
         self.truncate_answers = truncate_answers
         self.image_tokens = int(getattr(processor, "image_seq_length", 0))
@@ -69,8 +85,9 @@ class PrefixSuffixCollator:
         return [list(imgs) for _, imgs in items]
 
     def lengths(self, items: Sequence[tuple[Record, list[Image.Image]]], problems: list[str]) -> list[int]:
-        """Token lengths of samples; too-long samples are added to ``problems``."""
+        """Token lengths of samples; too-long samples (and ``data.mask`` it cannot honour) go to ``problems``."""
         records = [r for r, _ in items]
+        problems.extend(reason for r in records if (reason := unlearnable_turns(r, self.mask)))
         full = self.processor(
             text=[prefix_prompt(r, self.image_token) for r in records],
             images=self._images(items),
@@ -107,6 +124,8 @@ class PrefixSuffixCollator:
         With answers, the processor runs once (prompt + suffix) and the generation prompts are cut from
         that batch; without (predict), it runs once on the prompts, left-padded."""
         records = [r for r, _ in items]
+        if reason := next((why for r in records if (why := unlearnable_turns(r, self.mask))), None):
+            raise SettingError(reason)
         prompts = [prefix_prompt(r, self.image_token) for r in records]
         images = self._images(items)
         out: dict[str, Any] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -56,7 +57,15 @@ def _check_remote_code(name_or_path: str, trust_remote_code: bool) -> None:
 
 
 def family_of(name_or_path: str, trust_remote_code: bool = False) -> FamilyFacts:
-    """The family facts of a checkpoint, from its config's ``model_type``."""
+    """The family facts of a checkpoint, from its config's ``model_type`` (read once per config file)."""
+    config_file = Path(name_or_path) / "config.json"
+    stamp = config_file.stat().st_mtime_ns if config_file.is_file() else None
+    return family_for_model_type(_model_type(name_or_path, trust_remote_code, stamp))
+
+
+@functools.lru_cache(maxsize=32)
+def _model_type(name_or_path: str, trust_remote_code: bool, stamp: int | None) -> str:
+    """``config.model_type``; ``stamp`` (the local config's mtime) keys the cache, so a rewritten file is re-read."""
     from transformers import AutoConfig
 
     _check_remote_code(name_or_path, trust_remote_code)
@@ -64,7 +73,7 @@ def family_of(name_or_path: str, trust_remote_code: bool = False) -> FamilyFacts
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise _explain(name_or_path, exc) from exc
-    return family_for_model_type(config.model_type)
+    return config.model_type
 
 
 def load_processor(

@@ -1,0 +1,30 @@
+"""One entry point: ``python -m vlm_lightning <command>`` runs the trainer commands and every tool."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from vlm_lightning.commands import TOOLS, main
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_each_tool_has_help_under_the_one_entry_point(tool: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([tool, "--help"])
+    assert info.value.code == 0
+    assert "usage: python -m vlm_lightning" in capsys.readouterr().out
+
+
+def test_top_level_help_lists_every_command() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlm_lightning", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = " ".join(proc.stdout.split())
+    assert "usage: python -m vlm_lightning" in text
+    for name in (*TOOLS, "fit", "test"):
+        assert name in text
+    assert "Warning" not in proc.stderr

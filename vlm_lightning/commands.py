@@ -1,0 +1,46 @@
+"""The one command table of ``python -m vlm_lightning <command>``.
+
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI subcommands (``vlm_lightning.cli``); the tools
+below run their own parsers. ``python -m vlm_lightning.export`` and the other module forms keep working.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: command -> (module with ``main(argv)``, one-line description)
+TOOLS: dict[str, tuple[str, str]] = {
+    "export": ("vlm_lightning.export", "write a PEFT adapter / merged model folder from a checkpoint"),
+    "infer": ("vlm_lightning.inference", "generate for images with a base model, adapter or checkpoint"),
+    "compare": ("vlm_lightning.evaluation.compare", "baseline vs fine-tuned test metrics on the same split"),
+    "tiny": ("vlm_lightning.models.tiny", "build an offline tiny replica of a model family"),
+    "synthetic": ("vlm_lightning.data.synthetic.__main__", "generate synthetic documents (receipts, ...)"),
+}
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def usage() -> str:
+    """The command list shown by ``python -m vlm_lightning --help`` (one paragraph: the formatter wraps it)."""
+    tools = "; ".join(f"{name}: {text}" for name, (_, text) in TOOLS.items())
+    return (
+        f"Trainer commands: {', '.join(TRAINER_COMMANDS)} (python -m vlm_lightning fit --help). "
+        f"Tools (python -m vlm_lightning <tool> --help): {tools}."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Dispatch to a tool, or to LightningCLI for the trainer commands."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in TOOLS:
+        module, _ = TOOLS[args[0]]
+        sys.argv[0] = f"python -m vlm_lightning {args[0]}"  # the tool's usage line names this command
+        result = importlib.import_module(module).main(args[1:])
+        raise SystemExit(result if isinstance(result, int) else 0)
+    from vlm_lightning.cli import main as trainer_main
+
+    trainer_main(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
+
+
+__all__ = ["TOOLS", "TRAINER_COMMANDS", "main", "usage"]
