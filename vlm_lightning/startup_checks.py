@@ -54,11 +54,6 @@ def check_run_folder(root: str) -> None:
         ) from None
 
 
-def _where(record: Record) -> str:
-    meta = record.meta
-    return f"{meta.get('source', '?')}:{meta.get('line', meta.get('row', '?'))}"
-
-
 def check_metrics_fit_answers(metric_names: Sequence[str], splits: Mapping[str, list[Record]]) -> None:
     """Refuse JSON metrics (``json``, ``receipt``, ``tree``) on splits whose answers are not JSON."""
     from vlm_lightning.metrics import METRICS
@@ -76,7 +71,7 @@ def check_metrics_fit_answers(metric_names: Sequence[str], splits: Mapping[str, 
                     plain.append((record, answer))
                     break
         if plain:
-            shown = "; ".join(f"{_where(r)} {a[:40]!r}" for r, a in plain[:3])
+            shown = "; ".join(f"{r.where} {a[:40]!r}" for r, a in plain[:3])
             raise SettingError(
                 f"model.metrics {needing} compare JSON answers, but {len(plain)} of {len(records)} rows of "
                 f"data.{split} have plain-text answers (e.g. {shown}): choose metrics for text answers "

@@ -30,7 +30,7 @@ class SampleTooLongError(ValueError):
 def too_long_message(record: Record, length: int, prompt_len: int, max_length: int, what: str) -> str:
     """The one message every collator gives for a sample that does not fit ``max_length``."""
     return (
-        f"sample '{record.id}' ({record.meta.get('source', '?')}:{record.meta.get('line', '?')}) needs "
+        f"sample '{record.id}' ({record.where}) needs "
         f"{length} tokens (prompt with images: {prompt_len}); max_length={max_length} would cut {what}. "
         f"Raise data.max_length to at least {length} or lower the image token budget (data.image_max_tokens)."
     )

@@ -146,11 +146,8 @@ class RecordDataset(Dataset):
             try:
                 im = load_image(image)
             except Exception as exc:
-                where = (
-                    f"{record.meta.get('source', '?')}:{record.meta.get('line', record.meta.get('row', '?'))}"
-                )
                 raise ImageLoadError(
-                    f"{where}: sample '{record.id}': cannot load image {image}: {exc}"
+                    f"{record.where}: sample '{record.id}': cannot load image {image}: {exc}"
                 ) from exc
             if self.max_image_side or self.contrast != 1.0 or self.sharpness != 1.0:
                 from vlm_lightning.data.enhance import enhance

@@ -30,7 +30,7 @@ def unlearnable_turns(record: Record, mask: str) -> str | None:
     answers = sum(m["role"] == "assistant" for m in record.messages)
     if mask == "assistant" and answers > 1:
         return (
-            f"sample '{record.id}' ({record.meta.get('source', '?')}:{record.meta.get('line', record.meta.get('row', '?'))}) "
+            f"sample '{record.id}' ({record.where}) "
             f"has {answers} assistant turns, but this family's prompt + suffix format learns only the final answer: "
             "data.mask assistant cannot train the earlier ones; set --data.mask last (earlier turns stay in the "
             "prompt as context)"

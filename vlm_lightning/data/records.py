@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 Role = Literal["system", "user", "assistant"]
 ImageLike = str | Path | Image.Image
 
-IMAGE_KEYS = ("image", "image_path", "images")
-QUESTION_KEYS = ("question", "prompt")
+# the one alias table of every source (JSONL rows and dataset columns)
+IMAGE_KEYS = ("image", "image_path", "images", "img")
+QUESTION_KEYS = ("question", "query", "prompt")
 ANSWER_KEYS = ("answer", "response", "answers")
 DOC_TYPE_KEYS = ("doc_type", "document_type", "question_type")
 KNOWN_KEYS = frozenset(
@@ -46,6 +47,16 @@ class Record:
     answers: list[str]
     target: Any = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        """Where the sample came from, for messages: ``file.jsonl:LINE`` or ``dataset:split row N``."""
+        source = self.meta.get("source", "?")
+        if "line" in self.meta:
+            return f"{source}:{self.meta['line']}"
+        if "row" in self.meta:
+            return f"{source} row {self.meta['row']}"
+        return str(source)
 
     @property
     def prompt_messages(self) -> list[dict[str, str]]:
@@ -182,8 +193,15 @@ def record_from_row(
     check_images: bool = True,
     restrict_to_root: bool = False,
     require_answer: bool = True,
+    images: list[ImageLike] | None = None,
+    position: Literal["line", "row"] = "line",
+    default_id: str | None = None,
 ) -> tuple[Record | None, list[RowProblem]]:
-    """Turn one parsed JSONL row into a Record, or return every problem found in it."""
+    """Turn one row into a Record, or return every problem found in it.
+
+    The one row -> Record path: JSONL lines call it directly; dataset rows whose conversation is a
+    ``messages`` column call it with their already decoded ``images`` and ``position="row"``.
+    """
     problems: list[RowProblem] = []
 
     def bad(fld: str, reason: str) -> None:
@@ -193,19 +211,22 @@ def record_from_row(
         bad("<row>", f"expected a JSON object, got {type(row).__name__}")
         return None, problems
 
-    rid = row.get("id", f"{Path(source).stem}-{line}")
+    rid = row.get("id", default_id or f"{Path(source).stem}-{line}")
     if not isinstance(rid, (str, int)) or isinstance(rid, bool):
         bad("id", f"expected a string or integer, got {type(rid).__name__}")
     rid = str(rid)
 
-    # images
-    images: list[ImageLike] = []
-    given_images = [k for k in IMAGE_KEYS if row.get(k) is not None]
+    # images (already decoded ones come from a dataset's image column)
+    given = images
+    images = []
+    given_images = [k for k in IMAGE_KEYS if row.get(k) is not None] if given is None else []
     for extra in given_images[1:]:
         bad(extra, f"given together with '{given_images[0]}': keep one image field (a list goes in 'images')")
-    ikey, ival = _first(row, IMAGE_KEYS)
-    if ikey is None:
-        bad("image", "missing (one of 'image', 'image_path', 'images')")
+    ikey, ival = _first(row, IMAGE_KEYS) if given is None else ("<decoded>", None)
+    if given is not None:
+        images = list(given)
+    elif ikey is None:
+        bad("image", f"missing (one of {', '.join(repr(k) for k in IMAGE_KEYS)})")
     else:
         values = ival if isinstance(ival, list) else [ival]
         if not values:
@@ -298,7 +319,7 @@ def record_from_row(
 
     if problems:
         return None, problems
-    meta = {"source": source, "line": line}
+    meta: dict[str, Any] = {"source": source, position: line}
     for key in DOC_TYPE_KEYS:
         if key in row:
             meta["doc_type"] = row[key]

@@ -22,7 +22,17 @@ from typing import Any
 from PIL import Image
 
 from vlm_lightning.data.image_modes import UnsupportedImageError, to_rgb
-from vlm_lightning.data.records import ImageLike, Record, RowProblem, compact_json, image_problem, read_jsonl
+from vlm_lightning.data.records import (
+    IMAGE_KEYS,
+    QUESTION_KEYS,
+    ImageLike,
+    Record,
+    RowProblem,
+    compact_json,
+    image_problem,
+    read_jsonl,
+    record_from_row,
+)
 from vlm_lightning.setting_error import SettingError
 
 JSONL_DEFAULT_PROMPT = "Extract the information in this document as JSON."
@@ -242,7 +252,7 @@ def _prompt_text(template: str, question: str | None) -> str:
     return f"{question}\n{template}" if template.strip() else question
 
 
-_IMAGE = ("image", "images", "img")
+_IMAGE = IMAGE_KEYS  # the one alias table (records.py), shared with JSONL rows
 _QA_ID = ("questionId", "question_id", "qid", "id")
 
 ADAPTERS: dict[str, Adapter] = {
@@ -250,7 +260,7 @@ ADAPTERS: dict[str, Adapter] = {
         "generic",
         fields={
             "image": _IMAGE,
-            "question": ("question", "query", "prompt"),
+            "question": QUESTION_KEYS,
             "answer": ("answer", "answers", "label", "response", "text"),
             "target": ("target", "ground_truth"),
             "id": ("id",),
@@ -557,6 +567,12 @@ def records_from_dataset(
     Rows without an id column get ``{id_prefix}-{row}`` (default: dataset stem and split).
     """
     adapter = get_adapter(adapter) if isinstance(adapter, str) else adapter
+    if adapter.name == "generic" and "messages" in dataset.column_names and not columns:
+        if limit is not None:
+            dataset = dataset.select(range(min(limit, len(dataset))))
+        return _conversation_records(
+            dataset, source, id_prefix or _id_prefix(source), default_prompt, default_system, require_answer
+        )
     resolved = resolve_columns(adapter, dataset.column_names, columns, source, require_answer)
     template = _resolve_prompt(adapter, resolved, prompt, default_prompt)
     if limit is not None:
@@ -578,6 +594,51 @@ def records_from_dataset(
             problems.extend(
                 RowProblem(source, index, resolved.get(e.field, e.field), e.reason) for e in exc.errors
             )
+    if not records and not problems:
+        problems.append(RowProblem(source, 0, "<dataset>", "no rows"))
+    return records, problems
+
+
+def _conversation_records(
+    dataset: Any,
+    source: str,
+    id_prefix: str,
+    default_prompt: str,
+    default_system: str | None,
+    require_answer: bool,
+) -> tuple[list[Record], list[RowProblem]]:
+    """Rows holding a ``messages`` conversation, through the same ``record_from_row`` as JSONL lines."""
+    image_column = next((c for c in IMAGE_KEYS if c in dataset.column_names), None)
+    if image_column is None:
+        raise SettingError(
+            f"{source}: a 'messages' dataset needs an image column (one of {', '.join(IMAGE_KEYS)}); "
+            f"its columns are: {', '.join(dataset.column_names)}"
+        )
+    dataset = _undecoded_images(dataset, image_column)
+    records: list[Record] = []
+    problems: list[RowProblem] = []
+    for index, row in enumerate(dataset):
+        try:
+            images = _images(row[image_column])
+        except RowError as exc:
+            problems.append(RowProblem(source, index, image_column, exc.reason))
+            continue
+        fields_ = {k: v for k, v in row.items() if k != image_column and v is not None}
+        record, row_problems = record_from_row(
+            fields_,
+            source=source,
+            line=index,
+            root=Path("."),
+            default_prompt=default_prompt,
+            default_system=default_system,
+            require_answer=require_answer,
+            images=images,
+            position="row",
+            default_id=f"{id_prefix}-{index}",
+        )
+        problems.extend(row_problems)
+        if record is not None:
+            records.append(record)
     if not records and not problems:
         problems.append(RowProblem(source, 0, "<dataset>", "no rows"))
     return records, problems
