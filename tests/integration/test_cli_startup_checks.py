@@ -95,7 +95,7 @@ def test_bad_settings_stop_before_the_model_loads(
     def no_model(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("the model was loaded before the settings were checked")
 
-    monkeypatch.setattr("vlm_lightning.module.load_model", no_model)
+    monkeypatch.setattr("vlm_lightning.models.build.load_model", no_model)
     extra, message = CASES[case]
     (tmp_path / "afile").write_text("")
     images = tmp_path / "imgf"
