@@ -38,6 +38,12 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint does not belong to this model / training mode."""
 
 
+def compile_by_default(mode: str = "lora") -> bool:
+    """Whether ``compile_language_model=None`` compiles: on CUDA, yes (the fast path is the default), except
+    for 4-bit QLoRA bases, whose bitsandbytes layers have not been measured compiled (opt in with ``true``)."""
+    return torch.cuda.is_available() and mode != "qlora"
+
+
 def _default_optimizer(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0, **kwargs)
 
@@ -61,9 +67,11 @@ class VLMFineTuner(L.LightningModule):
         trust_remote_code: allow models whose code lives in their hub repository (off by default).
         usd_per_gpu_hour: price used to report the cost per 1,000 images in test reports.
         compile_language_model: ``torch.compile`` each decoder layer of the language model for training
-            and loss evaluation (regional compilation; set ``data.pad_to_multiple_of`` so that few shapes
-            occur); generation and the loss head stay eager.
-        compile_vision_tower: also compile each encoder layer of the frozen vision tower (forward only).
+            and loss evaluation (regional compilation; ``data.pad_to_multiple_of`` keeps the shapes few);
+            generation and the loss head stay eager. ``None`` (the default): on when CUDA is available
+            (except QLoRA), off otherwise — the fast path is the default on GPUs; the first steps compile.
+        compile_vision_tower: also compile each encoder layer of the frozen vision tower (forward only);
+            ``None``: as ``compile_language_model`` resolves.
         merge_lora_for_generation: generate with each LoRA projection folded into one temporary merged
             linear layer (faster decoding; the trained weights are untouched; needs memory for one copy of
             the merged weights; 4-bit QLoRA bases keep the adapter path).
@@ -92,12 +100,18 @@ class VLMFineTuner(L.LightningModule):
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
         usd_per_gpu_hour: float | None = None,
-        compile_language_model: bool = False,
-        compile_vision_tower: bool = False,
+        compile_language_model: bool | None = None,
+        compile_vision_tower: bool | None = None,
         merge_lora_for_generation: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
+        self.compiled_layers = (
+            compile_language_model if compile_language_model is not None else compile_by_default(mode)
+        )
+        self.compiled_vision = (
+            compile_vision_tower if compile_vision_tower is not None else self.compiled_layers
+        )
         if os.path.isdir(name_or_path):  # checkpoints name their base model wherever they are used from
             self.hparams["name_or_path"] = os.path.abspath(name_or_path)
         self.lora = lora or LoraSettings()
@@ -111,7 +125,7 @@ class VLMFineTuner(L.LightningModule):
             lora=self.lora,
             train_vision=train_vision,
             train_projector=train_projector,
-            gradient_checkpointing=gradient_checkpointing and not compile_language_model,
+            gradient_checkpointing=gradient_checkpointing and not self.compiled_layers,
             dtype=dtype,
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
@@ -296,12 +310,19 @@ class VLMFineTuner(L.LightningModule):
         if precision.endswith("-mixed") and not getattr(self, "_lora_cast_skipped", False):
             skip_lora_input_cast(self.model)
             self._lora_cast_skipped = True
-        if self.hparams.compile_language_model and not getattr(self, "_compiled", False):
-            compile_decoder_layers(
+        if self.compiled_layers and not getattr(self, "_compiled", False):
+            n = compile_decoder_layers(
                 self.model, self.facts, recompute_activations=self.hparams.gradient_checkpointing
             )
             self._compiled = True
-        if self.hparams.compile_vision_tower and not getattr(self, "_vision_compiled", False):
+            if self._trainer is not None and self.trainer.is_global_zero:
+                print(
+                    f"[vlm_lightning] torch.compile of {n} decoder layers"
+                    + (" and the vision tower's layers" if self.compiled_vision else "")
+                    + ": the first steps compile (about 10-80 s, cached on disk for later runs); "
+                    "--model.compile_language_model false turns it off"
+                )
+        if self.compiled_vision and not getattr(self, "_vision_compiled", False):
             compile_vision_layers(self.model, self.facts)
             self._vision_compiled = True
 

@@ -108,6 +108,11 @@ def test_cli_fit_and_test_on_gpu(tiny_replica, tmp_path: Path) -> None:  # noqa:
     cli = build_cli(["fit", *common, "--trainer.max_steps", "4"])
     best = Path(cli.trainer.log_dir) / "best.ckpt"
     assert best.is_file()
+    # the fast path is the default on CUDA: compiled decoder + vision layers, batches padded to x64, grouped
+    assert cli.model.compiled_layers and cli.model._compiled and cli.model._vision_compiled
+    assert cli.datamodule.pad_to_multiple_of == 64 and cli.datamodule.group_by_length
+    batch = cli.datamodule.collator([cli.datamodule.datasets["train"][0]])
+    assert batch["inputs"]["input_ids"].shape[1] % 64 == 0
     test = build_cli(["test", *common, "--ckpt_path", str(best)])
     assert (Path(test.trainer.log_dir) / "predictions.jsonl").is_file()
 

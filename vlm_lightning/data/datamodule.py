@@ -101,6 +101,9 @@ def _report_cut_answers(split: str, cut: list[tuple[str, int, int]]) -> None:
     )
 
 
+FAST_PATH_PAD_MULTIPLE = 64
+
+
 class ImageLoadError(RuntimeError):
     """An image could not be loaded while batching; names the file and row."""
 
@@ -198,8 +201,10 @@ class DocumentDataModule(L.LightningDataModule):
             without cutting image or prompt tokens (their lengths are kept for length-aware batching).
         on_bad_row: ``error`` stops with every problem listed; ``skip`` drops those rows, reports the count
             and writes the list next to the run.
-        pad_to_multiple_of: pad batches to a multiple of this length (static shapes for compiled kernels).
-        group_by_length: draw each training step's batches (all ranks together) from samples of similar
+        pad_to_multiple_of: pad batches to a multiple of this length (static shapes for compiled kernels);
+            ``auto`` (the default): 64 when CUDA is available (where layers are compiled by default), else none.
+        group_by_length: ``None`` (the default): on when CUDA is available. Draw each training step's batches
+            (all ranks together) from samples of similar
             length: less padding, and under DDP no rank waits for one with longer samples. Uses the
             lengths of ``check_lengths``; the order stays random between groups and resumable.
         num_workers: dataloader workers (processor work happens in them).
@@ -235,8 +240,8 @@ class DocumentDataModule(L.LightningDataModule):
         check_lengths: bool = True,
         leakage: Literal["error", "warn", "off"] = "error",
         restrict_image_paths: bool = False,
-        pad_to_multiple_of: int | None = None,
-        group_by_length: bool = False,
+        pad_to_multiple_of: int | Literal["auto"] | None = "auto",
+        group_by_length: bool | None = None,
         num_workers: int = 0,
         trust_remote_code: bool = False,
         seed: int = 0,
@@ -259,6 +264,23 @@ class DocumentDataModule(L.LightningDataModule):
         self.train_position = StreamPosition()
         self._prepared: set[str | None] = set()
         self._lengths_checked: set[str | None] = set()
+
+    # --- the fast path's defaults -----------------------------------------------------------
+    @property
+    def pad_to_multiple_of(self) -> int | None:
+        """``data.pad_to_multiple_of`` with ``auto`` resolved (64 on CUDA, where layers compile by default)."""
+        value = self.hparams.pad_to_multiple_of
+        if value == "auto":
+            return FAST_PATH_PAD_MULTIPLE if torch.cuda.is_available() else None
+        return value
+
+    @property
+    def group_by_length(self) -> bool:
+        """``data.group_by_length`` with ``None`` resolved (on when CUDA is available and lengths are known)."""
+        value = self.hparams.group_by_length
+        if value is None:
+            return torch.cuda.is_available() and self.hparams.check_lengths
+        return bool(value)
 
     # --- processor and collator -------------------------------------------------------------
     @property
@@ -291,7 +313,7 @@ class DocumentDataModule(L.LightningDataModule):
                 family_of(self._require_processor_name(), trust_remote_code=self.hparams.trust_remote_code),
                 max_length=self.hparams.max_length,
                 mask=self.hparams.mask,
-                pad_to_multiple_of=self.hparams.pad_to_multiple_of,
+                pad_to_multiple_of=self.pad_to_multiple_of,
             )
         return self._collator
 
@@ -503,7 +525,7 @@ class DocumentDataModule(L.LightningDataModule):
 
             world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
             lengths = None
-            if self.hparams.group_by_length:
+            if self.group_by_length:
                 if dataset.lengths is None:
                     raise SettingError(
                         "data.group_by_length needs the sample lengths: keep data.check_lengths on"
