@@ -73,7 +73,11 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         names = list(model.get("metrics") or ["exact_match"])
         build_metrics(names)  # an unknown name is a SettingError listing the known ones
         data = DocumentDataModule(**(_plain(section.get("data")) or {}))
-        data.prepare(subcommand)  # rows validated now, not after the model has loaded
+        trainer = _plain(section.get("trainer")) or {}
+        if _single_process(trainer):
+            data.setup(subcommand)  # one process: rows and token lengths checked before the model loads
+        else:
+            data.prepare(subcommand)  # rows now; lengths once the ranks' process group exists
         self._prepared_data = data
         scored = {"fit": "val", "validate": "val", "test": "test"}.get(subcommand)
         records = data.datasets[scored].records if scored in data.datasets else []
@@ -178,6 +182,19 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
             print(
                 f"[vlm_lightning] evaluate it with:\n  python -m vlm_lightning test{cfg_arg} --ckpt_path {best}"
             )
+
+
+def _single_process(trainer: dict[str, Any]) -> bool:
+    """Whether the trainer settings run one process (then the data can be fully checked before the model)."""
+    if int(trainer.get("num_nodes") or 1) != 1:
+        return False
+    devices = trainer.get("devices", "auto")
+    if str(devices) == "auto":
+        gpu = str(trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
+        return not (gpu and torch.cuda.is_available() and torch.cuda.device_count() > 1)
+    if isinstance(devices, list | tuple):
+        return len(devices) == 1
+    return str(devices) in ("1", "-1") and (str(devices) == "1" or torch.cuda.device_count() <= 1)
 
 
 def default_callbacks(progress_bar: bool = True, logger: bool = True) -> list[Callback]:

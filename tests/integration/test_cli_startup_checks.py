@@ -80,6 +80,15 @@ CASES = {
         ["fit", "--data.augment", "[{{name: GaussNoize}}]", "--data.augment_copies", "1"],
         "unknown albumentations transform 'GaussNoize'. Did you mean",
     ),
+    "row budget without packing": (
+        ["fit", "--data.max_tokens_per_row", "512"],
+        "data.max_tokens_per_row is set but data.packing is false: set --data.packing true",
+    ),
+    "row budget below the longest sample": (
+        ["fit", "--data.packing", "true", "--data.max_tokens_per_row", "20", "--data.max_length", "400",
+         "--data.image_max_tokens", "16"],
+        "data.max_tokens_per_row 20 is smaller than sample 'train-",
+    ),
     "option typo": (["fit", "--data.bach_size", "2"], "--data.bach_size 2 (did you mean data.batch_size?)"),
     "unknown nested option": (
         ["fit", "--model.lora.rank", "8"],
@@ -114,6 +123,39 @@ def test_bad_settings_stop_before_the_model_loads(
     err = capsys.readouterr().err
     assert "vlm_lightning: error: " in err and message in err, err[-2000:]
     assert "Traceback" not in err
+
+
+def test_packing_is_refused_for_a_family_that_cannot_keep_samples_apart(
+    tiny_replica, data, tmp_path, monkeypatch, capsys
+) -> None:  # noqa: ANN001
+    def no_model(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr("vlm_lightning.models.build.load_model", no_model)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", *_args(tiny_replica("lfm2_vl"), data, tmp_path), "--data.packing", "true"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "data.packing cannot be used with lfm2_vl: LFM2's short convolutions" in err
+    assert "Set --data.packing false" in err
+
+
+def test_packed_fit_trains_and_evaluates_unpacked(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
+    from vlm_lightning.cli import build_cli
+
+    args = [*_args(tiny_replica("qwen2_vl"), data, tmp_path), "--trainer.max_steps", "3", "--data.packing", "true",
+            "--data.batch_size", "3", "--data.max_length", "400", "--data.image_max_tokens", "16",
+            "--model.generate_max_new_tokens", "4", "--trainer.enable_progress_bar", "false",
+            "--trainer.log_every_n_steps", "1"]  # fmt: skip
+    cli = build_cli(["fit", *args])
+    assert cli.trainer.global_step == 3
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    assert batch["inputs"]["input_ids"].shape[0] == 1 and "attention_mask" not in batch["inputs"]
+    assert len(batch["packed_segments"][0]) == 3  # three samples in one row, no padding between them
+    val = next(iter(cli.datamodule.val_dataloader()))
+    assert "packed_segments" not in val and "generation_inputs" in val  # evaluation stays unpacked
+    logged = (next(tmp_path.glob("version_*")) / "metrics.csv").read_text()
+    assert "train/loss" in logged and "nan" not in logged.lower()
 
 
 def test_a_logger_whose_package_is_missing_says_what_to_install(tiny_replica, data, tmp_path, capsys) -> None:  # noqa: ANN001

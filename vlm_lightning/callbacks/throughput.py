@@ -43,7 +43,11 @@ class Throughput(Callback):
                 self._steps_at_start = step
             return
         self._samples += int(batch["labels"].shape[0])
-        self._tokens = self._tokens + batch["inputs"]["attention_mask"].sum()
+        packed = batch.get("packed_segments")
+        if packed is not None:  # packed rows: the real tokens are the samples' lengths (host numbers)
+            self._tokens = self._tokens + sum(sum(row) for row in packed) - batch.get("row_padding", 0)
+        else:
+            self._tokens = self._tokens + batch["inputs"]["attention_mask"].sum()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._start is None:

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from vlm_lightning.data.masking import MaskStrategy, labels_from_segments, segment_conversation
+from vlm_lightning.data.packing import pack_rows, packed_tensors
 from vlm_lightning.data.patch_padding import trim_patch_padding
 from vlm_lightning.data.records import Record
 from vlm_lightning.models.families import FamilyFacts
@@ -208,6 +209,30 @@ class ChatCollator:
             "inputs": inputs,
             "labels": labels,
             "generation_inputs": self._left_padded_prompts(samples, image_tensors),
+            "ids": [r.id for r in records],
+            "answers": [list(r.answers) for r in records],
+            "prompts": [r.prompt_text for r in records],
+            "meta": [dict(r.meta) for r in records],
+        }
+
+    def pack(
+        self, items: Sequence[tuple[Record, list[Image.Image]]], budget: int | None = None
+    ) -> dict[str, Any]:
+        """Collate a training batch as packed rows of at most ``budget`` tokens (``data.packing``).
+
+        No padding between samples and no attention mask: ``packed_segments`` (each row's sample lengths,
+        then its padding) tell the module how to build position ids that keep the samples apart. Training
+        only: validation, test and predict batches stay unpacked with left-padded generation prompts.
+        """
+        records = [r for r, _ in items]
+        samples, image_tensors = self.encode(records, [imgs for _, imgs in items])
+        rows = pack_rows([len(s.input_ids) for s in samples], budget)
+        tokens, labels, segments = packed_tensors(samples, rows, self.pad_id, self.pad_to_multiple_of)
+        return {
+            "inputs": {**tokens, **image_tensors},
+            "labels": labels,
+            "packed_segments": segments,
+            "row_padding": sum(sum(row) for row in segments) - sum(len(s.input_ids) for s in samples),
             "ids": [r.id for r in records],
             "answers": [list(r.answers) for r in records],
             "prompts": [r.prompt_text for r in records],

@@ -178,6 +178,11 @@ class DocumentDataModule(L.LightningDataModule):
         processor_name: the processor's hub id or folder; linked from ``model.name_or_path`` by the CLI.
         batch_size: training batch size per device; ``eval_batch_size`` for val/test/predict (default: same).
         max_length: token limit per sample; a sample that would lose image or prompt tokens is an error.
+        packing: pack training samples (with their images) into rows with no padding between them, each
+            sample attending only to itself (exact: tested per family); validation / test stay unpacked.
+            Refused, with the reason, for families that cannot keep samples apart (LFM2-VL, PaliGemma).
+        max_tokens_per_row: token budget of a packed row (``None``: each batch is one row); it must hold
+            the longest sample.
         max_cut_fraction: largest share of the training samples whose answer tail (and with it the
             end-of-turn token) ``max_length`` may cut; more stops before training with the length that
             would fit. ``0`` refuses any cut.
@@ -221,6 +226,8 @@ class DocumentDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         max_length: int = 2048,
         max_cut_fraction: float = 0.05,
+        packing: bool = False,
+        max_tokens_per_row: int | None = None,
         prompt: str = "Extract the information in this document as JSON.",
         system: str | None = None,
         mask: MaskStrategy = "assistant",
@@ -247,6 +254,12 @@ class DocumentDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if max_tokens_per_row is not None and max_tokens_per_row < 1:
+            raise SettingError(f"data.max_tokens_per_row must be >= 1, got {max_tokens_per_row}")
+        if max_tokens_per_row is not None and not packing:
+            raise SettingError(
+                "data.max_tokens_per_row is set but data.packing is false: set --data.packing true"
+            )
         if not 0.0 <= max_cut_fraction <= 1.0:
             raise SettingError(f"data.max_cut_fraction must be within [0, 1], got {max_cut_fraction}")
         self.save_hyperparameters()
@@ -371,6 +384,8 @@ class DocumentDataModule(L.LightningDataModule):
         }.get(stage or "fit", ["train", "val", "test", "predict"])
         if stage in self._prepared:
             return needed
+        if stage in (None, "fit"):
+            self.check_packing()
         if stage == "fit" and not self.paths["train"]:
             raise SettingError("fit needs data.train (a JSONL path or a dataset spec): set --data.train")
         if stage in ("test", "validate", "predict") and not self.paths[needed[0]]:
@@ -468,6 +483,9 @@ class DocumentDataModule(L.LightningDataModule):
             dataset.lengths = lengths
             if key and not problems:
                 self.cache.put_json(key, lengths)
+        train = self.datasets.get("train")
+        if "train" in splits and train is not None and train.lengths:
+            self._check_row_budget(train.lengths, "train")
         if problems:
             raise DataValidationError(
                 [RowProblem("<length check>", 0, "max_length", p) for p in problems],
@@ -551,7 +569,7 @@ class DocumentDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             sampler=sampler,
-            collate_fn=self.collator,
+            collate_fn=self._packed_collate if split == "train" and self.hparams.packing else self.collator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -560,6 +578,37 @@ class DocumentDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(self.hparams.seed),
             **extra,
         )
+
+    def _packed_collate(self, items: Any) -> dict[str, Any]:
+        """Training batches as packed rows (``data.packing``), at most ``max_tokens_per_row`` tokens each."""
+        return self.collator.pack(items, budget=self.hparams.max_tokens_per_row)
+
+    def check_packing(self) -> None:
+        """Refuse ``data.packing`` for a family that cannot keep samples apart, before any work starts."""
+        if not self.hparams.packing:
+            return
+        from vlm_lightning.models.loading import family_of
+
+        facts = family_of(self._require_processor_name(), trust_remote_code=self.hparams.trust_remote_code)
+        reason = facts.packing_refusal or (
+            None if facts.prompt_style == "chat" else "its prompt + suffix collator does not pack"
+        )
+        if reason:
+            raise SettingError(
+                f"data.packing cannot be used with {facts.name}: {reason}. Set --data.packing false "
+                "(batches are then padded; data.group_by_length keeps the padding small)"
+            )
+
+    def _check_row_budget(self, lengths: list[int], split: str) -> None:
+        budget = self.hparams.max_tokens_per_row
+        if self.hparams.packing and budget is not None and lengths and max(lengths) > budget:
+            records = self.datasets[split].records
+            longest = max(range(len(lengths)), key=lengths.__getitem__)
+            raise SettingError(
+                f"data.max_tokens_per_row {budget} is smaller than sample '{records[longest].id}' "
+                f"({records[longest].where}, {lengths[longest]} tokens): set --data.max_tokens_per_row "
+                f"{max(lengths)} or more (or leave it unset: one row per batch)"
+            )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

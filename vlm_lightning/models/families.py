@@ -106,6 +106,10 @@ class FamilyFacts:
     host_inputs: tuple[str, ...] = field(default=())
     # binds model methods that read those inputs on the CPU (models/sync_free.py); returns how many
     bind_host_shape_methods: Callable[[Any], int] | None = None
+    # packing (data.packing): how a packed row's positions are built — "text": one arange per sample;
+    # "mrope": the model's own 3-D M-RoPE index per sample, with a text plane first — or why it cannot pack
+    packed_positions: Literal["text", "mrope"] = "text"
+    packing_refusal: str | None = None
 
     def lora_target_regex(self, scope: LoraScope = "attention_mlp") -> str:
         """A PEFT ``target_modules`` regex hitting only the language model's linear layers."""
@@ -141,6 +145,7 @@ FAMILIES: dict[str, FamilyFacts] = {
         end_of_turn="<|im_end|>",
         checkpoints=("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct"),
         set_image_tokens=_set_qwen_pixels,
+        packed_positions="mrope",
         notes="image size in pixels: tokens = pixels / (patch*merge)^2",
     ),
     "lfm2_vl": FamilyFacts(
@@ -158,6 +163,11 @@ FAMILIES: dict[str, FamilyFacts] = {
         host_inputs=("spatial_shapes",),
         bind_host_shape_methods=bind_lfm2_vl_host_shapes,
         set_image_tokens=_set_lfm2_tokens,
+        packing_refusal=(
+            "LFM2's short convolutions (Lfm2ShortConv) carry state from one sample into the next in a packed "
+            "row: transformers passes sequence boundaries (seq_idx) only to the causal_conv1d CUDA kernel, and "
+            "its torch path ignores them"
+        ),
         notes=(
             "hybrid LM: attention only in the full_attention layers (config.text_config.layer_types), short "
             "gated convolutions elsewhere; image knobs min/max_image_tokens, tiles of tile_size when splitting. "
@@ -175,6 +185,10 @@ FAMILIES: dict[str, FamilyFacts] = {
         end_of_turn="<eos>",
         prompt_style="prefix_suffix",
         checkpoints=("google/paligemma-3b-pt-224", "google/paligemma2-3b-pt-224"),
+        packing_refusal=(
+            "PaliGemma's prefix attends bidirectionally (a prefix-LM mask from token_type_ids), which "
+            "transformers' packed-sequence mask does not combine with sample boundaries"
+        ),
         set_image_tokens=None,
         notes=(
             "no chat template: processor(text='<image>prefix', images=..., suffix=target) builds "

@@ -1,0 +1,70 @@
+"""Position ids of packed rows, per family (``FamilyFacts.packed_positions``), built on the CPU.
+
+``text``: positions restart at 0 for every sample; transformers derives the block-diagonal mask from them.
+``mrope`` (Qwen2 / 2.5 / 3-VL): each sample's 3-D M-RoPE index from the model's own ``get_rope_index``, with
+a text plane first (``[4, rows, width]``): transformers 5 takes the text plane for the packed mask and the
+other three for the rotary embedding (``Qwen2VLTextModel.forward``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from vlm_lightning.data.packing import segment_positions
+from vlm_lightning.models.families import FamilyFacts
+
+
+def _rope_index_owner(model: torch.nn.Module) -> Any:
+    """The submodule with ``get_rope_index`` (Qwen2VLModel & co., under PEFT's and the task wrappers)."""
+    for module in model.modules():
+        if hasattr(module, "get_rope_index") and hasattr(module, "config"):
+            return module
+    raise ValueError(
+        f"{type(model).__name__} has no get_rope_index: its positions cannot be packed as M-RoPE"
+    )
+
+
+def _image_runs(token_types: torch.Tensor) -> int:
+    """How many images a segment holds: the runs of image tokens (``mm_token_type_ids == 1``)."""
+    image = (token_types == 1).long()
+    return int((torch.diff(image, prepend=image.new_zeros(1)) == 1).sum())
+
+
+def packed_position_ids(
+    model: torch.nn.Module,
+    facts: FamilyFacts,
+    inputs: dict[str, Any],
+    segments: Sequence[Sequence[int]],
+) -> torch.Tensor:
+    """Position ids for a packed batch: ``[rows, width]`` (text) or ``[4, rows, width]`` (M-RoPE)."""
+    text = segment_positions(segments)
+    if facts.packed_positions == "text":
+        return text
+    owner = _rope_index_owner(model)
+    input_ids, token_types = inputs["input_ids"], inputs["mm_token_type_ids"]
+    grids = inputs.get("image_grid_thw")
+    planes = text.unsqueeze(0).repeat(3, 1, 1)  # text-only segments (and padding): plain positions
+    used = 0
+    for r, row in enumerate(segments):
+        start = 0
+        for n in row:
+            types = token_types[r, start : start + n]
+            images = _image_runs(types)
+            if images:
+                with torch.no_grad():
+                    positions, _ = owner.get_rope_index(
+                        input_ids[r, start : start + n].unsqueeze(0),
+                        mm_token_type_ids=types.unsqueeze(0),
+                        image_grid_thw=grids[used : used + images],
+                        attention_mask=None,
+                    )
+                planes[:, r, start : start + n] = positions[:, 0].to(planes.dtype)
+                used += images
+            start += n
+    return torch.cat([text.unsqueeze(0), planes], dim=0)
+
+
+__all__ = ["packed_position_ids"]
