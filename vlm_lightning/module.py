@@ -27,7 +27,7 @@ from vlm_lightning.models.acceleration import (
 from vlm_lightning.models.build import build_model
 from vlm_lightning.models.families import FamilyFacts
 from vlm_lightning.models.loading import Dtype
-from vlm_lightning.models.packed_positions import packed_position_ids
+from vlm_lightning.models.packed_positions import packed_inputs
 from vlm_lightning.models.peft_setup import LoraSettings, Mode, parameter_report
 from vlm_lightning.models.sync_free import split_host_inputs
 
@@ -158,8 +158,8 @@ class VLMFineTuner(L.LightningModule):
             batch["label_rows"] = labelled_rows(batch["labels"], batch["label_positions"])
         if isinstance(batch, dict) and "packed_segments" in batch and "position_ids" not in batch["inputs"]:
             # packed rows: positions restart per sample (the model keeps samples apart by them)
-            batch["inputs"]["position_ids"] = packed_position_ids(
-                self.model, self.facts, batch["inputs"], batch["packed_segments"]
+            batch["inputs"].update(
+                packed_inputs(self.model, self.facts, batch["inputs"], batch["packed_segments"])
             )
         return batch
 

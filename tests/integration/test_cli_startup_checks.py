@@ -133,10 +133,10 @@ def test_packing_is_refused_for_a_family_that_cannot_keep_samples_apart(
 
     monkeypatch.setattr("vlm_lightning.models.build.load_model", no_model)
     with pytest.raises(SystemExit) as info:
-        main(["fit", *_args(tiny_replica("lfm2_vl"), data, tmp_path), "--data.packing", "true"])
+        main(["fit", *_args(tiny_replica("paligemma"), data, tmp_path), "--data.packing", "true"])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "data.packing cannot be used with lfm2_vl: LFM2's short convolutions" in err
+    assert "data.packing cannot be used with paligemma: PaliGemma's prefix attends bidirectionally" in err
     assert "Set --data.packing false" in err
 
 

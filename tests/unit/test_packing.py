@@ -11,7 +11,7 @@ from vlm_lightning.data.packing import IGNORE_INDEX, pack_rows, packed_tensors, 
 from vlm_lightning.data.records import Record
 from vlm_lightning.models.families import FAMILIES
 from vlm_lightning.models.loading import family_of, load_processor, make_collator
-from vlm_lightning.models.packed_positions import packed_position_ids
+from vlm_lightning.models.packed_positions import packed_inputs
 
 PACKING = sorted(name for name, facts in FAMILIES.items() if facts.packing_refusal is None)
 REFUSED = sorted(name for name, facts in FAMILIES.items() if facts.packing_refusal is not None)
@@ -90,6 +90,9 @@ def built(tiny_replica):  # noqa: ANN001, ANN201
             for name, param in model.named_parameters():
                 if "lora_B" in name:
                     torch.nn.init.normal_(param, std=0.05)  # adapters that change the outputs
+                if ".conv.in_proj" in name and "lora" not in name:  # LFM2: short convs that matter,
+                    with torch.no_grad():  # so a tap reaching into the previous sample shows in the losses
+                        param.mul_(30.0)
             processor = load_processor(path, image_max_tokens=16)
             cache[family] = (model.eval(), make_collator(processor, family_of(path), max_length=400))
         return cache[family]
@@ -100,7 +103,7 @@ def built(tiny_replica):  # noqa: ANN001, ANN201
 def _packed_logits(model, collator, answers: list[str], budget: int | None = None):  # noqa: ANN001, ANN202
     batch = collator.pack(_items(answers), budget=budget)
     inputs = dict(batch["inputs"])
-    inputs["position_ids"] = packed_position_ids(model, collator.facts, inputs, batch["packed_segments"])
+    inputs.update(packed_inputs(model, collator.facts, inputs, batch["packed_segments"]))
     return model(**inputs, use_cache=False).logits, batch
 
 
@@ -169,3 +172,26 @@ def test_a_row_budget_splits_rows_without_changing_losses(family: str, built) ->
 def test_families_that_cannot_pack_say_why(family: str) -> None:
     reason = FAMILIES[family].packing_refusal
     assert reason and len(reason) > 40
+
+
+def test_lfm2_short_conv_patch_matches_the_library_and_respects_boundaries() -> None:
+    from transformers import Lfm2Config
+    from transformers.models.lfm2.modeling_lfm2 import Lfm2ShortConv
+
+    from vlm_lightning.models.packed_conv import bind_lfm2_packed_conv
+
+    torch.manual_seed(0)
+    config = Lfm2Config(hidden_size=16, conv_L_cache=3, layer_types=["conv"], num_hidden_layers=1)
+    library = Lfm2ShortConv(config, layer_idx=0)
+    patched = Lfm2ShortConv(config, layer_idx=0)
+    patched.load_state_dict(library.state_dict())
+    assert bind_lfm2_packed_conv(torch.nn.Sequential(patched)) == 1  # the upstream class is still found
+    hidden = torch.randn(1, 9, 16)
+    torch.testing.assert_close(patched(hidden), library(hidden))  # no seq_idx: the library's own forward
+    one_segment = torch.zeros(1, 9, dtype=torch.int32)
+    torch.testing.assert_close(patched(hidden, seq_idx=one_segment), library(hidden), rtol=1e-6, atol=1e-6)
+    seq_idx = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 1]], dtype=torch.int32)
+    packed = patched(hidden, seq_idx=seq_idx)
+    alone = torch.cat([library(hidden[:, :4]), library(hidden[:, 4:])], dim=1)
+    torch.testing.assert_close(packed, alone, rtol=1e-6, atol=1e-6)  # each sample as if it were alone
+    assert not torch.allclose(library(hidden)[:, 4:6], alone[:, 4:6])  # the unpatched conv leaks

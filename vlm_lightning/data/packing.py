@@ -88,4 +88,10 @@ def segment_positions(segments: Sequence[Sequence[int]]) -> torch.Tensor:
     return torch.stack(rows).long()
 
 
-__all__ = ["IGNORE_INDEX", "pack_rows", "packed_tensors", "segment_positions"]
+def segment_index(segments: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Each token's segment number in its row: ``[[0, 0, 0, 1, 1, 2, ...], ...]`` (int32, rows x width)."""
+    rows = [torch.cat([torch.full((n,), k) for k, n in enumerate(row)]) for row in segments]
+    return torch.stack(rows).to(torch.int32)
+
+
+__all__ = ["IGNORE_INDEX", "pack_rows", "packed_tensors", "segment_index", "segment_positions"]

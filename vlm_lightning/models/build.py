@@ -61,6 +61,8 @@ def build_model(
         trust_remote_code=trust_remote_code,
     )
     use_host_shapes(model, facts)  # with host_inputs on the CPU: no sync per image (else the library path)
+    if facts.bind_packing_methods is not None:  # packed rows keep samples apart (unpacked: the library path)
+        facts.bind_packing_methods(model)
     if mode is None:
         model.requires_grad_(False)
         return BuiltModel(model, processor, facts)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vlm_lightning.models.packed_conv import bind_lfm2_packed_conv
 from vlm_lightning.models.sync_free import bind_lfm2_vl_host_shapes
 
 LoraScope = Literal["attention", "attention_mlp", "all_linear"]
@@ -110,6 +111,10 @@ class FamilyFacts:
     # "mrope": the model's own 3-D M-RoPE index per sample, with a text plane first — or why it cannot pack
     packed_positions: Literal["text", "mrope"] = "text"
     packing_refusal: str | None = None
+    # packed batches also carry ``seq_idx`` (each token's sample index) for layers that need boundaries
+    packed_seq_idx: bool = False
+    # binds model methods that honour ``seq_idx`` (models/packed_conv.py); returns how many
+    bind_packing_methods: Callable[[Any], int] | None = None
 
     def lora_target_regex(self, scope: LoraScope = "attention_mlp") -> str:
         """A PEFT ``target_modules`` regex hitting only the language model's linear layers."""
@@ -163,11 +168,8 @@ FAMILIES: dict[str, FamilyFacts] = {
         host_inputs=("spatial_shapes",),
         bind_host_shape_methods=bind_lfm2_vl_host_shapes,
         set_image_tokens=_set_lfm2_tokens,
-        packing_refusal=(
-            "LFM2's short convolutions (Lfm2ShortConv) carry state from one sample into the next in a packed "
-            "row: transformers passes sequence boundaries (seq_idx) only to the causal_conv1d CUDA kernel, and "
-            "its torch path ignores them"
-        ),
+        packed_seq_idx=True,  # its short convolutions must not read across a sample boundary
+        bind_packing_methods=bind_lfm2_packed_conv,
         notes=(
             "hybrid LM: attention only in the full_attention layers (config.text_config.layer_types), short "
             "gated convolutions elsewhere; image knobs min/max_image_tokens, tiles of tile_size when splitting. "

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from vlm_lightning.data.packing import segment_positions
+from vlm_lightning.data.packing import segment_index, segment_positions
 from vlm_lightning.models.families import FamilyFacts
 
 
@@ -67,4 +67,14 @@ def packed_position_ids(
     return torch.cat([text.unsqueeze(0), planes], dim=0)
 
 
-__all__ = ["packed_position_ids"]
+def packed_inputs(
+    model: torch.nn.Module, facts: FamilyFacts, inputs: dict[str, Any], segments: Sequence[Sequence[int]]
+) -> dict[str, torch.Tensor]:
+    """What a packed batch adds to the model inputs: ``position_ids``, and ``seq_idx`` where the family needs it."""
+    added = {"position_ids": packed_position_ids(model, facts, inputs, segments)}
+    if facts.packed_seq_idx:
+        added["seq_idx"] = segment_index(segments)
+    return added
+
+
+__all__ = ["packed_inputs", "packed_position_ids"]

@@ -1,0 +1,61 @@
+"""LFM2's short convolutions made to respect sample boundaries in packed rows.
+
+``Lfm2ShortConv`` (transformers 5.x) runs a depthwise causal convolution of ``conv_L_cache`` taps over the
+sequence; in a packed row the first taps of a sample would read the previous sample's last tokens.
+transformers passes sequence boundaries (``seq_idx``) only to the optional ``causal_conv1d`` CUDA kernel and its
+torch path ignores them. The method bound here takes ``seq_idx`` (each token's sample index in its row, given
+with packed batches) and zeroes every tap that reaches into another sample; without ``seq_idx`` or with a
+cache (generation) it calls the library's own forward. Bound per instance at the model build (like the
+sync-free methods), so nothing changes for models built elsewhere; tested against the library's forward.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+
+
+def _segment_causal_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_idx: torch.Tensor
+):  # noqa: ANN202
+    """Depthwise causal conv of ``x`` (batch, channels, length) whose taps stay inside each ``seq_idx`` segment."""
+    taps = weight.shape[-1]  # weight: (channels, taps); tap taps-1 reads the current token
+    out = x * weight[:, taps - 1, None]
+    for back in range(1, taps):
+        shifted = torch.nn.functional.pad(x[..., :-back], (back, 0))
+        same = torch.nn.functional.pad(seq_idx[:, back:] == seq_idx[:, :-back], (back, 0), value=False)
+        out = out + shifted * same.unsqueeze(1).to(x.dtype) * weight[:, taps - 1 - back, None]
+    if bias is not None:
+        out = out + bias[:, None]
+    return out
+
+
+def _packed_short_conv_forward(
+    self: Any,
+    hidden_states: torch.Tensor,
+    past_key_values: Any = None,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    seq_idx = kwargs.get("seq_idx")
+    if seq_idx is None or past_key_values is not None:
+        return type(self).forward(self, hidden_states, past_key_values, attention_mask, **kwargs)
+    projected = self.in_proj(hidden_states).transpose(-1, -2)
+    gate_b, gate_c, x = projected.chunk(3, dim=-2)
+    conv = _segment_causal_conv(gate_b * x, self.conv.weight.squeeze(1), self.conv.bias, seq_idx)
+    return self.out_proj((gate_c * conv).transpose(-1, -2).contiguous())
+
+
+def bind_lfm2_packed_conv(model: torch.nn.Module) -> int:
+    """Bind the boundary-respecting forward to each ``Lfm2ShortConv`` in ``model``; return how many."""
+    patched = 0
+    for module in model.modules():
+        if type(module).__name__ == "Lfm2ShortConv":
+            module.forward = types.MethodType(_packed_short_conv_forward, module)
+            patched += 1
+    return patched
+
+
+__all__ = ["bind_lfm2_packed_conv"]
