@@ -1,4 +1,4 @@
-"""Deterministic synthetic datasets: receipts -> JSON, captchas -> text, formulas -> LaTeX.
+"""Deterministic synthetic datasets: receipts -> JSON, captchas -> text, formulas -> LaTeX, boxes -> colour.
 
 Every generator writes PNGs under ``OUT/images/`` and JSONL rows whose image paths are relative to
 the JSONL file's folder. The same ``seed`` gives byte-identical JSONL and pixel-identical images;
@@ -19,6 +19,7 @@ from ._common import parse_split, sample_rng, split_counts, write_samples
 from .captchas import generate_captcha, render_captcha, write_captchas
 from .formulas import FormulaRenderError, generate_formula, random_formula, render_formula, write_formulas
 from .receipts import DATE_FORMATS, format_date, generate_receipt, parse_date, receipt_target, write_receipts
+from .visual import write_boxes
 
 #: Dataset kind -> its module (each has KIND, ID_PREFIX and a ``_row(rng, options)`` sample builder).
 KINDS = {"receipts": receipts, "captchas": captchas, "formulas": formulas}
@@ -68,6 +69,7 @@ __all__ = [
     "render_formula",
     "sample_rng",
     "split_counts",
+    "write_boxes",
     "write_captchas",
     "write_dataset",
     "write_formulas",

@@ -1,4 +1,4 @@
-"""``python -m vlm_lightning.data.synthetic {receipts,captchas,formulas} --out DIR --n N [--split ...]``."""
+"""``python -m vlm_lightning.data.synthetic {receipts,captchas,formulas,boxes} --out DIR --n N [--split ...]``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import write_dataset
+from . import write_boxes, write_dataset
 from ._common import IMAGES_DIR, parse_split
 
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m vlm_lightning.data.synthetic",
         description="Write a deterministic synthetic dataset: JSONL rows + PNGs under OUT/images/.",
     )
-    kinds = parser.add_subparsers(dest="kind", required=True, metavar="{receipts,captchas,formulas}")
+    kinds = parser.add_subparsers(dest="kind", required=True, metavar="{receipts,captchas,formulas,boxes}")
 
     def common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--out", type=Path, required=True, help="output folder")
@@ -70,6 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
     frm.add_argument("--max-depth", type=int, default=None, help="nesting depth of the grammar (default 2)")
     frm.add_argument("--max-chars", type=int, default=None, help="longest LaTeX answer (default 60)")
     frm.add_argument("--dpi", type=int, default=None, help="render resolution (default 100)")
+
+    box = kinds.add_parser("boxes", help="a solid box on white -> its colour (4 balanced colours)")
+    common(box)
+    box.add_argument(
+        "--size",
+        dest="sizes",
+        type=_size,
+        action="append",
+        default=None,
+        help="image WIDTHxHEIGHT; repeat to draw each sample's size from several (default 64x64)",
+    )
+    box.add_argument("--vary-question", action="store_true", help="draw the question's phrasing per sample")
+    box.add_argument("--min-fill", type=float, default=None, help="smallest box side / image side (0.6)")
+    box.add_argument("--max-fill", type=float, default=None, help="largest box side / image side (0.9)")
+    box.add_argument("--jitter", type=int, default=None, help="per-channel shade jitter (default 20)")
     return parser
 
 
@@ -86,7 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --n must be >= 0", file=sys.stderr)
         return 2
     try:
-        paths = write_dataset(args.kind, args.out, args.n, args.seed, split=args.split, **options)
+        if args.kind == "boxes":  # balanced answers: each sample's colour follows its index
+            paths = write_boxes(args.out, args.n, args.seed, split=args.split, **options)
+        else:
+            paths = write_dataset(args.kind, args.out, args.n, args.seed, split=args.split, **options)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
