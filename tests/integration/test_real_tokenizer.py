@@ -573,3 +573,50 @@ def test_batched_generation_equals_single_with_real_tokens(family) -> None:  # n
         )
         n = one.shape[1]
         assert batched[i, :n].tolist() == one[0].tolist(), name
+
+
+# --- packing on the real tokenizer ----------------------------------------------------------------------
+
+
+def test_packed_rows_equal_one_sample_at_a_time_on_the_real_tokenizer(family) -> None:  # noqa: ANN001
+    """The packing issue's exactness test on the real-vocabulary replicas (answers that BPE merges oddly)."""
+    from vlm_lightning.data.packing import IGNORE_INDEX as IGNORE
+    from vlm_lightning.models.packed_positions import packed_inputs
+
+    _, path, facts, _, collator = family
+    model = model_of(path)
+    answers = [' {"total": 12.50}', "\n42 items", "東京の店"]
+    items = [
+        (
+            Record(
+                f"p{i}",
+                ["x"],
+                [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": a}],
+                [a],
+            ),
+            [Image.new("RGB", (56 + 28 * i, 84), (60 * i, 200, 90))],
+        )
+        for i, a in enumerate(answers)
+    ]
+
+    def summed(logits: torch.Tensor, labels: torch.Tensor, start: int, n: int) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(
+            logits[start : start + n - 1].float(),
+            labels[start + 1 : start + n],
+            ignore_index=IGNORE,
+            reduction="sum",
+        )
+
+    with torch.no_grad():
+        batch = collator.pack(items)
+        inputs = {**batch["inputs"], **packed_inputs(model, facts, batch["inputs"], batch["packed_segments"])}
+        logits = model(**inputs, use_cache=False).logits[0]
+        start, packed = 0, []
+        for n in batch["packed_segments"][0][: len(items)]:
+            packed.append(summed(logits, batch["labels"][0], start, n))
+            start += n
+        for item, loss in zip(items, packed):
+            single = collator([item])
+            alone = model(**single["inputs"], use_cache=False).logits[0]
+            torch.testing.assert_close(loss, summed(alone, single["labels"][0], 0, single["labels"].shape[1]),
+                                       rtol=1e-5, atol=1e-4)  # fmt: skip
