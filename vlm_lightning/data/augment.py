@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from vlm_lightning.data.enhance import enhance, fit_to_token_budget
+from vlm_lightning.data.enhance import enhance
 from vlm_lightning.data.records import Record
 from vlm_lightning.setting_error import SettingError
 
@@ -216,4 +216,4 @@ def expand_with_copies(records: Sequence[Record], copies: int, p: float = 1.0) -
     return out
 
 
-__all__ = ["build_augmentation", "enhance", "expand_with_copies", "fit_to_token_budget"]
+__all__ = ["build_augmentation", "enhance", "expand_with_copies"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from PIL import Image, ImageEnhance
 
 
@@ -23,21 +21,3 @@ def enhance(
     if sharpness != 1.0:
         out = ImageEnhance.Sharpness(out).enhance(sharpness)
     return out
-
-
-def fit_to_token_budget(image: Image.Image, max_pixels: int) -> Image.Image:
-    """Downscale (keeping the aspect ratio) so that width * height <= ``max_pixels``; smaller images
-    are returned unchanged."""
-    if max_pixels < 1:
-        raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
-    width, height = image.size
-    if width * height <= max_pixels:
-        return image
-    scale = math.sqrt(max_pixels / (width * height))
-    new_w, new_h = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
-    while new_w * new_h > max_pixels:  # rounding guard for extreme aspect ratios
-        if new_w >= new_h:
-            new_w -= 1
-        else:
-            new_h -= 1
-    return image.resize((new_w, new_h), Image.Resampling.BICUBIC)
