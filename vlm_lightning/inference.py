@@ -336,6 +336,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-stream", action="store_true", help="print the answer once it is complete")
     parser.add_argument("--out", type=Path, default=Path("predictions.jsonl"), help="batch mode output JSONL")
     parser.add_argument("--batch-size", type=int, default=4, help="batch mode batch size")
+    parser.add_argument(
+        "--on-bad-file",
+        choices=["skip", "stop"],
+        default="skip",
+        help="batch mode: a file that cannot be read is listed (stderr and <out>.bad_files.txt) and the rest are "
+        "inferred (skip, the default), or nothing runs (stop)",
+    )
     parser.add_argument("--image-max-tokens", type=int, help="override the image-token budget")
     parser.add_argument("--image-min-tokens", type=int)
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -406,8 +413,19 @@ def _batch(predictor: Predictor, args: argparse.Namespace, settings: GenerationS
         records, problems = read_jsonl(
             args.jsonl, default_prompt=prompt, default_system=system, require_answer=False
         )
-    if problems:
+    if problems and (args.on_bad_file == "stop" or not records):
         raise DataValidationError(problems)
+    if problems:
+        listed = Path(args.out).with_suffix(".bad_files.txt")
+        listed.parent.mkdir(parents=True, exist_ok=True)
+        listed.write_text("".join(f"{p}\n" for p in problems))
+        for problem in problems[:10]:
+            print(f"[vlm_lightning] skipped: {problem}", file=sys.stderr)
+        print(
+            f"[vlm_lightning] {len(problems)} bad file(s) skipped (listed in {listed}); "
+            f"inferring the other {len(records)} (--on-bad-file stop to refuse instead)",
+            file=sys.stderr,
+        )
     start = time.perf_counter()
     rows = predictor.predict(records, settings, batch_size=args.batch_size)
     seconds = time.perf_counter() - start

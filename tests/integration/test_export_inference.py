@@ -196,9 +196,14 @@ def test_infer_batch_mode_writes_one_row_per_image(run, exported, plain, tmp_pat
     for path in _val_images(run):
         shutil.copy(path, images / path.name)
     (images / "notes.txt").write_text("not an image")
+    (images / "broken.png").write_bytes(b"\x89PNG cut short")  # one bad scan: listed, the rest inferred
     out = tmp_path / "preds" / "predictions.jsonl"
     args = ["--model", str(exported / "merged"), "--images-dir", str(images), "--out", str(out)]
+    with pytest.raises(SystemExit) as stopped:
+        infer_main([*args, "--max-new-tokens", str(MAX_NEW), "--on-bad-file", "stop"])
+    assert stopped.value.code == 2 and not out.exists()
     infer_main([*args, "--max-new-tokens", str(MAX_NEW), "--batch-size", "2"])
+    assert "broken.png" in out.with_suffix(".bad_files.txt").read_text()
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["val-0", "val-1"]
     tokenizer = plain["processor"].tokenizer
