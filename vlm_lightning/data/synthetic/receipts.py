@@ -185,6 +185,45 @@ def receipt_target(
     return {"store_name": store, "date": date, "currency": currency, "items": items, "total": total}
 
 
+#: Store name -> (header band colour, logo shape): each store's visual identity, as real receipts have a
+#: branded header. The tiny replicas' random frozen vision towers pass colour far better than small print,
+#: so the band (and the logo) is what lets a fine-tuned replica tell the stores apart.
+BRANDS: dict[str, tuple[tuple[int, int, int], str]] = {
+    "Corner Cafe": ((120, 72, 40), "circle"),
+    "Fresh Mart": ((30, 150, 60), "square"),
+    "Book Nook": ((30, 50, 130), "triangle"),
+    "Tech Hub": ((40, 40, 40), "diamond"),
+    "Green Grocer": ((130, 200, 40), "circle"),
+    "Pizza Place": ((210, 40, 30), "triangle"),
+    "City Bakery": ((230, 120, 170), "square"),
+    "Fuel Stop": ((240, 140, 20), "diamond"),
+    "Pet Corner": ((130, 60, 170), "circle"),
+    "Daily Deli": ((20, 150, 150), "square"),
+}
+#: Currency code -> colour of the large currency-symbol badge printed under the header.
+CURRENCY_BADGES: dict[str, tuple[int, int, int]] = {
+    "USD": (40, 120, 60),
+    "EUR": (40, 70, 170),
+    "GBP": (150, 40, 110),
+    "SEK": (225, 150, 20),
+}
+
+
+def _logo(
+    draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill: tuple[int, ...]
+) -> None:
+    left, top, right, bottom = box
+    mid_x, mid_y = (left + right) // 2, (top + bottom) // 2
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(mid_x, top), (right, bottom), (left, bottom)], fill=fill)
+    else:  # diamond
+        draw.polygon([(mid_x, top), (right, mid_y), (mid_x, bottom), (left, mid_y)], fill=fill)
+
+
 def render_receipt(
     target: dict[str, Any],
     rng: random.Random,
@@ -192,8 +231,11 @@ def render_receipt(
     size: tuple[int, int] = DEFAULT_SIZE,
     font_size: int = 16,
     noise: bool = False,
+    band: float = 0.25,
 ) -> Image.Image:
-    """Draw a receipt image showing ``target``: store header, date line, item table, TOTAL line.
+    """Draw a receipt image showing ``target``: a branded header (the store's colour band, logo and name,
+    a quarter of the height by ``band``), the date and currency lines beside a large currency-symbol
+    badge, the item table and the TOTAL line.
 
     The image grows taller than ``size`` if the items do not fit. With ``noise`` the paper gets a
     small rotation, pixel noise and a slight blur.
@@ -205,23 +247,45 @@ def render_receipt(
     line = round(font_size * 1.45)
     margin = max(8, width // 18)
     items = target["items"]
-    needed = margin * 2 + round(font_size * 2.2) + line * (len(items) + 6)
+    band_h = round(height * band)
+    badge = round(band_h * 0.85)
+    needed = band_h + 8 + badge + line * (len(items) + 3) + round(font_size * 2.2) + font_size + margin
     height = max(height, needed)
 
     red = rng.randint(246, 255)
     paper = (red, red - rng.randint(0, 6), red - rng.randint(4, 18))  # white to slightly warm paper
     ink = (rng.randint(10, 60),) * 3
+    white = (255, 255, 255)
     image = Image.new("RGB", (width, height), paper)
     draw = ImageDraw.Draw(image)
     currency = target["currency"]
     right = width - margin
     qty_x = int(width * 0.62)
 
-    y = margin
-    draw.text((width // 2, y), target["store_name"], font=head, fill=ink, anchor="ma")
-    y += round(font_size * 2.2)
+    colour, shape = BRANDS[target["store_name"]]
+    draw.rectangle((0, 0, width - 1, band_h - 1), fill=colour)
+    logo = round(band_h * 0.5)
+    _logo(draw, shape, (margin, (band_h - logo) // 2, margin + logo, (band_h + logo) // 2), white)
+    name_font = receipt_font(round(font_size * 1.5))
+    draw.text(
+        ((width + margin + logo) // 2, band_h // 2),
+        target["store_name"],
+        font=name_font,
+        fill=white,
+        anchor="mm",
+    )
+
+    top = band_h + 4
+    draw.rectangle((width - badge - 4, top, width - 4, top + badge), fill=CURRENCY_BADGES[currency])
+    symbol = CURRENCIES[currency][0]
+    symbol_font = receipt_font(round(badge * (0.75 if len(symbol) == 1 else 0.55)))
+    draw.text((width - 4 - badge // 2, top + badge // 2), symbol, font=symbol_font, fill=white, anchor="mm")
+
+    y = band_h + margin // 2
     draw.text((margin, y), f"Date: {target['date']}", font=body, fill=ink)
     y += line
+    draw.text((margin, y), f"Currency: {currency}", font=small, fill=ink)
+    y = max(y + line, top + badge + 4)
     _rule(draw, margin, right, y + font_size // 2, ink)
     y += line
     draw.text((margin, y), "Item", font=small, fill=ink)
