@@ -80,6 +80,8 @@ def measure(folder: Path, mode: str, batch_size: int, steps: int, warmup: int, c
         dtype="bfloat16",
         gradient_checkpointing=checkpointing,
         metrics=["exact_match"],
+        compile_language_model=False,  # eager, as the tables were measured (no trainer calls configure_model)
+        compile_vision_tower=False,
     ).cuda()
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)

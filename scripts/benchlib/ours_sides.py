@@ -200,14 +200,16 @@ def run_lightning(ctx: Context) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
+    import vlm_lightning.models.build as build_mod
     import vlm_lightning.module as module_mod
 
     model, counts = build_base_model(ctx)
     regex = lm_linear_regex(model, ctx.facts)
     processor = load_processor(ctx.folder)
-    module_mod.load_model = lambda *a, **k: model
-    module_mod.family_of = lambda *a, **k: ctx.facts
-    module_mod.load_processor = lambda *a, **k: processor
+    # the one model build (models/build.py) loads through these names: hand it the in-memory model
+    build_mod.load_model = lambda *a, **k: model
+    build_mod.family_of = lambda *a, **k: ctx.facts
+    build_mod.load_processor = lambda *a, **k: processor
     kwargs: dict[str, Any] = {
         "name_or_path": str(ctx.folder),
         "mode": "lora",
