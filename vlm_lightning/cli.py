@@ -65,7 +65,8 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         if subcommand not in ("fit", "validate", "test", "predict"):
             return
         section = self.config[subcommand]
-        check_run_folder((_plain(section.get("trainer")) or {}).get("default_root_dir") or os.getcwd())
+        trainer = _plain(section.get("trainer")) or {}
+        check_run_folder(trainer.get("default_root_dir") or os.getcwd())
         model = _plain(section.get("model")) or {}
         lora = model.get("lora") or {}
         if isinstance(lora, dict) and isinstance(lora.get("targets"), str):
@@ -73,11 +74,7 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         names = list(model.get("metrics") or ["exact_match"])
         build_metrics(names)  # an unknown name is a SettingError listing the known ones
         data = DocumentDataModule(**(_plain(section.get("data")) or {}))
-        trainer = _plain(section.get("trainer")) or {}
-        if _single_process(trainer):
-            data.setup(subcommand)  # one process: rows and token lengths checked before the model loads
-        else:
-            data.prepare(subcommand)  # rows now; lengths once the ranks' process group exists
+        data.prepare(subcommand)  # rows validated now, not after the model has loaded
         self._prepared_data = data
         scored = {"fit": "val", "validate": "val", "test": "test"}.get(subcommand)
         records = data.datasets[scored].records if scored in data.datasets else []
@@ -86,6 +83,8 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         if subcommand == "fit":
             monitor = (_plain(section.get("checkpoint")) or {}).get("monitor")
             check_monitor(monitor, names, model.get("val_generate", True), first_answers(records))
+        if _single_process(trainer):  # the token lengths too (under DDP: once the ranks' group exists)
+            data.setup(subcommand)
 
     def instantiate_classes(self) -> None:
         """As LightningCLI, with the data module whose rows ``before_instantiate_classes`` validated."""
@@ -194,7 +193,9 @@ def _single_process(trainer: dict[str, Any]) -> bool:
         return not (gpu and torch.cuda.is_available() and torch.cuda.device_count() > 1)
     if isinstance(devices, list | tuple):
         return len(devices) == 1
-    return str(devices) in ("1", "-1") and (str(devices) == "1" or torch.cuda.device_count() <= 1)
+    if str(devices) == "-1":  # all GPUs
+        return torch.cuda.device_count() <= 1
+    return str(devices) == "1"
 
 
 def default_callbacks(progress_bar: bool = True, logger: bool = True) -> list[Callback]:

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
+
+from vlm_lightning.distributed import gather_lists
 
 # the model settings that decide what a test run measures, recorded in metrics.json
 EVALUATION_SETTINGS = (
@@ -23,14 +24,6 @@ def run_dir(trainer: L.Trainer) -> Path:
     """The run's log folder (same on every rank)."""
     local = trainer.log_dir if trainer.loggers else trainer.default_root_dir
     return Path(trainer.strategy.broadcast(str(local)))
-
-
-def _gather(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return rows
-    parts: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, rows)
-    return [row for part in parts for row in part]
 
 
 def in_input_order(rows: list[dict[str, Any]], trainer: L.Trainer) -> list[dict[str, Any]]:
@@ -77,7 +70,7 @@ class PredictionWriter(Callback):
         self._write(trainer, None)
 
     def _write(self, trainer: L.Trainer, metrics: dict[str, float] | None) -> None:
-        rows = _gather(self.rows)
+        rows = gather_lists(self.rows)
         folder = run_dir(trainer)
         if trainer.global_rank != 0:
             return

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from vlm_lightning.data.collator import ChatCollator
 from vlm_lightning.data.masking import MaskStrategy
 from vlm_lightning.data.records import DataValidationError, Record, RowProblem, load_image, read_jsonl
+from vlm_lightning.distributed import gather_lists
 from vlm_lightning.setting_error import SettingError
 
 log = logging.getLogger(__name__)
@@ -51,15 +52,6 @@ def merge_length_shares(
     if missing:
         raise ValueError(f"{len(missing)} sample(s) measured by no rank, first {missing[:5]}")
     return [int(length) for length in lengths if length is not None], problems
-
-
-def _gathered(items: list[Any]) -> list[Any]:
-    """Every rank's ``items`` (rank order) under an initialised process group; ``items`` otherwise."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return list(items)
-    parts: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, list(items))
-    return [item for part in parts for item in part]
 
 
 def length_to_fit(lengths: list[int], share: float) -> int:
@@ -180,7 +172,7 @@ class DocumentDataModule(L.LightningDataModule):
         max_length: token limit per sample; a sample that would lose image or prompt tokens is an error.
         packing: pack training samples (with their images) into rows with no padding between them, each
             sample attending only to itself (exact: tested per family); validation / test stay unpacked.
-            Refused, with the reason, for families that cannot keep samples apart (LFM2-VL, PaliGemma).
+            Refused, with the reason, for a family that cannot keep samples apart (PaliGemma's prefix-LM mask).
         max_tokens_per_row: token budget of a packed row (``None``: each batch is one row); it must hold
             the longest sample.
         max_cut_fraction: largest share of the training samples whose answer tail (and with it the
@@ -475,7 +467,7 @@ class DocumentDataModule(L.LightningDataModule):
             self.collator.cut_samples.clear()
             lengths, split_problems = self._measure_lengths(dataset)
             problems.extend(split_problems)
-            cut = _gathered(self.collator.cut_samples)
+            cut = gather_lists(self.collator.cut_samples)
             if split == "train" and (too_many := _too_many_cut(cut, lengths, self.hparams)):
                 problems.append(too_many)
             else:

@@ -64,4 +64,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # 1, L, P, CMYK, YCbCr, LAB, HSV
 
 
-__all__ = ["UnsupportedImageError", "to_rgb"]
+def check_convertible(image: Image.Image) -> None:
+    """Raise ``UnsupportedImageError`` if ``to_rgb`` would refuse ``image`` (only deep greyscale can),
+    without converting the image (validation decodes every file: no copy of the common modes)."""
+    if image.mode in SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        _greyscale_to_8bit(image)
+
+
+__all__ = ["UnsupportedImageError", "check_convertible", "to_rgb"]

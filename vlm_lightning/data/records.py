@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from vlm_lightning.data.image_modes import UnsupportedImageError, to_rgb
+from vlm_lightning.data.image_modes import UnsupportedImageError, check_convertible, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def image_problem(path: Path) -> str | None:
             im.verify()
         with Image.open(path) as im:  # verify() does not decode pixel data: truncated JPEGs pass it
             im.load()
-            to_rgb(im)
+            check_convertible(im)
     except UnsupportedImageError as exc:
         return f"unsupported image {path}: {exc}"
     except Exception as exc:  # PIL raises many types for corrupt files

@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from vlm_lightning.data.image_modes import UnsupportedImageError, to_rgb
+from vlm_lightning.data.image_modes import UnsupportedImageError, check_convertible
 from vlm_lightning.data.records import (
     IMAGE_KEYS,
     QUESTION_KEYS,
@@ -200,11 +200,10 @@ def _collect(errors: list[RowError], fn: Callable[[], Any]) -> Any:
 
 def _usable(image: Image.Image, where: str) -> Image.Image:
     """``image`` if its mode maps to 8-bit RGB (deep greyscale of unknown range does not)."""
-    if image.mode in ("I", "F"):
-        try:
-            to_rgb(image)
-        except UnsupportedImageError as exc:
-            raise RowError("image", f"unsupported image ({where}): {exc}") from exc
+    try:
+        check_convertible(image)
+    except UnsupportedImageError as exc:
+        raise RowError("image", f"unsupported image ({where}): {exc}") from exc
     return image
 
 
