@@ -45,9 +45,8 @@ class Throughput(Callback):
         self._samples += (
             len(batch["ids"]) if "ids" in batch else int(batch["labels"].shape[0])
         )  # packed: rows != samples
-        packed = batch.get("packed_segments")
-        if packed is not None:  # packed rows: the real tokens are the samples' lengths (host numbers)
-            self._tokens = self._tokens + sum(sum(row) for row in packed) - batch.get("row_padding", 0)
+        if "real_tokens" in batch:  # packed rows: the samples' lengths, counted by the collator
+            self._tokens = self._tokens + batch["real_tokens"]
         else:
             self._tokens = self._tokens + batch["inputs"]["attention_mask"].sum()
 

@@ -232,7 +232,7 @@ class ChatCollator:
             "inputs": {**tokens, **image_tensors},
             "labels": labels,
             "packed_segments": segments,
-            "row_padding": sum(sum(row) for row in segments) - sum(len(s.input_ids) for s in samples),
+            "real_tokens": sum(len(s.input_ids) for s in samples),  # host number: no row padding
             "ids": [r.id for r in records],
             "answers": [list(r.answers) for r in records],
             "prompts": [r.prompt_text for r in records],
