@@ -24,7 +24,7 @@ venv: $(VENV)/.installed
 # One intra-op thread: the replica's 128-wide matrices gain nothing from two, and on a busy 2-core machine
 # two threads made training ~20x slower (30 steps: 92 s with 2 threads, 4 s with 1).
 demo: venv
-	$(PY) -m vlm_lightning.models.tiny qwen2_vl $(DEMO_MODEL) --hidden-size 128
+	$(PY) -m vlm_lightning.replicas qwen2_vl $(DEMO_MODEL) --hidden-size 128
 	$(PY) -m vlm_lightning.data.synthetic receipts --out $(DEMO_DATA) --n 400 --seed 0 --split train=0.9,val=0.05,test=0.05 --max-items 2
 	OMP_NUM_THREADS=1 $(PY) scripts/demo.py --config configs/quickstart.yaml
 

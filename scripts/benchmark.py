@@ -1,6 +1,6 @@
 """Training and generation throughput: HF Trainer (+ TRL) vs vlm_lightning, on real-size VLMs with random weights.
 
-The architecture is built from its published config (``vlm_lightning.models.real_configs``) with random
+The architecture is built from its published config (``vlm_lightning.replicas.real_size``) with random
 weights on the device; synthetic receipt-like batches (one 448-512 px image per sample, a ~40-token
 prompt, a 60-340-token JSON answer, loss on the answer only) are collated once by the real
 ``ChatCollator`` and shared by every side. Each side runs in its own process (this script with

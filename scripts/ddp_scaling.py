@@ -22,7 +22,7 @@ import torch
 
 def build_weights(arch: str, folder: Path, shrink: bool = False) -> Path:
     """Real-size config + processor + random weights (bf16 on CUDA) saved with save_pretrained."""
-    from vlm_lightning.models.real_configs import build_model, build_real_folder
+    from vlm_lightning.replicas.real_size import build_model, build_real_folder
 
     if (folder / "model.safetensors.index.json").exists() or (folder / "model.safetensors").exists():
         return folder

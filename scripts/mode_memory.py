@@ -33,7 +33,7 @@ def build_folder(arch: str, folder: Path) -> Path:
     """Config + processor + random bf16 weights for ``arch`` (``qwen2_vl_7b`` widens the 2B text model)."""
     from transformers import AutoConfig
 
-    from vlm_lightning.models.real_configs import build_model, build_real_folder
+    from vlm_lightning.replicas.real_size import build_model, build_real_folder
 
     if list(folder.glob("*.safetensors")):
         return folder

@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_replica(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """Return a function building (once per session) the tiny replica folder of a family."""
-    from vlm_lightning.models.tiny import build_tiny
+    from vlm_lightning.replicas.registry import build_tiny
 
     root = tmp_path_factory.mktemp("replicas")
     cache: dict[str, Path] = {}

@@ -15,7 +15,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "export": ("vlm_lightning.export", "write a PEFT adapter / merged model folder from a checkpoint"),
     "infer": ("vlm_lightning.inference", "generate for images with a base model, adapter or checkpoint"),
     "compare": ("vlm_lightning.evaluation.compare", "baseline vs fine-tuned test metrics on the same split"),
-    "tiny": ("vlm_lightning.models.tiny", "build an offline tiny replica of a model family"),
+    "tiny": ("vlm_lightning.replicas", "build an offline tiny replica of a model family"),
     "synthetic": ("vlm_lightning.data.synthetic.__main__", "generate synthetic documents (receipts, ...)"),
 }
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")

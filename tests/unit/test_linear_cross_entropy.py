@@ -11,7 +11,7 @@ from vlm_lightning.data.records import Record
 from vlm_lightning.linear_cross_entropy import linear_cross_entropy
 from vlm_lightning.loss import causal_lm_loss, fusable_head, labelled_positions, labelled_rows
 from vlm_lightning.models.loading import family_of, load_model, load_processor, make_collator
-from vlm_lightning.models.tiny import BUILDERS
+from vlm_lightning.replicas.registry import BUILDERS
 
 
 def _reference(hidden, weight, bias, targets):  # noqa: ANN001, ANN202

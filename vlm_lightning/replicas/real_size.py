@@ -2,14 +2,14 @@
 
 For throughput benchmarks the cost of a step depends on the architecture, not on the weights, so each
 builder here reproduces a checkpoint's ``config.json`` numbers, pairs them with a byte-level tokenizer
-(``vlm_lightning.models.tiny.byte_level_tokenizer``: one token per byte, the family's special tokens)
+(``vlm_lightning.replicas.common.byte_level_tokenizer``: one token per byte, the family's special tokens)
 whose embedding table is padded to the real vocabulary size (so the embedding and lm_head cost is real),
 and saves only the small part to disk: ``config.json`` plus the processor (tokenizer, chat template,
 image processor). The model itself is created in memory on the target device with ``from_config``
 (random weights, bf16 on GPU), never saved: no 4 GB write / read.
 
-    python -m vlm_lightning.models.real_configs qwen2_vl_2b --count     # parameter counts (meta device)
-    python -m vlm_lightning.models.real_configs lfm2_vl_1_6b --out artifacts/real-lfm2-vl
+    python -m vlm_lightning.replicas.real_size qwen2_vl_2b --count     # parameter counts (meta device)
+    python -m vlm_lightning.replicas.real_size lfm2_vl_1_6b --out artifacts/real-lfm2-vl
 
 Sources of every number are given next to it. ``shrink=True`` keeps the same classes, tokenizer and
 processor but tiny dimensions, to exercise a family's code path on CPU in seconds.
@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from vlm_lightning.models.families import FAMILIES, FamilyFacts
-from vlm_lightning.models.tiny import QWEN2_VL_CHAT_TEMPLATE, byte_level_tokenizer
+from vlm_lightning.replicas.common import byte_level_tokenizer
+from vlm_lightning.replicas.qwen import QWEN2_VL_CHAT_TEMPLATE
 
 # --------------------------------------------------------------------------------------------
 # Qwen2-VL-2B-Instruct
