@@ -29,6 +29,7 @@ from vlm_lightning.metrics import build_metrics
 from vlm_lightning.module import VLMFineTuner
 from vlm_lightning.secrets import RedactingSaveConfigCallback, load_env_file
 from vlm_lightning.setting_error import SettingError, missing_package_message, setting_error_in
+from vlm_lightning.sharding import register_strategies
 from vlm_lightning.startup_checks import (
     check_lora_targets,
     check_metrics_fit_answers,
@@ -37,6 +38,8 @@ from vlm_lightning.startup_checks import (
     first_answers,
 )
 from vlm_lightning.tracking import PredictionTable, TrackingChecks
+
+register_strategies()  # --trainer.strategy fsdp2
 
 
 class VLMLightningCLI(TrackingChecks, LightningCLI):

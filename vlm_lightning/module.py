@@ -14,6 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torchmetrics import MeanMetric
 
 from vlm_lightning.generation import end_of_turn_ids, generate_batch
@@ -30,6 +31,7 @@ from vlm_lightning.models.loading import Dtype
 from vlm_lightning.models.packed_positions import packed_inputs
 from vlm_lightning.models.peft_setup import LoraSettings, Mode, parameter_report
 from vlm_lightning.models.sync_free import split_host_inputs
+from vlm_lightning.sharding import full_value, is_sharded, shard_model
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -226,7 +228,7 @@ class VLMFineTuner(L.LightningModule):
             return  # configure_gradient_clipping logs the norm it computes anyway
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if grads:  # one foreach kernel per dtype/device group, not one norm per parameter
-            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads, foreach=True))
+            self.log("train/grad_norm", full_value(torch.nn.utils.get_total_norm(grads, foreach=True)))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, n_tokens, correct = self.model_step(batch)
@@ -308,6 +310,10 @@ class VLMFineTuner(L.LightningModule):
                 self.tokenizer,
                 self.stop_ids,
                 merge_lora=self.hparams.merge_lora_for_generation,
+                # sharded layers gather their weights collectively: every rank runs every decoding step
+                synced_gpus=self._trainer is not None
+                and self.trainer.world_size > 1
+                and is_sharded(self.model),
                 **kwargs,
             )
 
@@ -331,6 +337,17 @@ class VLMFineTuner(L.LightningModule):
         if self.compiled_vision and not getattr(self, "_vision_compiled", False):
             compile_vision_layers(self.model, self.facts)
             self._vision_compiled = True
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, ModelParallelStrategy) and not is_sharded(self.model):
+            # FSDP2: after compilation (each compiled layer becomes one shard unit), before the optimizer
+            units = shard_model(
+                self.model,
+                self.facts,
+                self.device_mesh["data_parallel"],
+                param_dtype=torch.bfloat16 if precision.startswith("bf16") else None,
+            )
+            if self.trainer.is_global_zero:
+                print(f"[vlm_lightning] FSDP2: {units} shard units over {strategy.world_size} processes")
 
     # --- optimisation -------------------------------------------------------------------------
     def configure_gradient_clipping(
@@ -351,7 +368,7 @@ class VLMFineTuner(L.LightningModule):
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val, foreach=True)
         else:
             norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
-            self.log("train/grad_norm", norm)  # the norm before clipping, as without clipping
+            self.log("train/grad_norm", full_value(norm))  # the norm before clipping, as without clipping
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -373,13 +390,18 @@ class VLMFineTuner(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --- checkpoints hold trainable weights only ----------------------------------------------
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the weights that train (LoRA adapters, or the LM in full mode)."""
+    def trainable_state_dict(
+        self, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Only the weights that train (LoRA adapters, or the LM in full mode), of ``state_dict`` (the
+        strategy's: under FSDP2 full on rank 0, or this rank's shards) or of the module's own."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v.detach().cpu() for k, v in self.state_dict().items() if k in names}
+        if state_dict is None:
+            state_dict = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        return {k: v for k, v in state_dict.items() if k in names}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = self.trainable_state_dict()
+        checkpoint["state_dict"] = self.trainable_state_dict(checkpoint.get("state_dict"))
         checkpoint["vlm_lightning"] = {
             "family": self.facts.name,
             "mode": self.hparams.mode,
@@ -415,7 +437,9 @@ class VLMFineTuner(L.LightningModule):
                 f"{self.facts.name} {self.hparams.mode}"
             )
         expected = {n for n, p in self.named_parameters() if p.requires_grad}
-        got = set(checkpoint["state_dict"])
+        got = (
+            set(checkpoint["state_dict"]) if "state_dict" in checkpoint else expected
+        )  # sharded: loaded already
         if got != expected:
             missing, extra = sorted(expected - got)[:3], sorted(got - expected)[:3]
             raise CheckpointMismatchError(

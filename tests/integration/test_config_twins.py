@@ -76,10 +76,17 @@ def _synthetic(folder: Path, kind: str) -> dict[str, str]:
 
 TWINS = {
     "receipt_lfm2.yaml": ("lfm2_vl", "receipts"),
+    "receipt_lfm3.yaml": ("lfm3_vl", "receipts"),
+    "receipt_gemma4.yaml": ("gemma4", "receipts"),
     "docvqa_qwen2vl.yaml": ("qwen2_vl", "docvqa"),
+    "docvqa_qwen3_5.yaml": ("qwen3_5", "docvqa"),
+    "docvqa_internvl.yaml": ("internvl", "docvqa"),
+    "docvqa_gemma3.yaml": ("gemma3", "docvqa"),
     "captcha_smolvlm.yaml": ("idefics3", "captchas"),
     "cord_paligemma_qlora.yaml": ("paligemma", "cord"),
     "latex_qwen2vl7b_qlora.yaml": ("qwen2_vl", "formulas"),
+    "latex_granite_docling.yaml": ("granite_docling", "formulas"),
+    "latex_paddleocr_vl.yaml": ("paddleocr_vl", "formulas"),
 }
 
 

@@ -15,6 +15,8 @@ from vlm_lightning.models.families import FAMILIES, UnknownFamilyError, family_f
 
 FAMILY_NAMES = sorted(FAMILIES)  # a family added to FAMILIES is covered by every test here
 SCOPES = ("attention", "attention_mlp", "all_linear")
+#: budgets a family's knob accepts, when not any number: (small, large)
+IMAGE_TOKEN_BUDGETS = {"lfm2_vl": (4, 16), "gemma4": (140, 560)}  # Gemma 4: 70 / 140 / 280 / 560 / 1120 only
 
 
 @functools.cache
@@ -83,17 +85,21 @@ def _encode(processor, facts, questions, answers=None, images=None):
 
 
 def _expected_lora_count(model, facts, scope: str) -> int:
-    text_config = model.config.get_text_config()
-    layer_types = (
-        getattr(text_config, "layer_types", None) or ["full_attention"] * text_config.num_hidden_layers
-    )
-    attention_layers = sum(t != "conv" for t in layer_types)
-    count = attention_layers * len(facts.attention_modules)
+    """Linear layers under the LM's decoder layers whose names end in the family's listed module names
+    (counted from the module tree, not from PEFT: hybrid LMs hold different modules per layer kind)."""
+    names = list(facts.attention_modules)
     if scope in ("attention_mlp", "all_linear"):
-        count += len(layer_types) * len(facts.mlp_modules)
+        names += list(facts.mlp_modules)
     if scope == "all_linear":
-        count += (len(layer_types) - attention_layers) * len(facts.extra_layer_modules)
-    return count
+        names += list(facts.extra_layer_modules)
+    layers = facts.language_model + ".layers."
+    return sum(
+        1
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and name.startswith(layers)
+        and any(name.endswith("." + n) for n in names)
+    )
 
 
 def _with_lora(model, facts, scope: str = "attention_mlp"):
@@ -258,6 +264,7 @@ def test_set_image_tokens_bounds_the_image_tokens(family, tiny_replica):
         batch = _encode(processor, facts, ["Q?"], answers=["A."], images=[_image(400, 300, (9, 99, 199))])
         return int((batch["input_ids"] == processor.image_token_id).sum())
 
+    budgets = IMAGE_TOKEN_BUDGETS.get(family, (8, 64))
     if family == "lfm2_vl":
         ip = processor.image_processor
         tile_tokens = (ip.tile_size // ip.encoder_patch_size // ip.downsample_factor) ** 2
@@ -265,9 +272,17 @@ def test_set_image_tokens_bounds_the_image_tokens(family, tiny_replica):
         assert ip.min_image_tokens == 1 and ip.max_image_tokens == 16
         assert tile_tokens < split <= ip.max_tiles * tile_tokens + 16
         ip.do_image_splitting = False  # one resized image: the budget bounds it
-        small, large = image_tokens(4), image_tokens(16)
+        small, large = image_tokens(budgets[0]), image_tokens(budgets[1])
     else:
-        small, large = image_tokens(8), image_tokens(64)
+        small, large = image_tokens(budgets[0]), image_tokens(budgets[1])
     assert 0 < small <= large // 2
-    assert small <= (4 if family == "lfm2_vl" else 8)
-    assert large <= (16 if family == "lfm2_vl" else 64)
+    assert small <= budgets[0]
+    assert large <= budgets[1]
+
+
+def test_a_budget_the_knob_cannot_give_is_a_setting_error(tiny_replica):
+    from vlm_lightning.models.loading import load_processor
+    from vlm_lightning.setting_error import SettingError
+
+    with pytest.raises(SettingError, match=r"gemma4.*70 or more"):
+        load_processor(str(tiny_replica("gemma4")), image_max_tokens=8)

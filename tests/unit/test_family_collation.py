@@ -161,3 +161,65 @@ def test_paligemma_generation_inputs_equal_a_prompt_only_processor_call(tiny_rep
     assert sorted(gen) == ["attention_mask", "input_ids", "pixel_values", "token_type_ids"]
     for key in gen:
         assert torch.equal(gen[key], reference[key]), key
+
+
+def test_system_text_reaches_the_prompt_as_text(family) -> None:  # noqa: ANN001
+    """The system turn renders as its words in every chat family (Gemma 4's template reads a plain string)."""
+    name, _, facts, processor, collator = family
+    if facts.prompt_style != "chat":
+        return  # PaliGemma has no template: its prefix collator places the system text itself
+    batch = collator(items(records()))
+    prompt_ids = batch["generation_inputs"]["input_ids"][1][
+        batch["generation_inputs"]["attention_mask"][1].bool()
+    ]
+    prompt = processor.tokenizer.decode(prompt_ids)
+    assert "Answer briefly." in prompt, (name, prompt)
+    assert "'type'" not in prompt and "'text'" not in prompt, (name, prompt)
+
+
+def test_template_variables_reach_every_render(tiny_replica) -> None:  # noqa: ANN001
+    """Qwen3.5 renders non-thinking turns (``chat_template_kwargs``); flipping the variable changes the prompt."""
+    import dataclasses
+
+    from vlm_lightning.data.collator import ChatCollator
+
+    path = str(tiny_replica("qwen3_5"))
+    processor, facts = load_processor(path), family_of(path)
+    assert dict(facts.chat_template_kwargs) == {"enable_thinking": False}
+    user = [{"role": "user", "content": [{"type": "text", "text": "Q?"}]}]
+    plain = ChatCollator(processor, facts).render(user, True)
+    thinking = ChatCollator(
+        processor, dataclasses.replace(facts, chat_template_kwargs=(("enable_thinking", True),))
+    ).render(user, True)
+    assert plain.endswith("<think>\n\n</think>\n\n") and thinking.endswith("<think>\n"), (plain, thinking)
+
+
+def test_end_of_turn_comes_from_the_checkpoints_template(tiny_replica, tmp_path: Path) -> None:  # noqa: ANN001
+    """ibm-granite/granite-docling-258M is model_type idefics3 with a Granite template: its turns end with
+    ``<|end_of_text|>``, which then closes the learned labels and stops generation."""
+    from transformers import AutoProcessor
+
+    from vlm_lightning.models.build import build_model
+    from vlm_lightning.models.loading import with_template_end_of_turn
+    from vlm_lightning.replicas.granite_docling import GRANITE_DOCLING_CHAT_TEMPLATE
+
+    processor = AutoProcessor.from_pretrained(tiny_replica("idefics3"))
+    processor.tokenizer.add_special_tokens({"additional_special_tokens": ["<|end_of_text|>"]})
+    processor.chat_template = processor.tokenizer.chat_template = GRANITE_DOCLING_CHAT_TEMPLATE
+    folder = tmp_path / "granite-258m-like"
+    import shutil
+
+    shutil.copytree(tiny_replica("idefics3"), folder)
+    processor.save_pretrained(folder)
+    facts = family_of(str(folder))
+    assert facts.name == "idefics3" and facts.end_of_turn == "<end_of_utterance>"
+    reloaded = load_processor(str(folder))
+    assert with_template_end_of_turn(facts, reloaded).end_of_turn == "<|end_of_text|>"
+    batch = make_collator(reloaded, facts, max_length=1024)(items(records()))
+    labels = batch["labels"][0]
+    learned = reloaded.tokenizer.decode(labels[labels != IGNORE_INDEX])
+    assert learned.strip() == records()[0].answers[0] + "<|end_of_text|>", learned
+    built = build_model(str(folder), mode=None)
+    assert built.facts.end_of_turn == "<|end_of_text|>"
+    # the template the family expects keeps the family's token
+    assert with_template_end_of_turn(facts, load_processor(str(tiny_replica("idefics3")))) is facts

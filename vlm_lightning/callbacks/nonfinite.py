@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from vlm_lightning.setting_error import SettingError
+from vlm_lightning.sharding import full_value
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -140,7 +141,7 @@ class NonFiniteGuard(Callback):
         if self.check_grads:
             grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
             if grads:
-                grads_bad = ~torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True))
+                grads_bad = ~torch.isfinite(full_value(torch.nn.utils.get_total_norm(grads, foreach=True)))
                 flags.append(grads_bad)
         device = pl_module.device
         flag = torch.stack([f.to(device) for f in flags]).any() if flags else torch.zeros((), device=device)

@@ -47,11 +47,15 @@ class EncodedSample:
     prompt_len: int
 
 
-def to_template_messages(record: Record) -> list[dict]:
-    """Structured template messages: images go to the first user turn, text as typed content parts."""
+def to_template_messages(record: Record, plain_text_roles: Sequence[str] = ()) -> list[dict]:
+    """Structured template messages: images go to the first user turn, text as typed content parts
+    (as a plain string for ``plain_text_roles``, whose template reads no parts)."""
     out: list[dict] = []
     images_placed = False
     for m in record.messages:
+        if m["role"] in plain_text_roles and (m["role"] != "user" or images_placed or not record.images):
+            out.append({"role": m["role"], "content": m["content"]})
+            continue
         parts: list[dict] = []
         if m["role"] == "user" and not images_placed:
             parts.extend({"type": "image"} for _ in record.images)
@@ -102,7 +106,10 @@ class ChatCollator:
     def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
         """Render messages with the processor's chat template."""
         return self.processor.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            messages,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **dict(self.facts.chat_template_kwargs),
         )
 
     def encode(
@@ -118,7 +125,11 @@ class ChatCollator:
         """
         convs = [
             segment_conversation(
-                to_template_messages(r), self.render, self.facts.end_of_turn, self.mask, _answer_text
+                to_template_messages(r, self.facts.plain_text_roles),
+                self.render,
+                self.facts.end_of_turn,
+                self.mask,
+                _answer_text,
             )
             for r in records
         ]

@@ -14,7 +14,13 @@ from typing import Any
 import torch
 
 from vlm_lightning.models.families import FamilyFacts
-from vlm_lightning.models.loading import Dtype, family_of, load_model, load_processor
+from vlm_lightning.models.loading import (
+    Dtype,
+    family_of,
+    load_model,
+    load_processor,
+    with_template_end_of_turn,
+)
 from vlm_lightning.models.peft_setup import LoraSettings, Mode, apply_training_mode, qlora_config
 from vlm_lightning.models.sync_free import use_host_shapes
 
@@ -53,6 +59,7 @@ def build_model(
         image_min_tokens=image_min_tokens,
         trust_remote_code=trust_remote_code,
     )
+    facts = with_template_end_of_turn(facts, processor)  # the checkpoint's own template decides
     model = load_model(
         name_or_path,
         dtype=dtype,

@@ -85,6 +85,117 @@ def _set_idefics3_tiles(processor: Any, min_tokens: int | None, max_tokens: int 
         ip.size = {"longest_edge": k * tile}
 
 
+def _set_internvl_tiles(processor: Any, min_tokens: int | None, max_tokens: int | None) -> None:
+    """InternVL (GotOcr2ImageProcessor): tokens = tiles x ``image_seq_length`` (256 for 448 px tiles).
+
+    An image is cut into a grid of ``min_patches..max_patches`` tiles (the aspect ratio closest to the
+    image's), plus a thumbnail tile when the grid has more than one. ``max_tokens`` allows
+    ``max_tokens // image_seq_length`` tiles: ``max_patches`` is that minus the thumbnail, or 1 (one tile,
+    no thumbnail) when fewer than three fit. ``min_tokens`` sets ``min_patches`` the same way, capped at
+    ``max_patches``.
+    """
+    ip = processor.image_processor
+    per_tile = int(processor.image_seq_length)
+    if max_tokens is not None:
+        tiles = int(max_tokens) // per_tile
+        if tiles < 1:
+            raise ValueError(
+                f"max image tokens {max_tokens} is below one tile ({per_tile} tokens) for this processor"
+            )
+        ip.max_patches = tiles - 1 if tiles >= 3 else 1
+    if min_tokens is not None:
+        tiles = -(-int(min_tokens) // per_tile)
+        ip.min_patches = max(tiles - 1, 2) if tiles >= 2 else 1
+    ip.min_patches = min(ip.min_patches, ip.max_patches)
+
+
+def _set_gemma3_crops(processor: Any, min_tokens: int | None, max_tokens: int | None) -> None:
+    """Gemma 3: an image and each of its pan-and-scan crops are resized to one fixed size,
+    ``image_seq_length`` soft tokens each (256 on the hub checkpoints).
+
+    ``max_tokens`` allows ``k = max_tokens // image_seq_length - 1`` crops: pan-and-scan is switched on
+    with at most ``k`` crops when ``k >= 2`` (it never makes fewer than two) and off otherwise; only images
+    with an aspect ratio of at least ``pan_and_scan_min_ratio_to_activate`` are cropped. Gemma3Processor
+    passes its class-level ``images_kwargs`` to every call, over the image processor's saved settings, so
+    they are set on the processor instance here, with the image processor's own non-null pan-and-scan
+    settings (preprocessor_config.json) taking precedence over the class defaults. ``min_tokens`` has no
+    knob (every image is resized to the same size), so it is ignored.
+    """
+    del min_tokens
+    if max_tokens is None:
+        return
+    per_image = int(processor.image_seq_length)
+    images = int(max_tokens) // per_image
+    if images < 1:
+        raise ValueError(
+            f"max image tokens {max_tokens} is below one image ({per_image} tokens) for this processor"
+        )
+    ip = processor.image_processor
+    kwargs = dict(processor.images_kwargs)
+    for key in ("pan_and_scan_min_crop_size", "pan_and_scan_min_ratio_to_activate"):
+        if getattr(ip, key, None) is not None:
+            kwargs[key] = getattr(ip, key)
+    crops = images - 1
+    if getattr(ip, "pan_and_scan_max_num_crops", None) is not None:
+        crops = min(crops, int(ip.pan_and_scan_max_num_crops))
+    kwargs["do_pan_and_scan"] = crops >= 2
+    if crops >= 2:
+        kwargs["pan_and_scan_max_num_crops"] = crops
+    processor.images_kwargs = kwargs
+
+
+def _set_granite_docling_tiles(processor: Any, min_tokens: int | None, max_tokens: int | None) -> None:
+    """GraniteDocling: tokens = tiles x ``image_seq_len`` (x4 when the image processor's ``fine_route`` is on).
+
+    A page is cut into ``min_patches..max_patches`` square tiles on the grid nearest its aspect ratio
+    (small pages are upscaled to it), plus a thumbnail tile when the grid has more than one; set as for
+    InternVL: ``max_patches`` = tiles allowed minus the thumbnail, or 1 when fewer than three fit;
+    ``min_patches`` likewise, capped at ``max_patches``. The "dense page" rule (``dense_max_patches``, 0 on
+    the replica) is capped at ``max_patches`` so that it cannot exceed the budget.
+    """
+    ip = processor.image_processor
+    per_tile = int(processor.image_seq_len) * (4 if getattr(ip, "fine_route", False) else 1)
+    if max_tokens is not None:
+        tiles = int(max_tokens) // per_tile
+        if tiles < 1:
+            raise ValueError(
+                f"max image tokens {max_tokens} is below one tile ({per_tile} tokens) for this processor"
+            )
+        ip.max_patches = tiles - 1 if tiles >= 3 else 1
+        if getattr(ip, "dense_max_patches", 0):
+            ip.dense_max_patches = min(ip.dense_max_patches, ip.max_patches)
+    if min_tokens is not None:
+        tiles = -(-int(min_tokens) // per_tile)
+        ip.min_patches = max(tiles - 1, 2) if tiles >= 2 else 1
+    ip.min_patches = min(ip.min_patches, ip.max_patches)
+
+
+GEMMA4_SOFT_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)  # the only values Gemma4ImageProcessor accepts
+
+
+def _set_gemma4_soft_tokens(processor: Any, min_tokens: int | None, max_tokens: int | None) -> None:
+    """Gemma 4: ``max_soft_tokens`` of the image processor, one of 70, 140, 280, 560, 1120 (280 on the hub).
+
+    Each image is resized, keeping its aspect ratio, to the largest size whose sides are multiples of
+    patch x pooling kernel (48 px on the hub) within ``max_soft_tokens`` x kernel^2 patches: a budget gives
+    somewhat fewer tokens than its value (a 4:3 image: 63 of 70, 270 of 280). The largest budget within
+    ``max_tokens`` is used; below 70 there is none: an error says so. ``min_tokens`` has no knob (every image
+    is scaled up or down to fill the budget), so it is ignored.
+    """
+    del min_tokens
+    if max_tokens is None:
+        return
+    fitting = [b for b in GEMMA4_SOFT_TOKEN_BUDGETS if b <= int(max_tokens)]
+    if not fitting:
+        raise ValueError(
+            f"Gemma 4 takes images at {', '.join(map(str, GEMMA4_SOFT_TOKEN_BUDGETS))} soft tokens: "
+            f"image_max_tokens={max_tokens} is below the smallest; set data.image_max_tokens to 70 or more"
+        )
+    budget = fitting[-1]
+    processor.image_processor.max_soft_tokens = budget
+    processor.image_seq_length = budget
+
+
 @dataclass(frozen=True)
 class FamilyFacts:
     """What the trainer needs to know about one model family."""
@@ -115,6 +226,11 @@ class FamilyFacts:
     packed_seq_idx: bool = False
     # binds model methods that honour ``seq_idx`` (models/packed_conv.py); returns how many
     bind_packing_methods: Callable[[Any], int] | None = None
+    # extra variables every render of the chat template gets, as (name, value) pairs (e.g. Qwen3.5's
+    # ("enable_thinking", False): the same non-thinking turns whatever a checkpoint's template defaults to)
+    chat_template_kwargs: tuple[tuple[str, Any], ...] = ()
+    # roles whose content the template reads as a plain string (not typed parts), e.g. Gemma 4's system turn
+    plain_text_roles: tuple[str, ...] = ()
 
     def lora_target_regex(self, scope: LoraScope = "attention_mlp") -> str:
         """A PEFT ``target_modules`` regex hitting only the language model's linear layers."""
@@ -211,6 +327,8 @@ FAMILIES: dict[str, FamilyFacts] = {
             "HuggingFaceTB/SmolVLM-256M-Instruct",
             "HuggingFaceTB/SmolVLM-500M-Instruct",
             "HuggingFaceM4/Idefics3-8B-Llama3",
+            "ibm-granite/granite-docling-258M",  # model_type idefics3; its Granite template ends turns
+            # with <|end_of_text|> (taken from the template: loading.with_template_end_of_turn)
         ),
         set_image_tokens=_set_idefics3_tiles,
         notes=(
@@ -242,6 +360,190 @@ FAMILIES["smolvlm"] = dataclasses.replace(
     model_types=("smolvlm",),
     checkpoints=("HuggingFaceTB/SmolVLM2-256M-Video-Instruct", "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"),
     notes="SmolVLM2 (model_type smolvlm); processor needs num2words; same template quirks as idefics3",
+)
+
+
+FAMILIES["internvl"] = FamilyFacts(
+    name="internvl",
+    model_types=("internvl",),
+    language_model="model.language_model",
+    vision_tower="model.vision_tower",
+    projector="model.multi_modal_projector",
+    attention_modules=ATTENTION_QKVO,
+    mlp_modules=GATED_MLP,
+    end_of_turn="<|im_end|>",
+    checkpoints=(
+        "OpenGVLab/InternVL3-1B-hf",
+        "OpenGVLab/InternVL3-2B-hf",
+        "OpenGVLab/InternVL3_5-1B-HF",
+        "OpenGVLab/InternVL3_5-2B-HF",
+    ),
+    set_image_tokens=_set_internvl_tiles,
+    packed_positions="text",
+    notes=(
+        "HF-native InternVL3 (Qwen2 LM) / InternVL3.5 (Qwen3 LM) conversions, not the remote-code "
+        "internvl_chat repos; InternViT's attention is also q/k/v_proj (anchor LoRA on the LM); "
+        "<IMG_CONTEXT> expands to <img><IMG_CONTEXT>*256*tiles</img>, tiles = 1..max_patches + thumbnail"
+    ),
+)
+
+FAMILIES["lfm3_vl"] = FamilyFacts(
+    name="lfm3_vl",
+    model_types=("lfm3_vl",),
+    language_model="model.language_model",
+    vision_tower="model.vision_tower",
+    projector="model.multi_modal_projector",
+    # attention layers also have a per-head sigmoid output gate self_attn.g_proj (hidden -> heads)
+    attention_modules=(*ATTENTION_QKVO, "self_attn.g_proj"),
+    mlp_modules=("feed_forward.w1", "feed_forward.w2", "feed_forward.w3"),
+    extra_layer_modules=("conv.in_proj", "conv.out_proj"),
+    end_of_turn="<|im_end|>",
+    checkpoints=("LiquidAI/LFM3-VL-2B",),
+    # a Qwen2-VL image processor (patch 16 x merge 2): the Qwen pixel budget knob applies unchanged
+    set_image_tokens=_set_qwen_pixels,
+    packed_positions="text",  # 1-D text positions (no M-RoPE); the vision tower's 2-D RoPE is per image
+    packed_seq_idx=True,  # its short convolutions must not read across a sample boundary
+    bind_packing_methods=bind_lfm2_packed_conv,
+    notes=(
+        "hybrid LM: short gated convs (7 taps), sliding-window (256) and full attention "
+        "(config.text_config.layer_types); Qwen-style image input (pixel_values + image_grid_thw, "
+        "<|image_pad|> expanded per image), 32 px per image token; vision tower of gated 2D convs and "
+        "bidirectional per-image attention whose attention is also q/k/v_proj (anchor LoRA on the LM)"
+    ),
+)
+
+FAMILIES["paddleocr_vl"] = FamilyFacts(
+    name="paddleocr_vl",
+    model_types=("paddleocr_vl",),
+    language_model="model.language_model",
+    vision_tower="model.visual",
+    projector="model.projector",
+    attention_modules=ATTENTION_QKVO,
+    mlp_modules=GATED_MLP,
+    end_of_turn="</s>",
+    checkpoints=("PaddlePaddle/PaddleOCR-VL", "PaddlePaddle/PaddleOCR-VL-1.5"),
+    # Qwen2-VL-style image processor (size shortest/longest_edge in pixels, patch 14 x merge 2)
+    set_image_tokens=_set_qwen_pixels,
+    packed_positions="mrope",  # its own get_rope_index per sample; the text model reads a 4-plane index
+    notes=(
+        "ERNIE-4.5-0.3B LM + NaViT vision tower (per-image attention, q/k/v/out_proj: anchor LoRA on the "
+        "LM); 28 px per image token, merged 2x2 in model.projector; template '<|begin_of_sentence|>User: "
+        "<|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>prompt\\nAssistant:\\n' + answer + '</s>'; "
+        "task prompts 'OCR:', 'Formula Recognition:', 'Table Recognition:', 'Chart Recognition:'"
+    ),
+)
+
+FAMILIES["gemma3"] = FamilyFacts(
+    name="gemma3",
+    model_types=("gemma3",),
+    language_model="model.language_model",
+    vision_tower="model.vision_tower",
+    projector="model.multi_modal_projector",
+    attention_modules=ATTENTION_QKVO,
+    mlp_modules=GATED_MLP,
+    end_of_turn="<end_of_turn>",
+    checkpoints=("google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it"),
+    set_image_tokens=_set_gemma3_crops,
+    packing_refusal=(
+        "Gemma 3's sliding-window layers get the bidirectional image-block mask as an or_mask_function, "
+        "which transformers (5.23) applies before remapping positions for packed rows, so every sample "
+        "after a row's first reads its image-block ids at the wrong positions (its loss changes)"
+    ),
+    notes=(
+        "no system turn: a system message is folded into the first user turn; the assistant role is "
+        "'model'; <start_of_image> expands to <start_of_image> + image_seq_length (256) soft tokens + "
+        "<end_of_image>, and the processor's image_token(_id) is <start_of_image>, not the soft token; "
+        "token_type_ids (image soft tokens = 1) make each image attend bidirectionally; LM layers alternate "
+        "sliding-window and full attention (5:1 on the hub); fixed image size, optional pan-and-scan crops"
+    ),
+)
+
+FAMILIES["qwen3_5"] = FamilyFacts(
+    name="qwen3_5",
+    model_types=("qwen3_5",),
+    language_model="model.language_model",
+    vision_tower="model.visual",
+    projector="model.visual.merger",
+    # gated full attention in 1 layer of 4, Gated DeltaNet linear attention in the others
+    attention_modules=(
+        *ATTENTION_QKVO,
+        "linear_attn.in_proj_qkv",
+        "linear_attn.in_proj_z",
+        "linear_attn.out_proj",
+    ),
+    mlp_modules=GATED_MLP,
+    # per-head beta / decay projections (hidden -> linear_num_value_heads outputs)
+    extra_layer_modules=("linear_attn.in_proj_a", "linear_attn.in_proj_b"),
+    end_of_turn="<|im_end|>",
+    checkpoints=("Qwen/Qwen3.5-0.8B", "Qwen/Qwen3.5-2B"),
+    # non-thinking turns whatever the checkpoint's default (0.8B / 2B: off already; 4B+ default to thinking)
+    chat_template_kwargs=(("enable_thinking", False),),
+    set_image_tokens=_set_qwen_pixels,
+    packed_positions="mrope",
+    packing_refusal=(
+        "Qwen3.5's Gated DeltaNet layers carry their short-convolution and recurrent state across a packed "
+        "row: transformers' torch path ignores sample boundaries (given seq_idx / cu_seqlens it raises and "
+        "asks for the optional causal-conv1d and flash-linear-attention kernels)"
+    ),
+    notes=(
+        "hybrid LM (config.text_config.layer_types: linear_attention x3, full_attention x1); full attention "
+        "q_proj also yields an output gate; Qwen3-VL vision (32 px per image token) without deepstack, "
+        "Qwen3VLProcessor. Reasoning template: 0.8B / 2B prompt '<|im_start|>assistant\\n<think>\\n\\n"
+        "</think>\\n\\n' (thinking opt-in), answers train after that empty think block; 4B / 9B / 27B default "
+        "to thinking (open '<think>\\n' prompt): every render passes enable_thinking=False (chat_template_kwargs); "
+        "their templates are not replicated here, so they stay off the checkpoint list"
+    ),
+)
+
+FAMILIES["granite_docling"] = dataclasses.replace(
+    FAMILIES["idefics3"],
+    name="granite_docling",
+    model_types=("granite_docling",),
+    projector="model.vision_model.connector",  # the connector (and DeepStack mergers) live in the vision model
+    end_of_turn="<|end_of_text|>",
+    checkpoints=("docling-project/granite-for-docling-500m",),
+    set_image_tokens=_set_granite_docling_tiles,
+    notes=(
+        "transformers' granite_docling = Granite-for-Docling (500M): GotOcr2-style tiles + thumbnail, "
+        "DeepStack features added after the first decoder layers, optional fine path (fine_route: 4x tokens "
+        "per tile), dense Granite LM (logits divided by logits_scaling). Granite roles "
+        "'<|start_of_role|>user<|end_of_role|>...<|end_of_text|>\\n', generation prompt "
+        "'<|start_of_role|>assistant<|end_of_role|>' (no space before the answer). "
+        "ibm-granite/granite-docling-258M is model_type idefics3, not this family"
+    ),
+)
+
+
+FAMILIES["gemma4"] = FamilyFacts(
+    name="gemma4",
+    model_types=("gemma4",),
+    language_model="model.language_model",
+    vision_tower="model.vision_tower",
+    projector="model.embed_vision",
+    attention_modules=ATTENTION_QKVO,
+    mlp_modules=GATED_MLP,
+    # E2B / E4B per-layer-embedding gates inside each decoder layer (absent on 26B-A4B / 31B)
+    extra_layer_modules=("per_layer_input_gate", "per_layer_projection"),
+    end_of_turn="<turn|>",
+    plain_text_roles=("system",),  # the template trims messages[0]['content'] as a string
+    # google/gemma-4-26B-A4B-it and -31B-it are model_type gemma4 too, but their generation prompt is no
+    # prefix of the rendered conversation (see notes): the chat collator refuses them until an adapter exists
+    checkpoints=("google/gemma-4-E2B-it", "google/gemma-4-E4B-it"),
+    set_image_tokens=_set_gemma4_soft_tokens,
+    packing_refusal=(
+        "Gemma 4 26B-A4B and 31B (use_bidirectional_attention='vision') give their sliding-window layers the "
+        "bidirectional image-block mask as an or_mask_function, which transformers (5.23) evaluates at "
+        "per-sample positions in packed rows, so every sample after a row's first reads the wrong image-block ids"
+    ),
+    notes=(
+        "turns '<|turn>role\\n...<turn|>\\n', assistant role 'model', generation prompt '<|turn>model\\n' "
+        "(E2B/E4B; the 26B-A4B / 31B templates append an empty '<|channel>thought\\n<channel|>' that the "
+        "rendered answer turn lacks, so their prompt is no prefix of the conversation); the system turn renders "
+        "its content as a string (typed parts come out as their repr); <|image|> expands to <|image> + soft "
+        "tokens + <image|>; image budgets 70/140/280/560/1120 soft tokens (max_soft_tokens); LM layers "
+        "alternate sliding-window and full attention (4:1 E2B, 5:1 others); E2B/E4B add per-layer embeddings "
+        "and KV sharing and an audio tower; 26B-A4B is MoE (experts are 3-D parameters, no LoRA)"
+    ),
 )
 
 

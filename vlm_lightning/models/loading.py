@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, Literal
 import torch
 
 from vlm_lightning.models.families import FamilyFacts, family_for_model_type
+from vlm_lightning.setting_error import SettingError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -92,14 +94,54 @@ def load_processor(
     except (OSError, ValueError) as exc:
         raise _explain(name_or_path, exc) from exc
     if (image_max_tokens or image_min_tokens) and facts.set_image_tokens is not None:
-        facts.set_image_tokens(processor, image_min_tokens, image_max_tokens)
+        try:
+            facts.set_image_tokens(processor, image_min_tokens, image_max_tokens)
+        except ValueError as exc:  # a budget the family's knob cannot give
+            raise SettingError(f"data.image_max_tokens / image_min_tokens for {facts.name}: {exc}") from exc
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
     return processor
 
 
+_PROBE_ANSWER = "vlm-lightning-probe-answer"
+
+
+def with_template_end_of_turn(facts: FamilyFacts, processor: Any) -> FamilyFacts:
+    """``facts`` with the end-of-turn token this checkpoint's chat template closes an answer with.
+
+    Checkpoints of one model type may ship different templates (ibm-granite/granite-docling-258M is an
+    ``idefics3`` model whose Granite template ends turns with ``<|end_of_text|>``, not SmolVLM's
+    ``<end_of_utterance>``): a probe answer is rendered and the special token right after it is used, for
+    label masking and as a generation stop. Unchanged when the template ends turns as the family does, or
+    when no special token follows (masking then reports the mismatch).
+    """
+    template = getattr(processor, "chat_template", None)
+    if facts.prompt_style != "chat" or not template:
+        return facts
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "Q"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": _PROBE_ANSWER}]},
+    ]
+    try:
+        rendered = processor.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=False, **dict(facts.chat_template_kwargs)
+        )
+    except Exception:  # noqa: BLE001 - a template that cannot render this probe: masking reports it later
+        return facts
+    tail = rendered[rendered.find(_PROBE_ANSWER) + len(_PROBE_ANSWER) :] if _PROBE_ANSWER in rendered else ""
+    if not tail or tail.startswith(facts.end_of_turn):
+        return facts
+    tokenizer = processor.tokenizer
+    specials = set(tokenizer.all_special_tokens) | {
+        t.content for t in tokenizer.added_tokens_decoder.values() if t.special
+    }
+    closing = max((t for t in specials if t and tail.startswith(t)), key=len, default=None)
+    return facts if closing is None else dataclasses.replace(facts, end_of_turn=closing)
+
+
 def make_collator(processor: Any, facts: FamilyFacts, **kwargs: Any) -> Any:
     """The collator adapter for the family's prompt style."""
+    facts = with_template_end_of_turn(facts, processor)
     if facts.prompt_style == "chat":
         from vlm_lightning.data.collator import ChatCollator
 

@@ -1,0 +1,130 @@
+"""Tiny LFM3-VL replica (real Lfm3Vl classes, byte tokenizer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    Lfm3VlConfig,
+    Lfm3VlForConditionalGeneration,
+    Lfm3VlProcessor,
+    Qwen2VLImageProcessor,
+    Qwen3VLVideoProcessor,
+)
+
+from vlm_lightning.replicas.common import (
+    byte_level_tokenizer,
+    padded_vocab_size,
+    save_replica,
+    set_generation_ids,
+)
+
+# LiquidAI/LFM3-VL-2B: the checkpoint's chat_template.jinja could not be read from here (no hub access, and no
+# public copy of it was found). This template is reconstructed from what is public: the LFM2 / LFM2.5 ChatML
+# form (docs.liquid.ai "Chat template": a leading <|startoftext|>, "<|im_start|>role\n...<|im_end|>\n", no
+# default system prompt) and transformers 5.23's Lfm3VlProcessor (a Qwen3-VL processor: it expands
+# <|image_pad|> and, absent tokenizer attributes, uses <|vision_start|> / <|vision_end|> / <|video_pad|>;
+# Lfm3VlConfig has vision_start/vision_end ids). The real template may differ in details (tool calls, and a
+# third-party model card says LFM3 "thinks by default", i.e. possibly a <think> block after the generation
+# prompt): re-check against the checkpoint before relying on the exact prompt.
+LFM3_VL_CHAT_TEMPLATE = (
+    "{{bos_token}}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
+
+LFM3_SPECIAL_TOKENS = [
+    "<|pad|>",
+    "<|startoftext|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+
+def _text_layer_types(layers: int) -> list[str]:
+    """LFM3's three layer kinds, each present: conv blocks, then sliding-window and full attention."""
+    n = max(layers, 3)
+    kinds = ["conv"] * n
+    kinds[-1] = "full_attention"
+    kinds[-2] = "sliding_attention"
+    return kinds
+
+
+def build_lfm3_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    """Tiny LFM3-VL: real Lfm3VlForConditionalGeneration + Lfm3VlProcessor, byte tokenizer.
+
+    Hybrid LM with LFM3's three layer kinds (gated short convolutions of 7 taps, sliding-window attention
+    with a 32-token window so that it bites on replica-length prompts, full attention with the proportional
+    partial rotary embedding), so at least 3 text layers whatever ``layers`` says. Vision tower: one gated
+    2D-conv layer and one bidirectional attention layer, patch 16, merge 2 (32 px per image token), images
+    resized to 4..16 tokens by the Qwen2-VL image processor, as in the real processor config.
+    """
+
+    specials = LFM3_SPECIAL_TOKENS
+    tokenizer = byte_level_tokenizer(specials, bos="<|startoftext|>", eos="<|im_end|>", pad="<|pad|>")
+    tokenizer.chat_template = LFM3_VL_CHAT_TEMPLATE
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    heads = 4
+    config = Lfm3VlConfig(
+        text_config={
+            "model_type": "lfm3",
+            "vocab_size": padded_vocab_size(tokenizer),
+            "hidden_size": hidden_size,
+            "intermediate_size": hidden_size * 2,
+            "num_hidden_layers": len(_text_layer_types(layers)),
+            "layer_types": _text_layer_types(layers),
+            "num_attention_heads": heads,
+            "num_key_value_heads": 2,
+            "head_dim": hidden_size // heads,
+            "sliding_window": 32,
+            "max_position_embeddings": 4096,
+            "bos_token_id": ids["<|startoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|pad|>"],
+        },
+        vision_config={
+            "model_type": "lfm3_vl_vision",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "layer_types": ["conv", "full_attention"],
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        projector_hidden_size=hidden_size * 2,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = Lfm3VlForConditionalGeneration(config)
+    set_generation_ids(model, eos=ids["<|im_end|>"], pad=ids["<|pad|>"], bos=ids["<|startoftext|>"])
+    unit = 32 * 32  # pixels per image token: (patch 16 x merge 2)^2
+    size = {"shortest_edge": 4 * unit, "longest_edge": 16 * unit}
+    half = [0.5, 0.5, 0.5]
+    processor = Lfm3VlProcessor(
+        image_processor=Qwen2VLImageProcessor(
+            size=size, patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=half, image_std=half
+        ),
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(size=size, patch_size=16, merge_size=2, temporal_patch_size=2),
+        chat_template=LFM3_VL_CHAT_TEMPLATE,
+    )
+    return save_replica(model, processor, out_dir)
