@@ -143,6 +143,12 @@ def main() -> None:
         help="DistributedDataParallel keyword arguments for the multi-GPU runs (Lightning's DDPStrategy), "
         "e.g. static_graph=true gradient_as_bucket_view=true; the 1-GPU run keeps no wrapper",
     )
+    parser.add_argument(
+        "--data-kind",
+        default="receipts",
+        choices=("receipts", "formulas", "captchas"),
+        help="synthetic data written for the runs (formulas: short LaTeX answers, where packing matters most)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ddp_scaling"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--shrink", action="store_true", help="CPU dry run on a shrunken architecture")
@@ -158,7 +164,7 @@ def main() -> None:
             parser.error(f"--ddp-options takes KEY=VALUE pairs, got {option!r}")
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    from vlm_lightning.data.synthetic import write_receipts
+    from vlm_lightning.data.synthetic import write_dataset
 
     # an epoch boundary inside the timed window (loader restart, epoch-end hooks) would hit only the
     # runs with more GPUs (fewer steps per epoch): size the data so that every run stays in epoch 0
@@ -172,9 +178,9 @@ def main() -> None:
         )
     args.samples = args.samples or needed
     model_dir = build_weights(args.arch, work / args.arch, shrink=args.shrink)
-    data = work / f"receipts_{args.samples}"
+    data = work / f"{args.data_kind}_{args.samples}"
     if not (data / "train.jsonl").exists():
-        write_receipts(data, args.samples, seed=0, split="train=0.9,val=0.05,test=0.05")
+        write_dataset(args.data_kind, data, args.samples, seed=0, split="train=0.9,val=0.05,test=0.05")
     common = [
         "--config",
         args.config,

@@ -28,6 +28,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 LIGHTNING_KEYS = ("state_dict", "global_step", "pytorch-lightning_version")
 OUR_KEY = "vlm_lightning"
+SHARDED_META = "meta.pt"  # Lightning's metadata file in a sharded checkpoint folder
 
 
 class CheckpointError(ValueError):
@@ -115,6 +116,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         weights_only: bool | None = None,
     ) -> dict[str, Any]:
         """Validate a local checkpoint (``weights_only=True``), then load it as Lightning does."""
+        if _is_local(path) and is_sharded_checkpoint(path):  # one process: the shards put together
+            return validate_checkpoint(path, require_ours=self.require_ours)
         if self.validate_on_load and _is_local(path) and weights_only is not False:
             validate_checkpoint(path, require_ours=self.require_ours)
         return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
@@ -129,6 +132,40 @@ def _describe_unpickling(exc: BaseException) -> str:
     return f"it cannot be unpickled safely ({type(exc).__name__}: {text.splitlines()[0] if text else ''})"
 
 
+def is_sharded_checkpoint(path: _PATH) -> bool:
+    """Whether ``path`` is a folder of FSDP2 shards (torch distributed checkpoint + Lightning's ``meta.pt``)."""
+    folder = Path(path)
+    return folder.is_dir() and (folder / ".metadata").is_file() and (folder / SHARDED_META).is_file()
+
+
+def consolidated_checkpoint(folder: _PATH) -> dict[str, Any]:
+    """A sharded checkpoint folder as one Lightning checkpoint dict, read in this process.
+
+    The trained weights come back whole (``state_dict``); the sharded optimizer state does not (resume a
+    sharded run with ``--trainer.strategy fsdp``, any number of processes). Uses torch's own converter.
+    """
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    folder = Path(folder)
+    try:
+        meta = torch.load(folder / SHARDED_META, weights_only=True, map_location="cpu")
+        with tempfile.TemporaryDirectory() as tmp:
+            whole = Path(tmp) / "whole.pt"
+            dcp_to_torch_save(folder, whole)
+            shards = torch.load(whole, weights_only=True, map_location="cpu")
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(
+            f"sharded checkpoint {folder} is incomplete or corrupt: {type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(meta, dict) or "state_dict" not in shards:
+        raise CheckpointError(f"{folder} is not a sharded Lightning checkpoint (no state_dict in its shards)")
+    meta["state_dict"] = shards["state_dict"]
+    meta.setdefault("optimizer_states", [])
+    return meta
+
+
 def validate_checkpoint(path: _PATH, require_ours: bool = True) -> dict[str, Any]:
     """Check that ``path`` is a complete, safe Lightning checkpoint written by vlm_lightning.
 
@@ -141,6 +178,11 @@ def validate_checkpoint(path: _PATH, require_ours: bool = True) -> dict[str, Any
     file = Path(path)
     if not file.exists():
         raise CheckpointError(f"checkpoint not found: {file}")
+    if is_sharded_checkpoint(file):
+        ckpt = consolidated_checkpoint(file)
+        if require_ours and OUR_KEY not in ckpt:
+            raise CheckpointError(f"sharded checkpoint {file} was not written by vlm_lightning")
+        return ckpt
     if not file.is_file():
         raise CheckpointError(f"checkpoint path is not a file: {file}")
     size = file.stat().st_size

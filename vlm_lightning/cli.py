@@ -29,7 +29,7 @@ from vlm_lightning.metrics import build_metrics
 from vlm_lightning.module import VLMFineTuner
 from vlm_lightning.secrets import RedactingSaveConfigCallback, load_env_file
 from vlm_lightning.setting_error import SettingError, missing_package_message, setting_error_in
-from vlm_lightning.sharding import register_strategies
+from vlm_lightning.sharding import check_strategy, forward_is_collective, resolve_strategy
 from vlm_lightning.startup_checks import (
     check_lora_targets,
     check_metrics_fit_answers,
@@ -38,8 +38,6 @@ from vlm_lightning.startup_checks import (
     first_answers,
 )
 from vlm_lightning.tracking import PredictionTable, TrackingChecks
-
-register_strategies()  # --trainer.strategy fsdp2
 
 
 class VLMLightningCLI(TrackingChecks, LightningCLI):
@@ -71,6 +69,7 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         trainer = _plain(section.get("trainer")) or {}
         check_run_folder(trainer.get("default_root_dir") or os.getcwd())
         model = _plain(section.get("model")) or {}
+        check_strategy(trainer.get("strategy"), model.get("mode"))
         lora = model.get("lora") or {}
         if isinstance(lora, dict) and isinstance(lora.get("targets"), str):
             check_lora_targets(lora["targets"])
@@ -122,6 +121,9 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         trainer_cfg["plugins"] = plugins
+        trainer_cfg["strategy"] = resolve_strategy(trainer_cfg.get("strategy", "auto"))  # fsdp: FSDP2
+        if forward_is_collective(trainer_cfg["strategy"]):
+            trainer_cfg["inference_mode"] = False  # FSDP2 cannot gather weights into inference tensors
         return super().instantiate_trainer(**kwargs)
 
     def _parse_ckpt_path(self) -> None:
@@ -135,12 +137,12 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         """
         from pathlib import Path
 
-        from vlm_lightning.checkpoint_io import OUR_KEY, validate_checkpoint
+        from vlm_lightning.checkpoint_io import OUR_KEY, is_sharded_checkpoint, validate_checkpoint
         from vlm_lightning.checkpoint_settings import settings_from_checkpoint
 
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not (ckpt_path and Path(ckpt_path).is_file()):
+        if not (ckpt_path and (Path(ckpt_path).is_file() or is_sharded_checkpoint(ckpt_path))):
             return  # a missing file is reported when the run needs it
         ckpt = validate_checkpoint(ckpt_path, require_ours=False)
         folder = run_folder_of(ckpt_path)

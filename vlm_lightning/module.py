@@ -17,6 +17,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torchmetrics import MeanMetric
 
+from vlm_lightning.data.sampling import FILLER
 from vlm_lightning.generation import end_of_turn_ids, generate_batch
 from vlm_lightning.loss import causal_lm_loss, fusable_head, labelled_positions, labelled_rows
 from vlm_lightning.metrics import build_metrics
@@ -31,7 +32,7 @@ from vlm_lightning.models.loading import Dtype
 from vlm_lightning.models.packed_positions import packed_inputs
 from vlm_lightning.models.peft_setup import LoraSettings, Mode, parameter_report
 from vlm_lightning.models.sync_free import split_host_inputs
-from vlm_lightning.sharding import full_value, is_sharded, shard_model
+from vlm_lightning.sharding import forward_is_collective, full_value, is_sharded, shard_model
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -151,6 +152,10 @@ class VLMFineTuner(L.LightningModule):
     # --- batches on the device without host syncs -----------------------------------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Find the labelled positions and rows on the CPU copy (on the GPU each is a sync: ``nonzero``)."""
+        if isinstance(batch, dict) and torch.is_tensor(batch.get("labels")):
+            for i, meta in enumerate(batch.get("meta") or []):
+                if meta.get(FILLER):  # an evaluation filler (sharded ranks in step): no loss, no score
+                    batch["labels"][i] = IGNORE_INDEX
         if (
             isinstance(batch, dict)
             and torch.is_tensor(batch.get("labels"))
@@ -236,12 +241,14 @@ class VLMFineTuner(L.LightningModule):
         self.val_token_acc.update(correct.float() / n_tokens.clamp(min=1), n_tokens)
         if self.hparams.val_generate:
             texts, _ = self.generate(batch)
-            self.val_metrics.update(texts, batch["answers"])
+            real = _scored(batch)
+            if real:
+                self.val_metrics.update([texts[i] for i in real], [batch["answers"][i] for i in real])
             if batch_idx == 0:
                 self.last_val_samples = [
                     {"id": i, "prompt": p, "prediction": t, "target": a[0] if len(a) == 1 else a}
                     for i, p, t, a in zip(batch["ids"], batch["prompts"], texts, batch["answers"])
-                ][:8]
+                ][: min(8, len(real))]
 
     def on_validation_epoch_end(self) -> None:
         self._log_synced("val/loss", self.val_loss.compute(), prog_bar=True)
@@ -267,7 +274,9 @@ class VLMFineTuner(L.LightningModule):
         start = time.perf_counter()
         texts, new_tokens = self.generate(batch)
         latency_ms = 1000 * (time.perf_counter() - start) / max(1, len(texts))
-        self.test_metrics.update(texts, batch["answers"])
+        real = _scored(batch)
+        if real:
+            self.test_metrics.update([texts[i] for i in real], [batch["answers"][i] for i in real])
         return self._rows(batch, texts, latency_ms, with_scores=True)
 
     def on_test_epoch_end(self) -> None:
@@ -285,8 +294,8 @@ class VLMFineTuner(L.LightningModule):
         self, batch: dict[str, Any], texts: list[str], latency_ms: float, with_scores: bool
     ) -> list[dict]:
         rows = []
-        for i, text in enumerate(texts):
-            answers = batch["answers"][i]
+        for i in _scored(batch):
+            text, answers = texts[i], batch["answers"][i]
             row = {
                 "id": batch["ids"][i],
                 "prompt": batch["prompts"][i],
@@ -313,7 +322,7 @@ class VLMFineTuner(L.LightningModule):
                 # sharded layers gather their weights collectively: every rank runs every decoding step
                 synced_gpus=self._trainer is not None
                 and self.trainer.world_size > 1
-                and is_sharded(self.model),
+                and forward_is_collective(self.trainer.strategy),
                 **kwargs,
             )
 
@@ -345,6 +354,7 @@ class VLMFineTuner(L.LightningModule):
                 self.facts,
                 self.device_mesh["data_parallel"],
                 param_dtype=torch.bfloat16 if precision.startswith("bf16") else None,
+                cpu_offload=bool(getattr(strategy, "cpu_offload", False)),
             )
             if self.trainer.is_global_zero:
                 print(f"[vlm_lightning] FSDP2: {units} shard units over {strategy.world_size} processes")
@@ -448,6 +458,12 @@ class VLMFineTuner(L.LightningModule):
             )
         if "rng_states" in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
             _set_rng_states(checkpoint["rng_states"])
+
+
+def _scored(batch: dict[str, Any]) -> list[int]:
+    """Indices of a batch's real samples, not ``EvenShardSampler`` fillers (which come last in a shard)."""
+    metas = batch.get("meta") or [{}] * len(batch["ids"])
+    return [i for i, meta in enumerate(metas) if not meta.get(FILLER)]
 
 
 def _collect_rng_states() -> dict[str, Any]:

@@ -13,14 +13,16 @@ file as one process, so ``test --ckpt_path``, resume and ``export`` work unchang
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
 from vlm_lightning.models.acceleration import repeated_layers
 from vlm_lightning.models.families import FamilyFacts
+from vlm_lightning.setting_error import SettingError
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
@@ -37,26 +39,42 @@ def full_value(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if isinstance(value, DTensor) else value
 
 
+def forward_is_collective(strategy: Any) -> bool:
+    """Whether the strategy's forward passes talk to the other ranks (sharded weights gather per layer),
+    so that every rank must run the same evaluation batches and decoding steps."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+    return isinstance(strategy, (ModelParallelStrategy, FSDPStrategy, DeepSpeedStrategy))
+
+
 def shard_model(
     model: torch.nn.Module,
     facts: FamilyFacts,
     mesh: Any,
     param_dtype: torch.dtype | None = None,
     reshard_after_forward: bool = True,
+    cpu_offload: bool = False,
 ) -> int:
     """``fully_shard`` each decoder and vision encoder layer, then the root; return the number of units.
 
     ``param_dtype`` (e.g. bf16) gathers parameters in that dtype for compute while gradients are reduced
     in float32. ``reshard_after_forward=False`` keeps gathered layers until backward (ZeRO-2-like: less
-    communication, more memory).
+    communication, more memory). ``cpu_offload`` keeps parameters, gradients and optimizer state in CPU
+    memory between uses (the optimizer step runs on the CPU).
     """
     policy = MixedPrecisionPolicy(
         param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None
     )
+    kwargs = {
+        "mesh": mesh,
+        "mp_policy": policy,
+        "reshard_after_forward": reshard_after_forward,
+        "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy(),
+    }
     units = 0
     for path in (facts.language_model, facts.vision_tower):
         for layer in repeated_layers(model, path):
-            fully_shard(layer, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+            fully_shard(layer, **kwargs)
             units += 1
     # ``generate`` computes image features through ``get_image_features``, which calls the vision tower
     # and projector modules but not the root: each is a unit of its own, so its weights gather there
@@ -69,7 +87,7 @@ def shard_model(
         units += 1
     # the root unit is the transformers model itself, not a PEFT wrapper: ``generate`` calls it directly
     root = model.get_base_model() if hasattr(model, "get_base_model") else model
-    fully_shard(root, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    fully_shard(root, **kwargs)
     # FSDP2 picks its root at the first forward and refuses a tower that runs before the root (as
     # ``generate`` does): settle the root now (private API, covered by tests/integration/test_fsdp.py)
     root._get_fsdp_state()._lazy_init()
@@ -84,6 +102,21 @@ def _submodule(model: torch.nn.Module, path: str) -> torch.nn.Module:
     raise ValueError(f"module {path!r} not found in {type(model).__name__}")
 
 
+def _to_device_except_shards(module: torch.nn.Module, device: torch.device) -> None:
+    """Move buffers and plain parameters of ``module`` to ``device``; DTensor shards stay where they are."""
+    from torch.distributed.tensor import DTensor
+
+    for sub in module.modules():
+        for name, param in sub.named_parameters(recurse=False):
+            if not isinstance(param, DTensor):
+                sub._parameters[name] = torch.nn.Parameter(
+                    param.data.to(device), requires_grad=param.requires_grad
+                )
+        for name, buffer in sub.named_buffers(recurse=False):
+            if buffer is not None:
+                sub._buffers[name] = buffer.to(device)
+
+
 class FSDP2Strategy(ModelParallelStrategy):
     """FSDP2 over all processes (``data_parallel_size`` = world size, no tensor parallelism).
 
@@ -91,9 +124,10 @@ class FSDP2Strategy(ModelParallelStrategy):
     processes of all nodes form the one sharding group.
     """
 
-    strategy_name = "fsdp2"
-
-    def __init__(self, save_distributed_checkpoint: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, save_distributed_checkpoint: bool = False, cpu_offload: bool = False, **kwargs: Any
+    ) -> None:
+        self.cpu_offload = cpu_offload
         kwargs.pop("data_parallel_size", None)
         kwargs.pop("tensor_parallel_size", None)
         super().__init__(
@@ -108,19 +142,103 @@ class FSDP2Strategy(ModelParallelStrategy):
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
 
+    def model_to_device(self) -> None:
+        """Move the module to the GPU, except offloaded shards, which FSDP2 keeps in CPU memory."""
+        if not self.cpu_offload:
+            return super().model_to_device()
+        for child in self.model.children():
+            if is_sharded(child):
+                _to_device_except_shards(child, self.root_device)
+            else:
+                child.to(self.root_device)  # metrics and other unsharded parts move as usual
+        return None
 
-def register_strategies() -> None:
-    """Make ``--trainer.strategy fsdp2`` (and ``fsdp2_sharded_checkpoint``) known to Lightning."""
-    if "fsdp2" not in StrategyRegistry:
-        StrategyRegistry.register(
-            "fsdp2", FSDP2Strategy, description="FSDP2 (fully_shard per layer), full checkpoints"
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Load a full file as Lightning does; a sharded folder holding only the trained weights (what
+        ``VLMFineTuner.on_save_checkpoint`` keeps) loads those, with their optimizer state.
+
+        Lightning's own sharded load asks the folder for every weight, frozen base included, and fails.
+        """
+        from lightning.fabric.strategies.fsdp import _is_sharded_checkpoint
+        from torch.distributed.checkpoint import load
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
         )
-        StrategyRegistry.register(
-            "fsdp2_sharded_checkpoint",
-            FSDP2Strategy,
-            description="FSDP2 (fully_shard per layer), one checkpoint shard per process",
-            save_distributed_checkpoint=True,
+
+        path = Path(self.broadcast(checkpoint_path))
+        if not _is_sharded_checkpoint(path):
+            return super().load_checkpoint(path, weights_only=weights_only)
+        module = self.model
+        trained = {name for name, param in module.named_parameters() if param.requires_grad}
+        weights = {k: v for k, v in get_model_state_dict(module).items() if k in trained}
+        state = {"state_dict": weights}
+        load(state, checkpoint_id=path)
+        module.load_state_dict(state["state_dict"], strict=False)
+        for idx, optimizer in enumerate(self.optimizers):
+            key = f"optimizer_{idx}"
+            optimizer_state = {key: get_optimizer_state_dict(module, optimizer)}
+            load(optimizer_state, checkpoint_id=path)
+            set_optimizer_state_dict(
+                module,
+                optimizer,
+                optim_state_dict=optimizer_state[key],
+                options=StateDictOptions(cpu_offload=True),
+            )
+        return torch.load(path / "meta.pt", weights_only=weights_only)
+
+
+#: ``--trainer.strategy`` names that run FSDP2 here (``fsdp`` included: Lightning's FSDP1 strategy refuses
+#: CPU processes and wraps the whole module by default; FSDP2 shards each layer and keeps parameter names)
+FSDP_NAMES: dict[str, dict[str, Any]] = {"fsdp": {}, "fsdp2": {}, "fsdp_cpu_offload": {"cpu_offload": True}}
+
+
+def _strategy_name(strategy: Any) -> str:
+    """A strategy setting as text: its name, or its class path / class name."""
+    if isinstance(strategy, str):
+        return strategy
+    if isinstance(strategy, dict):
+        return str(strategy.get("class_path", ""))
+    return type(strategy).__name__ if strategy is not None else "auto"
+
+
+def check_strategy(strategy: Any, mode: str | None) -> None:
+    """Refuse, before anything loads, a strategy this trainer does not run or one that cannot work with ``mode``."""
+    name = _strategy_name(strategy)
+    if "deepspeed" in name.lower():
+        raise SettingError(
+            f"--trainer.strategy {name}: DeepSpeed is not supported by vlm_lightning (not tested with its PEFT "
+            "wrapping, checkpoints and export); use --trainer.strategy fsdp (FSDP2: ZeRO-3-like sharding) or ddp"
+        )
+    if name.rsplit(".", 1)[-1] == "FSDPStrategy":
+        raise SettingError(
+            f"--trainer.strategy {name}: Lightning's FSDP1 strategy is not supported; use --trainer.strategy fsdp "
+            "(FSDP2: each decoder and vision layer its own shard unit, from the model family)"
+        )
+    sharded = name in FSDP_NAMES or name.rsplit(".", 1)[-1] in ("FSDP2Strategy", "ModelParallelStrategy")
+    if sharded and mode == "qlora":
+        raise SettingError(
+            f"--trainer.strategy {name} cannot run model.mode qlora: sharding bitsandbytes' 4-bit weights loses "
+            "their quantization state. Use --trainer.strategy ddp with qlora (each GPU holds the 4-bit base), "
+            "or model.mode lora with fsdp"
         )
 
 
-__all__ = ["FSDP2Strategy", "full_value", "is_sharded", "register_strategies", "shard_model"]
+def resolve_strategy(strategy: Any) -> Any:
+    """The strategy object for a name in ``FSDP_NAMES`` (anything else is passed to Lightning as given)."""
+    if isinstance(strategy, str) and strategy in FSDP_NAMES:
+        return FSDP2Strategy(**FSDP_NAMES[strategy])
+    return strategy
+
+
+__all__ = [
+    "FSDP2Strategy",
+    "forward_is_collective",
+    "full_value",
+    "check_strategy",
+    "is_sharded",
+    "resolve_strategy",
+    "shard_model",
+]

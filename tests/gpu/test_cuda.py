@@ -11,9 +11,11 @@ from PIL import Image
 
 from vlm_lightning.data.collator import ChatCollator
 from vlm_lightning.data.records import Record
+from vlm_lightning.models.acceleration import decoder_layers
 from vlm_lightning.models.loading import family_of, load_processor
 from vlm_lightning.models.peft_setup import LoraSettings
 from vlm_lightning.module import VLMFineTuner
+from vlm_lightning.sharding import is_sharded
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -115,6 +117,47 @@ def test_cli_fit_and_test_on_gpu(tiny_replica, tmp_path: Path) -> None:  # noqa:
     assert batch["inputs"]["input_ids"].shape[1] % 64 == 0
     test = build_cli(["test", *common, "--ckpt_path", str(best)])
     assert (Path(test.trainer.log_dir) / "predictions.jsonl").is_file()
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "fsdp_cpu_offload"])
+def test_fsdp_one_process_fit_test_and_export_on_gpu(tiny_replica, tmp_path: Path, strategy: str) -> None:  # noqa: ANN001
+    """The sharded path on CUDA with one process: fit (compiled layers, bf16), test, export of the adapter."""
+    import subprocess
+    import sys
+
+    from vlm_lightning.cli import build_cli
+
+    data = write_receipt_dataset(tmp_path / "data")
+    common = [
+        "--model.name_or_path", str(tiny_replica("qwen2_vl")),
+        "--model.metrics", "[json, exact_match]",
+        "--model.generate_max_new_tokens", "16",
+        "--data.train", str(data["train"]),
+        "--data.val", str(data["val"]),
+        "--data.test", str(data["test"]),
+        "--data.image_max_tokens", "16",
+        "--trainer.accelerator", "gpu",
+        "--trainer.devices", "1",
+        "--trainer.strategy", strategy,
+        "--trainer.precision", "bf16-mixed",
+        "--trainer.default_root_dir", str(tmp_path / "runs"),
+    ]  # fmt: skip
+    cli = build_cli(["fit", *common, "--trainer.max_steps", "4"])
+    assert is_sharded(cli.model.model) and cli.model._compiled
+    # decoder layers are resharded after use: their shards live in CPU memory with offload, else on the GPU
+    layer = decoder_layers(cli.model.model, cli.model.facts)[0]
+    where = {p.device.type for p in layer.parameters()}
+    assert where == ({"cpu"} if strategy == "fsdp_cpu_offload" else {"cuda"}), where
+    best = Path(cli.trainer.log_dir) / "best.ckpt"
+    test = build_cli(["test", *common, "--ckpt_path", str(best)])
+    assert "test/json_valid_rate" in test.trainer.callback_metrics
+    out = tmp_path / "adapter"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlm_lightning", "export", "--ckpt", str(best), "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "adapter_config.json").is_file()
 
 
 def test_no_host_sync_batches_give_the_same_loss_and_gradients(tiny_replica) -> None:  # noqa: ANN001

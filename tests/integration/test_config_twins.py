@@ -116,7 +116,8 @@ def test_seed_config_twin_runs(config: str, tiny_replica, tmp_path: Path) -> Non
             "eval_batch_size": 2,
             "num_workers": 0,
             "max_length": 1024,
-            "image_max_tokens": 64 if family != "paligemma" else None,
+            # small images (Gemma 4's smallest budget is 70 soft tokens; PaliGemma has a fixed size)
+            "image_max_tokens": {"paligemma": None, "gemma4": 70}.get(family, 64),
             "max_image_side": 256,
         },
         "trainer": {

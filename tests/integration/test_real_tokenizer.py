@@ -232,7 +232,7 @@ def test_decode_encode_round_trip(qwen_bpe) -> None:  # noqa: ANN001
 
 
 def test_replica_has_the_real_vocabulary_and_token_ids(family) -> None:  # noqa: ANN001
-    from vlm_lightning.models import tiny
+    from vlm_lightning.replicas import qwen as tiny
 
     name, path, facts, processor, _ = family
     tok = processor.tokenizer

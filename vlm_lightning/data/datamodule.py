@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -17,8 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 from vlm_lightning.data.collator import ChatCollator
 from vlm_lightning.data.masking import MaskStrategy
 from vlm_lightning.data.records import DataValidationError, Record, RowProblem, load_image, read_jsonl
+from vlm_lightning.data.sampling import FILLER, EvenShardSampler
 from vlm_lightning.distributed import gather_lists
 from vlm_lightning.setting_error import SettingError
+from vlm_lightning.sharding import forward_is_collective
 
 log = logging.getLogger(__name__)
 Split = Literal["train", "val", "test", "predict"]
@@ -126,6 +129,9 @@ class RecordDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[Record, list[Image.Image]]:
+        if index < 0:  # an evaluation filler (``EvenShardSampler``): sample -1 - index, marked, never scored
+            record, images = self[-1 - index]
+            return dataclasses.replace(record, meta={**record.meta, FILLER: True}), images
         record = self.records[index]
         images = []
         for image in record.images:
@@ -550,6 +556,9 @@ class DocumentDataModule(L.LightningDataModule):
                 batch_size=self.batch_size,
             )
             loader_cls, extra = StreamDataLoader, {"position": self.train_position}
+        elif trainer is not None and trainer.world_size > 1 and forward_is_collective(trainer.strategy):
+            # sharded weights: every rank runs the same number of batches (fillers pad the shorter shares)
+            sampler = EvenShardSampler(len(dataset), trainer.world_size, trainer.global_rank)
         elif trainer is not None and trainer.world_size > 1:
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 

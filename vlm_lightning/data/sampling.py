@@ -153,3 +153,30 @@ class StreamDataLoader(DataLoader):
         for batch in super().__iter__():
             pos.batch += 1
             yield batch
+
+
+#: ``meta`` key of an evaluation filler: a repeated sample that keeps sharded ranks in step, never scored
+FILLER = "filler"
+
+
+class EvenShardSampler(DistributedSampler):
+    """Each rank's strided share of an evaluation set, padded with fillers to the same number of samples.
+
+    Sharded models (FSDP) gather weights collectively in every forward, so every rank must run the same
+    number of evaluation batches. A filler is a negative index ``-1 - i``: ``RecordDataset`` returns sample
+    ``i`` marked ``meta["filler"]``, its labels are ignored and its outputs dropped, so every real sample
+    is still counted exactly once.
+    """
+
+    def __init__(self, size: int, num_replicas: int, rank: int) -> None:
+        # a DistributedSampler, so Lightning does not shard it a second time
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.indices = list(range(rank, size, num_replicas))
+        per_rank = -(-size // num_replicas)
+        self.indices += [-1 - (i % max(size, 1)) for i in range(per_rank - len(self.indices))]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

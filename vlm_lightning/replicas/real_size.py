@@ -60,6 +60,17 @@ QWEN2_VL_2B_VISION = {
     "spatial_merge_size": 2,
     "temporal_patch_size": 2,
 }
+# Qwen2-VL-7B-Instruct (huggingface.co/Qwen/Qwen2-VL-7B-Instruct/blob/main/config.json): the same vision
+# tower merging into a 3584-wide LM; untied embeddings. Published size 8.29B parameters (8,291,375,616).
+QWEN2_VL_7B_TEXT = {
+    **QWEN2_VL_2B_TEXT,
+    "vocab_size": 152064,
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+}
+QWEN2_VL_7B_VISION = {**QWEN2_VL_2B_VISION, "hidden_size": 3584}
 QWEN2_VL_SPECIALS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -158,6 +169,16 @@ def _pad_vocab(n: int, multiple: int = 64) -> int:
 
 def _qwen2_vl_2b(out_dir: Path, shrink: bool) -> Any:
     """Write the Qwen2-VL-2B processor; return its config (real or shrunk dims)."""
+    return _qwen2_vl(out_dir, shrink, QWEN2_VL_2B_TEXT, QWEN2_VL_2B_VISION, tie=True)
+
+
+def _qwen2_vl_7b(out_dir: Path, shrink: bool) -> Any:
+    """Write the Qwen2-VL-7B processor; return its config (real or shrunk dims)."""
+    return _qwen2_vl(out_dir, shrink, QWEN2_VL_7B_TEXT, QWEN2_VL_7B_VISION, tie=False)
+
+
+def _qwen2_vl(out_dir: Path, shrink: bool, text_dims: dict, vision_dims: dict, tie: bool) -> Any:
+    """A Qwen2-VL processor written to ``out_dir`` and the config of the given dimensions."""
     from transformers import (
         Qwen2VLConfig,
         Qwen2VLImageProcessor,
@@ -168,8 +189,8 @@ def _qwen2_vl_2b(out_dir: Path, shrink: bool) -> Any:
     tokenizer = byte_level_tokenizer(QWEN2_VL_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>")
     tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_VL_SPECIALS}
-    text = dict(QWEN2_VL_2B_TEXT)
-    vision = dict(QWEN2_VL_2B_VISION)
+    text = dict(text_dims)
+    vision = dict(vision_dims)
     if shrink:
         text.update(
             vocab_size=_pad_vocab(len(tokenizer)),
@@ -194,7 +215,7 @@ def _qwen2_vl_2b(out_dir: Path, shrink: bool) -> Any:
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie,
     )
     size = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
     processor = Qwen2VLProcessor(
@@ -259,6 +280,7 @@ class RealArchitecture:
 
 REAL_ARCHITECTURES: dict[str, RealArchitecture] = {
     "qwen2_vl_2b": RealArchitecture("qwen2_vl_2b", "qwen2_vl", "Qwen/Qwen2-VL-2B-Instruct", _qwen2_vl_2b),
+    "qwen2_vl_7b": RealArchitecture("qwen2_vl_7b", "qwen2_vl", "Qwen/Qwen2-VL-7B-Instruct", _qwen2_vl_7b),
     "lfm2_vl_1_6b": RealArchitecture("lfm2_vl_1_6b", "lfm2_vl", "LiquidAI/LFM2-VL-1.6B", _lfm2_vl_1_6b),
 }
 
