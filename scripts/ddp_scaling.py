@@ -242,7 +242,7 @@ def main() -> None:
         root = work / f"runs{name}"
         profile = (
             [
-                "--trainer.profiler=vlm_lightning.profiling.SteadyStateProfiler",
+                "--trainer.profiler=vlm_lightning.training.profiling.SteadyStateProfiler",
                 f"--trainer.profiler.skip={args.warmup}",
                 f"--trainer.profiler.dirpath={root / 'profile'}",
             ]
@@ -319,7 +319,8 @@ def main() -> None:
         f"### DDP scaling: {args.arch} (random weights), LoRA, bf16-mixed, per-GPU batch {args.batch_size}",
         "",
         f"Device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}; torch {torch.__version__}; command: "
-        f"`python scripts/ddp_scaling.py --arch {args.arch} --devices {' '.join(map(str, args.devices))} "
+        f"`python scripts/ddp_scaling.py --arch {args.arch} --config {args.config} --data-kind {args.data_kind} "
+        f"--devices {' '.join(map(str, args.devices))} "
         f"--steps {args.steps} --warmup {args.warmup} --batch-size {args.batch_size} --samples {args.samples}"
         + (f" --reps {args.reps}" if args.reps > 1 else "")
         + (f" --ddp-options {' '.join(args.ddp_options)}" if args.ddp_options else "")

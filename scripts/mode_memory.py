@@ -57,7 +57,7 @@ def measure(folder: Path, mode: str, batch_size: int, steps: int, warmup: int, c
     from vlm_lightning.data.datamodule import DocumentDataModule
     from vlm_lightning.data.synthetic import write_receipts
     from vlm_lightning.models.peft_setup import LoraSettings
-    from vlm_lightning.module import VLMFineTuner
+    from vlm_lightning.training.module import VLMFineTuner
 
     data = folder.parent / "receipts_mem"
     if not (data / "data.jsonl").exists():

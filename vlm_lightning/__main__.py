@@ -1,6 +1,6 @@
-"""``python -m vlm_lightning <command>`` (see ``vlm_lightning.commands``)."""
+"""``python -m vlm_lightning <command>`` (see ``vlm_lightning.cli.commands``)."""
 
-from vlm_lightning.commands import main
+from vlm_lightning.cli.commands import main
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
-"""``python -m vlm_lightning.infer``: see ``vlm_lightning.inference``."""
+"""``python -m vlm_lightning.infer``: see ``vlm_lightning.deploy.inference``."""
 
-from vlm_lightning.inference import main
+from vlm_lightning.deploy.inference import main
 
 if __name__ == "__main__":
     main()

@@ -2,7 +2,7 @@
 
 jsonargparse builds callbacks and profilers from the command line and wraps an exception raised in their
 ``__init__`` into its own ``ValueError`` ("Does not validate against any of the Union subtypes ...") with
-the original as the cause; ``vlm_lightning.cli.main`` finds the ``SettingError`` in that chain and prints
+the original as the cause; ``vlm_lightning.cli.lightning_cli.main`` finds the ``SettingError`` in that chain and prints
 only its message.
 """
 

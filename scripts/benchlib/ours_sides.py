@@ -38,8 +38,8 @@ def ours_step(model: Any, optimizer: Any, params: list[Any], batch: dict[str, An
     """
     import torch
 
-    from vlm_lightning.loss import causal_lm_loss, labelled_positions
     from vlm_lightning.models.sync_free import split_host_inputs
+    from vlm_lightning.training.loss import causal_lm_loss, labelled_positions
 
     moved, host = split_host_inputs(batch["inputs"], ctx.facts)
     inputs = {**to_device(moved, ctx.device), **host}
@@ -74,7 +74,7 @@ def ours_step(model: Any, optimizer: Any, params: list[Any], batch: dict[str, An
 
 def with_positions(batch: dict[str, Any]) -> dict[str, Any]:
     """The batch plus its labelled positions and rows, found on the CPU (as ``VLMFineTuner`` does)."""
-    from vlm_lightning.loss import labelled_positions, labelled_rows
+    from vlm_lightning.training.loss import labelled_positions, labelled_rows
 
     keep = labelled_positions(batch["labels"])
     return {**batch, "label_positions": keep, "label_rows": labelled_rows(batch["labels"], keep)}
@@ -201,7 +201,7 @@ def run_lightning(ctx: Context) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     import vlm_lightning.models.build as build_mod
-    import vlm_lightning.module as module_mod
+    import vlm_lightning.training.module as module_mod
 
     model, counts = build_base_model(ctx)
     regex = lm_linear_regex(model, ctx.facts)

@@ -14,8 +14,8 @@ from vlm_lightning.data.records import Record
 from vlm_lightning.models.acceleration import decoder_layers
 from vlm_lightning.models.loading import family_of, load_processor
 from vlm_lightning.models.peft_setup import LoraSettings
-from vlm_lightning.module import VLMFineTuner
-from vlm_lightning.sharding import is_sharded
+from vlm_lightning.training.module import VLMFineTuner
+from vlm_lightning.training.sharding import is_sharded
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -80,7 +80,7 @@ def test_training_steps_on_cuda(tiny_replica, mode: str) -> None:  # noqa: ANN00
 
 
 def test_cli_fit_and_test_on_gpu(tiny_replica, tmp_path: Path) -> None:  # noqa: ANN001
-    from vlm_lightning.cli import build_cli
+    from vlm_lightning.cli.lightning_cli import build_cli
 
     data = write_receipt_dataset(tmp_path / "data")
     common = [
@@ -125,7 +125,7 @@ def test_fsdp_one_process_fit_test_and_export_on_gpu(tiny_replica, tmp_path: Pat
     import subprocess
     import sys
 
-    from vlm_lightning.cli import build_cli
+    from vlm_lightning.cli.lightning_cli import build_cli
 
     data = write_receipt_dataset(tmp_path / "data")
     common = [
@@ -162,7 +162,7 @@ def test_fsdp_one_process_fit_test_and_export_on_gpu(tiny_replica, tmp_path: Pat
 
 def test_no_host_sync_batches_give_the_same_loss_and_gradients(tiny_replica) -> None:  # noqa: ANN001
     """LFM2-VL with spatial shapes kept on the CPU and labelled positions found on the CPU: same numbers."""
-    from vlm_lightning.loss import causal_lm_loss
+    from vlm_lightning.training.loss import causal_lm_loss
 
     path = str(tiny_replica("lfm2_vl"))
     torch.manual_seed(0)

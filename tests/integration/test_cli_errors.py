@@ -108,7 +108,7 @@ def test_sample_that_needs_more_tokens_names_sample_and_length(tiny_replica, dat
             "HostSyncReport needs start_step >= 0 and steps >= 1; got 20, 0",
         ),
         (
-            ["--trainer.profiler=vlm_lightning.profiling.SteadyStateProfiler", "--trainer.profiler.skip=-1"],
+            ["--trainer.profiler=vlm_lightning.training.profiling.SteadyStateProfiler", "--trainer.profiler.skip=-1"],
             "SteadyStateProfiler needs skip >= 0 and rows >= 1; got skip=-1",
         ),
     ],
@@ -142,8 +142,8 @@ def test_out_of_memory_gives_advice_not_a_traceback(
 ) -> None:  # noqa: ANN001
     import torch
 
-    from vlm_lightning.cli import main
-    from vlm_lightning.module import VLMFineTuner
+    from vlm_lightning.cli.lightning_cli import main
+    from vlm_lightning.training.module import VLMFineTuner
 
     def oom(self, batch):  # noqa: ANN001, ANN202
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

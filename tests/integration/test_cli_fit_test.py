@@ -12,7 +12,7 @@ import pytest
 import torch
 from fixtures_data import write_receipt_dataset
 
-from vlm_lightning.cli import build_cli
+from vlm_lightning.cli.lightning_cli import build_cli
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def fitted(tiny_replica, data, tmp_path_factory):  # noqa: ANN001, ANN201
         "--trainer.callbacks.start_step=2",
         "--trainer.callbacks.steps=1",
         "--trainer.callbacks.trace=false",
-        "--trainer.profiler=vlm_lightning.profiling.SteadyStateProfiler",
+        "--trainer.profiler=vlm_lightning.training.profiling.SteadyStateProfiler",
         "--trainer.profiler.skip=1",
         f"--trainer.profiler.dirpath={root / 'profile'}",
     ]
@@ -172,7 +172,7 @@ def test_evaluation_settings_follow_the_command_line_not_the_checkpoint(
 def test_checkpoint_structure_contradicted_on_the_command_line_is_an_error(
     fitted, tiny_replica, data, tmp_path
 ) -> None:  # noqa: ANN001
-    from vlm_lightning.checkpoint_settings import CheckpointSettingsError
+    from vlm_lightning.checkpoints.settings import CheckpointSettingsError
 
     cli, _ = fitted
     best = str(Path(cli.trainer.log_dir) / "best.ckpt")

@@ -13,7 +13,7 @@ import pytest
 from fixtures_data import write_receipt_dataset
 from PIL import Image
 
-from vlm_lightning.cli import main
+from vlm_lightning.cli.lightning_cli import main
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_packing_is_refused_for_a_family_that_cannot_keep_samples_apart(
 
 
 def test_packed_fit_trains_and_evaluates_unpacked(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
-    from vlm_lightning.cli import build_cli
+    from vlm_lightning.cli.lightning_cli import build_cli
 
     args = [*_args(tiny_replica("qwen2_vl"), data, tmp_path), "--trainer.max_steps", "3", "--data.packing", "true",
             "--data.batch_size", "3", "--data.max_length", "400", "--data.image_max_tokens", "16",

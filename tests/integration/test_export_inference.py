@@ -16,7 +16,7 @@ import torch
 from fixtures_data import write_receipt_dataset
 from PIL import Image
 
-from vlm_lightning.cli import build_cli
+from vlm_lightning.cli.lightning_cli import build_cli
 
 MAX_NEW = 16
 PROMPT = "Read this receipt as JSON."  # the run's prompt: inference must pick it up without being told
@@ -69,7 +69,7 @@ def run(tiny_replica, tmp_path_factory) -> dict[str, Any]:  # noqa: ANN001
 
 @pytest.fixture(scope="module")
 def exported(run) -> Path:  # noqa: ANN001
-    from vlm_lightning.export import main as export_main
+    from vlm_lightning.deploy.export import main as export_main
 
     out = run["root"] / "export" / "receipts"
     export_main(["--ckpt", str(run["best"]), "--out", str(out), "--merge", "--zip"])
@@ -153,8 +153,8 @@ def test_export_writes_adapter_merged_folder_and_zip(run, exported) -> None:  # 
 
 @pytest.mark.slow
 def test_greedy_tokens_agree_adapter_merged_module_and_checkpoint(run, plain) -> None:  # noqa: ANN001
-    from vlm_lightning.inference import GenerationSettings, Predictor
-    from vlm_lightning.module import VLMFineTuner
+    from vlm_lightning.deploy.inference import GenerationSettings, Predictor
+    from vlm_lightning.training.module import VLMFineTuner
 
     module = VLMFineTuner.load_from_checkpoint(run["best"], map_location="cpu").eval()
     collator = run["cli"].datamodule.collator  # the validation path: same image budget and template
@@ -189,7 +189,7 @@ def test_infer_cli_streams_text_for_one_image(run, exported, plain) -> None:  # 
 
 @pytest.mark.slow
 def test_infer_batch_mode_writes_one_row_per_image(run, exported, plain, tmp_path) -> None:  # noqa: ANN001
-    from vlm_lightning.inference import main as infer_main
+    from vlm_lightning.deploy.inference import main as infer_main
 
     images = tmp_path / "scans"
     images.mkdir()
@@ -218,7 +218,7 @@ def test_infer_batch_mode_writes_one_row_per_image(run, exported, plain, tmp_pat
 def test_qlora_checkpoint_merges_into_unquantized_16_or_32_bit_base(run, exported, tmp_path) -> None:  # noqa: ANN001
     from transformers import AutoModelForImageTextToText
 
-    from vlm_lightning.export import main as export_main
+    from vlm_lightning.deploy.export import main as export_main
 
     # a QLoRA run stores the same LoRA keys; only the mode differs (no bitsandbytes on CPU to train one)
     ckpt = torch.load(run["best"], weights_only=True)
@@ -237,7 +237,7 @@ def test_qlora_checkpoint_merges_into_unquantized_16_or_32_bit_base(run, exporte
 
 
 def test_push_to_hub_refused_without_token(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
-    from vlm_lightning.export import main as export_main
+    from vlm_lightning.deploy.export import main as export_main
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(SystemExit) as exc:
@@ -250,7 +250,7 @@ def test_push_to_hub_refused_without_token(tmp_path, monkeypatch, capsys) -> Non
 
 
 def test_export_refuses_foreign_checkpoint(tmp_path, capsys) -> None:  # noqa: ANN001
-    from vlm_lightning.export import main as export_main
+    from vlm_lightning.deploy.export import main as export_main
 
     ckpt = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": {}}, ckpt)
@@ -269,7 +269,7 @@ def test_export_refuses_foreign_checkpoint(tmp_path, capsys) -> None:  # noqa: A
 def test_infer_adapter_onto_a_base_of_another_family_is_one_clear_error(
     run, exported, tiny_replica, tmp_path, capsys
 ) -> None:  # noqa: ANN001
-    from vlm_lightning.inference import main as infer_main
+    from vlm_lightning.deploy.inference import main as infer_main
 
     image = _val_images(run)[0]
     with pytest.raises(SystemExit) as info:
@@ -287,9 +287,9 @@ def test_infer_adapter_onto_a_base_of_another_family_is_one_clear_error(
 @pytest.mark.slow
 def test_training_export_and_inference_build_the_same_model(run) -> None:  # noqa: ANN001
     """One model build: the same module tree and the same logits from the module, export and inference."""
-    from vlm_lightning.export import load_checkpoint, rebuild_model
-    from vlm_lightning.inference import Predictor
-    from vlm_lightning.module import VLMFineTuner
+    from vlm_lightning.deploy.export import load_checkpoint, rebuild_model
+    from vlm_lightning.deploy.inference import Predictor
+    from vlm_lightning.training.module import VLMFineTuner
 
     module = VLMFineTuner.load_from_checkpoint(run["best"], map_location="cpu").eval()
     exported, _, _ = rebuild_model(load_checkpoint(run["best"]), device="cpu")

@@ -78,7 +78,7 @@ def _losses(run: Path) -> dict[int, float]:
 
 
 def _trained(ckpt: Path) -> dict[str, torch.Tensor]:
-    from vlm_lightning.checkpoint_io import validate_checkpoint
+    from vlm_lightning.checkpoints.io import validate_checkpoint
 
     return dict(validate_checkpoint(ckpt)["state_dict"])
 
@@ -206,7 +206,7 @@ def test_sharded_checkpoint_resumes_exactly_and_exports(lora_runs, data, tmp_pat
     model, runs, _ = lora_runs
     sharded = [
         "--trainer.devices", "2",
-        "--trainer.strategy", "vlm_lightning.sharding.FSDP2Strategy",
+        "--trainer.strategy", "vlm_lightning.training.sharding.FSDP2Strategy",
         "--trainer.strategy.save_distributed_checkpoint", "true",
     ]  # fmt: skip
     _cli("fit", *_args(model, data, tmp_path, *sharded), "--trainer.max_steps", "2")

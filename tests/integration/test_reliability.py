@@ -234,7 +234,7 @@ def test_sigint_saves_resumable_checkpoint_and_restores_handlers(
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from vlm_lightning.callbacks.preemption import PreemptionCheckpoint
-    from vlm_lightning.checkpoint_io import validate_checkpoint
+    from vlm_lightning.checkpoints.io import validate_checkpoint
 
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     callback = PreemptionCheckpoint()
@@ -433,7 +433,7 @@ def test_sigterm_saves_last_ckpt_exits_cleanly_and_resume_matches_uninterrupted(
     assert saved.name == "last.ckpt" and saved.parent.parent == run_root
     assert "resume with: python -m vlm_lightning fit " in out and f"--ckpt_path {saved}" in out
 
-    from vlm_lightning.checkpoint_io import validate_checkpoint
+    from vlm_lightning.checkpoints.io import validate_checkpoint
 
     ckpt = validate_checkpoint(saved)
     assert ckpt["global_step"] == step
@@ -472,7 +472,7 @@ FAKE_HUB = "hf_FAKEHUB9876543210zyxwvutsrqponmlkjihg"
 def test_load_env_file_never_overrides_and_returns_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vlm_lightning.secrets import load_env_file
+    from vlm_lightning.cli.secrets import load_env_file
 
     env_file = tmp_path / ".env"
     env_file.write_text(f"HF_TOKEN={FAKE_HF}\nWANDB_API_KEY='{FAKE_WANDB}'\n# comment\nexport EXTRA=1\n")
@@ -487,7 +487,7 @@ def test_load_env_file_never_overrides_and_returns_names(
 def test_redact_and_find_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     from jsonargparse import Namespace
 
-    from vlm_lightning.secrets import find_secrets, redact
+    from vlm_lightning.cli.secrets import find_secrets, redact
 
     monkeypatch.setenv("HF_TOKEN", FAKE_HF)
     monkeypatch.setenv("WANDB_API_KEY", FAKE_WANDB)
@@ -513,7 +513,7 @@ def test_redact_and_find_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_redacting_save_config_callback_keeps_credentials_out_of_config_yaml(tmp_path: Path) -> None:
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-    from vlm_lightning.secrets import RedactingSaveConfigCallback
+    from vlm_lightning.cli.secrets import RedactingSaveConfigCallback
 
     class Keyed(_PoisonModule):
         def __init__(self, api_key: str = "") -> None:  # e.g. a tracker credential in the config
@@ -555,7 +555,7 @@ def test_redacting_save_config_callback_keeps_credentials_out_of_config_yaml(tmp
 def test_fit_writes_no_token_anywhere(
     tiny_replica: Any, receipt_data: dict[str, Path], tmp_path: Path
 ) -> None:
-    from vlm_lightning.secrets import find_secrets
+    from vlm_lightning.cli.secrets import find_secrets
 
     workdir = tmp_path / "work"
     workdir.mkdir()
@@ -627,8 +627,8 @@ def test_vlm_nan_loss_stops_with_step_and_sample_ids(
     tiny_replica: Any, receipt_data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The real module + CLI: a NaN loss at step 2 names the step and the batch's sample ids."""
-    from vlm_lightning.cli import build_cli
-    from vlm_lightning.module import VLMFineTuner
+    from vlm_lightning.cli.lightning_cli import build_cli
+    from vlm_lightning.training.module import VLMFineTuner
 
     original = VLMFineTuner.model_step
 

@@ -16,7 +16,7 @@ import pytest
 from fixtures_data import write_receipt_dataset
 
 from vlm_lightning.callbacks.curves import TrainingCurves, plot_curves, read_metrics_csv
-from vlm_lightning.tracking import (
+from vlm_lightning.callbacks.tracking import (
     TrackingChecks,
     TrackingConfigError,
     check_logger_config,
@@ -189,17 +189,17 @@ def cli_args(model: Path, data: dict[str, Path], root: Path, *extra: str) -> lis
 
 
 def tracking_integrated() -> bool:
-    from vlm_lightning.cli import VLMLightningCLI
+    from vlm_lightning.cli.lightning_cli import VLMLightningCLI
 
     return issubclass(VLMLightningCLI, TrackingChecks) or "check_cli_config" in vars(
-        sys.modules["vlm_lightning.cli"]
+        sys.modules["vlm_lightning.cli.lightning_cli"]
     )
 
 
 @pytest.fixture
 def build(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     """``build_cli`` with the tracking checks (applied here until cli.py carries them)."""
-    from vlm_lightning import cli
+    from vlm_lightning.cli import lightning_cli as cli
 
     if not tracking_integrated():
         monkeypatch.setattr(cli, "VLMLightningCLI", type("CLI", (TrackingChecks, cli.VLMLightningCLI), {}))
@@ -217,7 +217,7 @@ def wandb_cleanup() -> Iterator[None]:
 
 @pytest.mark.slow
 def test_fit_writes_training_curves(tiny_replica, data, tmp_path, capsys) -> None:  # noqa: ANN001
-    from vlm_lightning.cli import build_cli
+    from vlm_lightning.cli.lightning_cli import build_cli
 
     args = cli_args(
         tiny_replica("qwen2_vl"),
@@ -296,7 +296,7 @@ def test_wandb_offline_fit_logs_table_and_curves(  # noqa: ANN001
         "--trainer.logger.init_args.save_dir", str(save_dir),
         "--trainer.logger.init_args.project", "vlm-tests",
         "--trainer.callbacks+=vlm_lightning.callbacks.curves.TrainingCurves",
-        "--trainer.callbacks+=vlm_lightning.tracking.PredictionTable",
+        "--trainer.callbacks+=vlm_lightning.callbacks.tracking.PredictionTable",
         "--trainer.callbacks.max_samples=2",
     )  # fmt: skip
     cli = build(args)

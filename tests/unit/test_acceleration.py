@@ -19,7 +19,7 @@ from vlm_lightning.models.acceleration import (
     skip_lora_input_cast,
 )
 from vlm_lightning.models.peft_setup import LoraSettings
-from vlm_lightning.module import VLMFineTuner
+from vlm_lightning.training.module import VLMFineTuner
 
 
 def _lora_module(path: str) -> VLMFineTuner:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from vlm_lightning.checkpoint_io import AtomicCheckpointIO, CheckpointError, validate_checkpoint
+from vlm_lightning.checkpoints.io import AtomicCheckpointIO, CheckpointError, validate_checkpoint
 
 
 def _our_checkpoint(step: int = 3) -> dict[str, Any]:
@@ -97,7 +97,7 @@ def test_process_killed_while_writing_keeps_previous_checkpoint(tmp_path: Path) 
         import os, signal, sys, torch
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_checkpoint_io import _our_checkpoint
-        from vlm_lightning.checkpoint_io import AtomicCheckpointIO
+        from vlm_lightning.checkpoints.io import AtomicCheckpointIO
 
         io_plugin = AtomicCheckpointIO()
         io_plugin.save_checkpoint(_our_checkpoint(step=3), {str(path)!r})

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from vlm_lightning.commands import TOOLS, main
+from vlm_lightning.cli.commands import TOOLS, main
 
 
 @pytest.mark.parametrize("tool", sorted(TOOLS))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vlm_lightning.cli import build_cli
+from vlm_lightning.cli.lightning_cli import build_cli
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 

@@ -10,8 +10,8 @@ from vlm_lightning.callbacks.curves import TrainingCurves
 from vlm_lightning.callbacks.predictions import PredictionWriter
 from vlm_lightning.callbacks.progress import StepProgressBar
 from vlm_lightning.callbacks.throughput import Throughput
-from vlm_lightning.cli import default_callbacks, with_default_callbacks
-from vlm_lightning.tracking import PredictionTable
+from vlm_lightning.callbacks.tracking import PredictionTable
+from vlm_lightning.cli.lightning_cli import default_callbacks, with_default_callbacks
 
 
 def test_defaults_are_one_per_type() -> None:

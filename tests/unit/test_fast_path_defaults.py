@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vlm_lightning.data.datamodule import DocumentDataModule
-from vlm_lightning.module import compile_by_default
+from vlm_lightning.training.module import compile_by_default
 
 
 @pytest.mark.parametrize("cuda", [False, True])

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from vlm_lightning.library_noise import SILENCED_WARNINGS, quiet_libraries
+from vlm_lightning.cli.library_noise import SILENCED_WARNINGS, quiet_libraries
 from vlm_lightning.models.peft_setup import _check_targets_match
 from vlm_lightning.setting_error import SettingError
 

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vlm_lightning.data.records import Record
-from vlm_lightning.linear_cross_entropy import linear_cross_entropy
-from vlm_lightning.loss import causal_lm_loss, fusable_head, labelled_positions, labelled_rows
 from vlm_lightning.models.loading import family_of, load_model, load_processor, make_collator
 from vlm_lightning.replicas.registry import BUILDERS
+from vlm_lightning.training.linear_cross_entropy import linear_cross_entropy
+from vlm_lightning.training.loss import causal_lm_loss, fusable_head, labelled_positions, labelled_rows
 
 
 def _reference(hidden, weight, bias, targets):  # noqa: ANN001, ANN202
@@ -63,7 +63,9 @@ def test_a_trainable_head_is_refused() -> None:
 
 
 def _batch(path: str) -> dict:
-    collator = make_collator(load_processor(path, image_max_tokens=16), family_of(path), max_length=400)
+    facts = family_of(path)
+    budget = 70 if facts.name == "gemma4" else 16  # Gemma 4's smallest image budget is 70 soft tokens
+    collator = make_collator(load_processor(path, image_max_tokens=budget), facts, max_length=400)
     convs = [("Q", "short"), ("Longer question here", "a much longer answer than the first one")]
     recs = [
         Record(str(i), ["x"], [{"role": "user", "content": q}, {"role": "assistant", "content": a}], [a])

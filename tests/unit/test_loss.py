@@ -7,8 +7,8 @@ from PIL import Image
 
 from vlm_lightning.data.collator import ChatCollator
 from vlm_lightning.data.records import Record
-from vlm_lightning.loss import causal_lm_loss, labelled_positions
 from vlm_lightning.models.loading import family_of, load_model, load_processor
+from vlm_lightning.training.loss import causal_lm_loss, labelled_positions
 
 
 def test_labelled_positions() -> None:

@@ -9,7 +9,7 @@ from vlm_lightning.data.collator import ChatCollator
 from vlm_lightning.data.records import Record
 from vlm_lightning.models.loading import family_of, load_processor
 from vlm_lightning.models.peft_setup import LoraSettings
-from vlm_lightning.module import VLMFineTuner
+from vlm_lightning.training.module import VLMFineTuner
 
 
 def _batch(path: str, sizes: tuple[tuple[int, int], ...] = ((64, 80),) * 3) -> dict:
@@ -62,7 +62,7 @@ def test_full_mode_trains_language_model_only(tiny_replica) -> None:  # noqa: AN
 
 def test_batches_reach_the_device_without_host_syncs(tiny_replica) -> None:  # noqa: ANN001
     """Labelled positions are found on the CPU copy; LFM2-VL's spatial shapes stay on the CPU."""
-    from vlm_lightning.loss import causal_lm_loss, fusable_head, labelled_positions, labelled_rows
+    from vlm_lightning.training.loss import causal_lm_loss, fusable_head, labelled_positions, labelled_rows
 
     path = str(tiny_replica("lfm2_vl"))
     module = VLMFineTuner(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0), metrics=["exact_match"])
@@ -98,9 +98,9 @@ def test_families_without_host_inputs_move_everything(tiny_replica) -> None:  # 
 
 def test_sync_free_lfm2_image_features_match_the_library(tiny_replica) -> None:  # noqa: ANN001
     """Shapes read from the CPU: the same logits and gradients as transformers' own methods."""
-    from vlm_lightning.loss import causal_lm_loss
     from vlm_lightning.models.loading import load_model
     from vlm_lightning.models.sync_free import use_host_shapes
+    from vlm_lightning.training.loss import causal_lm_loss
 
     path = str(tiny_replica("lfm2_vl"))
     batch = _batch(path, sizes=((64, 80), (96, 48), (40, 40)))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vlm_lightning.profiling import SteadyStateProfiler, steady_stats
+from vlm_lightning.training.profiling import SteadyStateProfiler, steady_stats
 
 
 def test_steady_stats_leave_out_warmup() -> None:

@@ -8,15 +8,14 @@ from vlm_lightning.data.datamodule import RecordDataset
 from vlm_lightning.data.records import Record
 from vlm_lightning.data.sampling import FILLER, EvenShardSampler
 from vlm_lightning.setting_error import SettingError
-from vlm_lightning.sharding import FSDP2Strategy, check_strategy, resolve_strategy
+from vlm_lightning.training.sharding import FSDP2Strategy, check_strategy, resolve_strategy
 
 
 @pytest.mark.parametrize(
     ("strategy", "mode", "message"),
     [
         ("fsdp", "qlora", "cannot run model.mode qlora"),
-        ("fsdp_cpu_offload", "qlora", "cannot run model.mode qlora"),
-        ({"class_path": "vlm_lightning.sharding.FSDP2Strategy"}, "qlora", "4-bit"),
+        ({"class_path": "vlm_lightning.training.sharding.FSDP2Strategy"}, "qlora", "4-bit"),
         ("deepspeed_stage_3", "lora", "DeepSpeed is not supported"),
         ({"class_path": "lightning.pytorch.strategies.DeepSpeedStrategy"}, "full", "DeepSpeed"),
         (
@@ -37,6 +36,21 @@ def test_working_combinations_pass(strategy) -> None:  # noqa: ANN001
     check_strategy(strategy, "full")
     if strategy in ("auto", "ddp", None):
         check_strategy(strategy, "qlora")
+
+
+def test_cpu_offload_needs_cuda() -> None:
+    with pytest.raises(SettingError, match="needs a CUDA GPU"):
+        check_strategy("fsdp_cpu_offload", "full", "cpu")
+    with pytest.raises(SettingError, match="needs a CUDA GPU"):
+        check_strategy(
+            {
+                "class_path": "vlm_lightning.training.sharding.FSDP2Strategy",
+                "init_args": {"cpu_offload": True},
+            },
+            "full",
+            "cpu",
+        )
+    check_strategy("fsdp", "full", "cpu")
 
 
 def test_fsdp_names_become_fsdp2() -> None:

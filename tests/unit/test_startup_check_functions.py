@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from vlm_lightning.data.records import Record
-from vlm_lightning.setting_error import SettingError
-from vlm_lightning.startup_checks import (
+from vlm_lightning.cli.startup_checks import (
     check_lora_targets,
     check_metrics_fit_answers,
     check_monitor,
     logged_metric_keys,
 )
+from vlm_lightning.data.records import Record
+from vlm_lightning.setting_error import SettingError
 
 
 def _record(answer: str, line: int) -> Record:

@@ -32,7 +32,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from vlm_lightning.setting_error import SettingError
-from vlm_lightning.sharding import full_value
+from vlm_lightning.training.sharding import full_value
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -53,7 +53,7 @@ _Handler = Any  # callable, signal.SIG_DFL / SIG_IGN or None
 
 def resume_command(ckpt_path: str | Path, argv: Sequence[str] | None = None) -> str:
     """The command that resumes this run: our argv with ``--ckpt_path`` replaced, secrets redacted."""
-    from vlm_lightning.secrets import redact
+    from vlm_lightning.cli.secrets import redact
 
     argv = list(sys.argv if argv is None else argv)
     program = Path(argv[0]) if argv else Path()

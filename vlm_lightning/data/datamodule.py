@@ -19,9 +19,9 @@ from vlm_lightning.data.collator import ChatCollator
 from vlm_lightning.data.masking import MaskStrategy
 from vlm_lightning.data.records import DataValidationError, Record, RowProblem, load_image, read_jsonl
 from vlm_lightning.data.sampling import FILLER, EvenShardSampler
-from vlm_lightning.distributed import gather_lists
 from vlm_lightning.setting_error import SettingError
-from vlm_lightning.sharding import forward_is_collective
+from vlm_lightning.training.distributed import gather_lists
+from vlm_lightning.training.sharding import forward_is_collective
 
 log = logging.getLogger(__name__)
 Split = Literal["train", "val", "test", "predict"]

@@ -20,7 +20,9 @@ from vlm_lightning.replicas.registry import BUILDERS, build_tiny
 def main(argv: list[str] | None = None) -> None:
     """CLI: build a tiny replica folder."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m vlm_lightning tiny",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("family", choices=sorted(BUILDERS))
     parser.add_argument("out_dir", type=Path)

@@ -9,8 +9,6 @@ from transformers import (
     Lfm3VlConfig,
     Lfm3VlForConditionalGeneration,
     Lfm3VlProcessor,
-    Qwen2VLImageProcessor,
-    Qwen3VLVideoProcessor,
 )
 
 from vlm_lightning.replicas.common import (
@@ -19,6 +17,7 @@ from vlm_lightning.replicas.common import (
     save_replica,
     set_generation_ids,
 )
+from vlm_lightning.replicas.qwen import qwen3_style_image_processors
 
 # LiquidAI/LFM3-VL-2B: the checkpoint's chat_template.jinja could not be read from here (no hub access, and no
 # public copy of it was found). This template is reconstructed from what is public: the LFM2 / LFM2.5 ChatML
@@ -118,13 +117,7 @@ def build_lfm3_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed
     set_generation_ids(model, eos=ids["<|im_end|>"], pad=ids["<|pad|>"], bos=ids["<|startoftext|>"])
     unit = 32 * 32  # pixels per image token: (patch 16 x merge 2)^2
     size = {"shortest_edge": 4 * unit, "longest_edge": 16 * unit}
-    half = [0.5, 0.5, 0.5]
     processor = Lfm3VlProcessor(
-        image_processor=Qwen2VLImageProcessor(
-            size=size, patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=half, image_std=half
-        ),
-        tokenizer=tokenizer,
-        video_processor=Qwen3VLVideoProcessor(size=size, patch_size=16, merge_size=2, temporal_patch_size=2),
-        chat_template=LFM3_VL_CHAT_TEMPLATE,
+        tokenizer=tokenizer, chat_template=LFM3_VL_CHAT_TEMPLATE, **qwen3_style_image_processors(size)
     )
     return save_replica(model, processor, out_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -411,13 +412,20 @@ def build_qwen3_vl(
     model = Qwen3VLForConditionalGeneration(config)
     set_generation_ids(model, eos=generation_eos, pad=ids["<|endoftext|>"], bos=ids["<|endoftext|>"])
     size = {"shortest_edge": 64 * 64, "longest_edge": 256 * 256}
-    half = [0.5, 0.5, 0.5]
     processor = Qwen3VLProcessor(
-        image_processor=Qwen2VLImageProcessor(
-            size=size, patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=half, image_std=half
-        ),
-        tokenizer=tokenizer,
-        video_processor=Qwen3VLVideoProcessor(size=size, patch_size=16, merge_size=2, temporal_patch_size=2),
-        chat_template=QWEN3_VL_CHAT_TEMPLATE,
+        tokenizer=tokenizer, chat_template=QWEN3_VL_CHAT_TEMPLATE, **qwen3_style_image_processors(size)
     )
     return save_replica(model, processor, out_dir)
+
+
+def qwen3_style_image_processors(size: dict[str, int]) -> dict[str, Any]:
+    """Image and video processors of Qwen3-style vision (patch 16, merge 2: 32 px per token, mean/std 0.5)."""
+    half = [0.5, 0.5, 0.5]
+    return {
+        "image_processor": Qwen2VLImageProcessor(
+            size=size, patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=half, image_std=half
+        ),
+        "video_processor": Qwen3VLVideoProcessor(
+            size=size, patch_size=16, merge_size=2, temporal_patch_size=2
+        ),
+    }

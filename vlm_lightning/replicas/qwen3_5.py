@@ -14,11 +14,9 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    Qwen2VLImageProcessor,
     Qwen3_5Config,
     Qwen3_5ForConditionalGeneration,
     Qwen3VLProcessor,
-    Qwen3VLVideoProcessor,
 )
 
 from vlm_lightning.replicas.common import (
@@ -27,7 +25,7 @@ from vlm_lightning.replicas.common import (
     save_replica,
     set_generation_ids,
 )
-from vlm_lightning.replicas.qwen import QWEN_SPECIAL_TOKENS, _qwen_mrope_section
+from vlm_lightning.replicas.qwen import QWEN_SPECIAL_TOKENS, _qwen_mrope_section, qwen3_style_image_processors
 
 # The chat template of Qwen/Qwen3.5-0.8B and Qwen/Qwen3.5-2B (``chat_template.jinja``), which this repository
 # could not download: the body is the Qwen3.5 template as reproduced verbatim in public code (llama-cpp-python's
@@ -267,13 +265,7 @@ def build_qwen3_5(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed
     model = Qwen3_5ForConditionalGeneration(config)
     set_generation_ids(model, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"], bos=ids["<|endoftext|>"])
     size = {"shortest_edge": 64 * 64, "longest_edge": 256 * 256}
-    half = [0.5, 0.5, 0.5]
     processor = Qwen3VLProcessor(
-        image_processor=Qwen2VLImageProcessor(
-            size=size, patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=half, image_std=half
-        ),
-        tokenizer=tokenizer,
-        video_processor=Qwen3VLVideoProcessor(size=size, patch_size=16, merge_size=2, temporal_patch_size=2),
-        chat_template=QWEN3_5_CHAT_TEMPLATE,
+        tokenizer=tokenizer, chat_template=QWEN3_5_CHAT_TEMPLATE, **qwen3_style_image_processors(size)
     )
     return save_replica(model, processor, out_dir)

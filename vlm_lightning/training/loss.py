@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from vlm_lightning.linear_cross_entropy import linear_cross_entropy
+from vlm_lightning.training.linear_cross_entropy import linear_cross_entropy
 
 IGNORE_INDEX = -100
 

@@ -204,9 +204,17 @@ def _strategy_name(strategy: Any) -> str:
     return type(strategy).__name__ if strategy is not None else "auto"
 
 
-def check_strategy(strategy: Any, mode: str | None) -> None:
-    """Refuse, before anything loads, a strategy this trainer does not run or one that cannot work with ``mode``."""
+def check_strategy(strategy: Any, mode: str | None, accelerator: Any = "auto") -> None:
+    """Refuse, before anything loads, a strategy this trainer does not run or one that cannot work with ``mode``
+    or the ``accelerator``."""
     name = _strategy_name(strategy)
+    init_args = strategy.get("init_args") or {} if isinstance(strategy, dict) else {}
+    offload = FSDP_NAMES.get(name, {}).get("cpu_offload") or init_args.get("cpu_offload") is True
+    if offload and (str(accelerator) == "cpu" or not torch.cuda.is_available()):
+        raise SettingError(
+            f"--trainer.strategy {name} needs a CUDA GPU (FSDP2 offloads through pinned host memory); "
+            "on CPU use --trainer.strategy fsdp"
+        )
     if "deepspeed" in name.lower():
         raise SettingError(
             f"--trainer.strategy {name}: DeepSpeed is not supported by vlm_lightning (not tested with its PEFT "

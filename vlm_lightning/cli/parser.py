@@ -76,7 +76,7 @@ class ConciseArgumentParser(LightningArgumentParser):
 
 def parser_kwargs() -> dict[str, Any]:
     """Keyword arguments for LightningCLI's main parser (its help lists every command)."""
-    from vlm_lightning.commands import usage
+    from vlm_lightning.cli.commands import usage
 
     return {"prog": PROG, "description": "Fine-tune vision-language models on documents.", "epilog": usage()}
 

@@ -20,24 +20,24 @@ from vlm_lightning.callbacks.progress import StepProgressBar
 from vlm_lightning.callbacks.run_log import ResumedCSVLogger, run_folder_of
 from vlm_lightning.callbacks.run_summary import RunSummary
 from vlm_lightning.callbacks.throughput import Throughput
-from vlm_lightning.checkpoint_io import AtomicCheckpointIO
-from vlm_lightning.checkpoint_settings import CheckpointSettingsError
-from vlm_lightning.cli_parser import ConciseArgumentParser, parser_kwargs
-from vlm_lightning.data.datamodule import DocumentDataModule
-from vlm_lightning.library_noise import quiet_libraries
-from vlm_lightning.metrics import build_metrics
-from vlm_lightning.module import VLMFineTuner
-from vlm_lightning.secrets import RedactingSaveConfigCallback, load_env_file
-from vlm_lightning.setting_error import SettingError, missing_package_message, setting_error_in
-from vlm_lightning.sharding import check_strategy, forward_is_collective, resolve_strategy
-from vlm_lightning.startup_checks import (
+from vlm_lightning.callbacks.tracking import PredictionTable, TrackingChecks
+from vlm_lightning.checkpoints.io import AtomicCheckpointIO
+from vlm_lightning.checkpoints.settings import CheckpointSettingsError
+from vlm_lightning.cli.library_noise import quiet_libraries
+from vlm_lightning.cli.parser import ConciseArgumentParser, parser_kwargs
+from vlm_lightning.cli.secrets import RedactingSaveConfigCallback, load_env_file
+from vlm_lightning.cli.startup_checks import (
     check_lora_targets,
     check_metrics_fit_answers,
     check_monitor,
     check_run_folder,
     first_answers,
 )
-from vlm_lightning.tracking import PredictionTable, TrackingChecks
+from vlm_lightning.data.datamodule import DocumentDataModule
+from vlm_lightning.metrics import build_metrics
+from vlm_lightning.setting_error import SettingError, missing_package_message, setting_error_in
+from vlm_lightning.training.module import VLMFineTuner
+from vlm_lightning.training.sharding import check_strategy, forward_is_collective, resolve_strategy
 
 
 class VLMLightningCLI(TrackingChecks, LightningCLI):
@@ -69,7 +69,7 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         trainer = _plain(section.get("trainer")) or {}
         check_run_folder(trainer.get("default_root_dir") or os.getcwd())
         model = _plain(section.get("model")) or {}
-        check_strategy(trainer.get("strategy"), model.get("mode"))
+        check_strategy(trainer.get("strategy"), model.get("mode"), trainer.get("accelerator", "auto"))
         lora = model.get("lora") or {}
         if isinstance(lora, dict) and isinstance(lora.get("targets"), str):
             check_lora_targets(lora["targets"])
@@ -137,8 +137,8 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         """
         from pathlib import Path
 
-        from vlm_lightning.checkpoint_io import OUR_KEY, is_sharded_checkpoint, validate_checkpoint
-        from vlm_lightning.checkpoint_settings import settings_from_checkpoint
+        from vlm_lightning.checkpoints.io import OUR_KEY, is_sharded_checkpoint, validate_checkpoint
+        from vlm_lightning.checkpoints.settings import settings_from_checkpoint
 
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -268,7 +268,8 @@ def _plain(value: Any) -> Any:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from vlm_lightning.callbacks.nonfinite import NonFiniteLossError
-    from vlm_lightning.checkpoint_io import CheckpointError
+    from vlm_lightning.callbacks.tracking import TrackingConfigError
+    from vlm_lightning.checkpoints.io import CheckpointError
     from vlm_lightning.data.collator import SampleTooLongError
     from vlm_lightning.data.datamodule import ImageLoadError
     from vlm_lightning.data.leakage import LeakageError
@@ -277,8 +278,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from vlm_lightning.data.sources import HubUnreachableError
     from vlm_lightning.models.families import UnknownFamilyError
     from vlm_lightning.models.loading import ModelLoadError
-    from vlm_lightning.module import CheckpointMismatchError
-    from vlm_lightning.tracking import TrackingConfigError
+    from vlm_lightning.training.module import CheckpointMismatchError
 
     return (
         DataValidationError,

@@ -19,7 +19,6 @@ from torchmetrics import MeanMetric
 
 from vlm_lightning.data.sampling import FILLER
 from vlm_lightning.generation import end_of_turn_ids, generate_batch
-from vlm_lightning.loss import causal_lm_loss, fusable_head, labelled_positions, labelled_rows
 from vlm_lightning.metrics import build_metrics
 from vlm_lightning.models.acceleration import (
     compile_decoder_layers,
@@ -32,7 +31,8 @@ from vlm_lightning.models.loading import Dtype
 from vlm_lightning.models.packed_positions import packed_inputs
 from vlm_lightning.models.peft_setup import LoraSettings, Mode, parameter_report
 from vlm_lightning.models.sync_free import split_host_inputs
-from vlm_lightning.sharding import forward_is_collective, full_value, is_sharded, shard_model
+from vlm_lightning.training.loss import causal_lm_loss, fusable_head, labelled_positions, labelled_rows
+from vlm_lightning.training.sharding import forward_is_collective, full_value, is_sharded, shard_model
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100

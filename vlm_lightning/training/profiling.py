@@ -1,6 +1,6 @@
 """Host-time profile of the steady-state training loop, per rank: which part of a step waits.
 
-    python -m vlm_lightning fit --config ... --trainer.profiler vlm_lightning.profiling.SteadyStateProfiler \
+    python -m vlm_lightning fit --config ... --trainer.profiler vlm_lightning.training.profiling.SteadyStateProfiler \
         --trainer.profiler.skip 40 --trainer.profiler.dirpath runs/prof --trainer.profiler.filename steady
 
 Lightning's ``SimpleProfiler`` times every loop action and hook (fetching the next batch, the training

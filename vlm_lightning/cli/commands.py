@@ -1,7 +1,7 @@
 """The one command table of ``python -m vlm_lightning <command>``.
 
-``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI subcommands (``vlm_lightning.cli``); the tools
-below run their own parsers. ``python -m vlm_lightning.export`` and the other module forms keep working.
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI subcommands (``vlm_lightning.cli.lightning_cli``); the tools
+below run their own parsers. ``python -m vlm_lightning.deploy.export`` and the other module forms keep working.
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ from collections.abc import Sequence
 
 #: command -> (module with ``main(argv)``, one-line description)
 TOOLS: dict[str, tuple[str, str]] = {
-    "export": ("vlm_lightning.export", "write a PEFT adapter / merged model folder from a checkpoint"),
-    "infer": ("vlm_lightning.inference", "generate for images with a base model, adapter or checkpoint"),
+    "export": ("vlm_lightning.deploy.export", "write a PEFT adapter / merged model folder from a checkpoint"),
+    "infer": (
+        "vlm_lightning.deploy.inference",
+        "generate for images with a base model, adapter or checkpoint",
+    ),
     "compare": ("vlm_lightning.evaluation.compare", "baseline vs fine-tuned test metrics on the same split"),
-    "tiny": ("vlm_lightning.replicas", "build an offline tiny replica of a model family"),
+    "tiny": ("vlm_lightning.replicas.__main__", "build an offline tiny replica of a model family"),
     "synthetic": ("vlm_lightning.data.synthetic.__main__", "generate synthetic documents (receipts, ...)"),
 }
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
@@ -38,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.argv[0] = f"python -m vlm_lightning {args[0]}"  # the tool's usage line names this command
         result = importlib.import_module(module).main(args[1:])
         raise SystemExit(result if isinstance(result, int) else 0)
-    from vlm_lightning.cli import main as trainer_main
+    from vlm_lightning.cli.lightning_cli import main as trainer_main
 
     trainer_main(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
 

@@ -2,7 +2,7 @@
 
 * ``check_logger_config(cfg)`` / ``check_loggers(loggers)``: W&B is used only when it is configured
   AND a key exists (``WANDB_API_KEY`` or ``WANDB_IDENTITY_TOKEN_FILE`` in the environment, in ``.env``
-  loaded through ``vlm_lightning.secrets.load_env_file``, or an entry in ``~/.netrc`` / ``$NETRC``
+  loaded through ``vlm_lightning.cli.secrets.load_env_file``, or an entry in ``~/.netrc`` / ``$NETRC``
   written by ``wandb login``), or when it runs without the server (``WANDB_MODE=offline`` / ``disabled``,
   ``offline: true`` or ``mode: offline``). Otherwise a ``TrackingConfigError`` says how to fix it
   before any model is loaded: never a hang or an interactive login prompt.
@@ -31,7 +31,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 try:  # shared with the config.yaml redaction when available
-    from vlm_lightning.secrets import SECRET_KEY_PATTERN
+    from vlm_lightning.cli.secrets import SECRET_KEY_PATTERN
 except ImportError:  # pragma: no cover
     SECRET_KEY_PATTERN = re.compile(
         r"(api[_-]?key|token|secret|password|passwd|credential)s?$", re.IGNORECASE
@@ -57,7 +57,7 @@ def wandb_key_source(env: Mapping[str, str] | None = None, load_dotenv: bool = T
     """Where wandb would find credentials (a description, never the value), or ``None``.
 
     Looks at ``WANDB_API_KEY`` / ``WANDB_IDENTITY_TOKEN_FILE``, then ``.env`` in the working directory
-    (loaded into ``os.environ`` through ``vlm_lightning.secrets.load_env_file`` when ``env`` is the real
+    (loaded into ``os.environ`` through ``vlm_lightning.cli.secrets.load_env_file`` when ``env`` is the real
     environment and ``load_dotenv``), then the netrc file wandb reads (``$NETRC``, ``~/.netrc``, ``~/_netrc``)
     for the host of ``WANDB_BASE_URL``.
     """
@@ -68,7 +68,7 @@ def wandb_key_source(env: Mapping[str, str] | None = None, load_dotenv: bool = T
             return f"${name}"
     if real_env and load_dotenv:
         try:
-            from vlm_lightning.secrets import load_env_file
+            from vlm_lightning.cli.secrets import load_env_file
         except ImportError:  # pragma: no cover
             load_env_file = None
         if load_env_file is not None:

@@ -35,7 +35,7 @@ def _as_dict(value: Any) -> dict[str, Any]:
 
 def trained_structure(model_settings: Any) -> dict[str, Any]:
     """``{"mode": ..., "lora.r": ..., ...}``: the settings that shape the trained weights (defaults filled)."""
-    from vlm_lightning.module import VLMFineTuner
+    from vlm_lightning.training.module import VLMFineTuner
 
     settings = _as_dict(model_settings)
     signature = inspect.signature(VLMFineTuner.__init__).parameters

@@ -11,7 +11,7 @@ stop tokens), so a prompt is tokenized exactly as during validation.
     python -m vlm_lightning.infer --model exports/receipts/merged --images-dir scans/ --out preds/predictions.jsonl
 
 Defaults for the prompt, system prompt and image budget come from the training run when known (the
-checkpoint, or the ``vlm_lightning_export.json`` that ``vlm_lightning.export`` writes).
+checkpoint, or the ``vlm_lightning_export.json`` that ``vlm_lightning.deploy.export`` writes).
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vlm_lightning.checkpoint_io import CheckpointError
+from vlm_lightning.checkpoints.io import CheckpointError
+from vlm_lightning.cli.library_noise import quiet_libraries
 from vlm_lightning.data.datamodule import RecordDataset
 from vlm_lightning.data.records import DataValidationError, Record, image_problem, read_jsonl, record_from_row
-from vlm_lightning.export import EXPORT_INFO, ExportError, load_checkpoint, rebuild_model
+from vlm_lightning.deploy.export import EXPORT_INFO, ExportError, load_checkpoint, rebuild_model
 from vlm_lightning.generation import end_of_turn_ids, generate_batch
-from vlm_lightning.library_noise import quiet_libraries
 from vlm_lightning.models.build import build_model
 from vlm_lightning.models.families import FamilyFacts, UnknownFamilyError
 from vlm_lightning.models.loading import (
@@ -83,7 +83,7 @@ def _check_adapter(adapter: Path, model: str, family: str) -> None:
     if not (adapter / "adapter_config.json").is_file():
         raise ExportError(
             f"--adapter {adapter} is not a PEFT adapter folder (no adapter_config.json): "
-            "give the folder written by python -m vlm_lightning.export"
+            "give the folder written by python -m vlm_lightning.deploy.export"
         )
     trained = _read_defaults(adapter).get("family")
     if trained and trained != family:
@@ -310,14 +310,14 @@ def write_predictions(rows: list[dict[str, Any]], out: str | Path) -> tuple[Path
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m vlm_lightning.infer",
+        prog="python -m vlm_lightning infer",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="base model or merged export (folder or hub id)")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument(
-        "--adapter", type=Path, help="a PEFT adapter folder (python -m vlm_lightning.export)"
+        "--adapter", type=Path, help="a PEFT adapter folder (python -m vlm_lightning.deploy.export)"
     )
     weights.add_argument("--ckpt", type=Path, help="a vlm_lightning training checkpoint (best.ckpt)")
     inputs = parser.add_mutually_exclusive_group(required=True)

@@ -1,0 +1,1 @@
+"""After training: export (adapter / merged model / hub), inference on new images, model cards."""

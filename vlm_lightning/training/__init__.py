@@ -1,0 +1,1 @@
+"""Training: the LightningModule, its loss (fused head + cross-entropy), FSDP2 sharding, profiling."""
