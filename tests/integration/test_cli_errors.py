@@ -134,7 +134,7 @@ def test_missing_data_file(tiny_replica, data, tmp_path) -> None:  # noqa: ANN00
     proc = run_cli(
         "fit", *common(tiny_replica("qwen2_vl"), {**data, "train": tmp_path / "nope.jsonl"}, tmp_path)
     )
-    assert_clean_error(proc, "data file not found", "nope.jsonl")
+    assert_clean_error(proc, "data file not found", "nope.jsonl", "(data.train;")
 
 
 def test_out_of_memory_gives_advice_not_a_traceback(

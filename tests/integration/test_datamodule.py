@@ -182,7 +182,9 @@ def test_max_length_cutting_most_answers_stops_with_the_length_that_fits(tiny_re
     text = str(info.value)
     assert f"4 of 4 training samples (100%) are longer than data.max_length {short}" in text
     assert "end-of-turn token" in text
-    assert f"--data.max_length {lengths[-1]} keeps 95% whole, {lengths[-1]} keeps all" in text
+    # 4 samples: the 95 % length is the longest one, named once
+    assert f"--data.max_length {lengths[-1]} keeps every answer whole" in text
+    assert "token lengths:0: field 'data.max_length'" in text and "<length check>" not in text
     allowed = make(tiny_replica, data, max_length=short, max_cut_fraction=1.0)
     allowed.setup("fit")  # the user's explicit choice: trains with cut answers (and warns)
     assert allowed.datasets["train"].lengths == [short] * 4

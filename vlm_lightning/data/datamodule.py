@@ -71,11 +71,16 @@ def _too_many_cut(cut: list[tuple[str, int, int]], lengths: list[int], hparams: 
     # cut samples were measured at max_length: the longest len(cut) lengths are theirs
     full = sorted(lengths)[: n - len(cut)] + [length for _, length, _ in cut]
     shown = ", ".join(f"{rid} ({length} tokens)" for rid, length, _ in cut[:5])
+    most, every = length_to_fit(full, 0.95), max(full)
+    fits = (
+        f"--data.max_length {every} keeps every answer whole"
+        if most == every
+        else f"--data.max_length {most} keeps 95% whole, {every} keeps all"
+    )
     return (
         f"{len(cut)} of {n} training samples ({len(cut) / n:.0%}) are longer than data.max_length "
         f"{hparams['max_length']} and would lose the end of their answer and its end-of-turn token, so the "
-        f"model would never learn to finish (e.g. {shown}). --data.max_length {length_to_fit(full, 0.95)} "
-        f"keeps 95% whole, {max(full)} keeps all; or allow this with --data.max_cut_fraction "
+        f"model would never learn to finish (e.g. {shown}). {fits}; or allow this with --data.max_cut_fraction "
         f"{math.ceil(100 * len(cut) / n) / 100:.2f}"
     )
 
@@ -334,6 +339,11 @@ class DocumentDataModule(L.LightningDataModule):
         if path is None:
             return []
         if isinstance(path, str) and path.endswith(".jsonl"):
+            if not Path(path).is_file():
+                raise FileNotFoundError(
+                    f"data file not found: {path} (data.{split}; a relative path is read from the working "
+                    f"directory {Path.cwd()})"
+                )
             records, problems = read_jsonl(
                 path,
                 default_prompt=self.hparams.prompt,
@@ -486,7 +496,7 @@ class DocumentDataModule(L.LightningDataModule):
             self._check_row_budget(train.lengths, "train")
         if problems:
             raise DataValidationError(
-                [RowProblem("<length check>", 0, "max_length", p) for p in problems],
+                [RowProblem("token lengths", 0, "data.max_length", p) for p in problems],
                 hint="\nNo sample was cut silently: raise data.max_length or lower data.image_max_tokens.",
             )
 
