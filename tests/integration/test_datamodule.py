@@ -191,7 +191,7 @@ def test_max_length_cutting_most_answers_stops_with_the_length_that_fits(tiny_re
 
 
 def test_max_cut_fraction_out_of_range_is_a_setting_error(tiny_replica, data) -> None:  # noqa: ANN001
-    from vlm_lightning.setting_error import SettingError
+    from vlm_lightning.errors import SettingError
 
     with pytest.raises(SettingError, match=r"data.max_cut_fraction must be within \[0, 1\], got 1.5"):
         make(tiny_replica, data, max_cut_fraction=1.5)

@@ -32,11 +32,11 @@ from PIL import Image
 
 from vlm_lightning.data.datamodule import DocumentDataModule
 from vlm_lightning.data.synthetic.visual import COLOURS, write_boxes
+from vlm_lightning.errors import SettingError
 from vlm_lightning.metrics.functional import exact_match
 from vlm_lightning.models.loading import family_of
 from vlm_lightning.models.peft_setup import LoraSettings
 from vlm_lightning.replicas.registry import BUILDERS
-from vlm_lightning.setting_error import SettingError
 from vlm_lightning.training.module import VLMFineTuner
 
 pytestmark = pytest.mark.slow

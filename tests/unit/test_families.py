@@ -281,8 +281,8 @@ def test_set_image_tokens_bounds_the_image_tokens(family, tiny_replica):
 
 
 def test_a_budget_the_knob_cannot_give_is_a_setting_error(tiny_replica):
+    from vlm_lightning.errors import SettingError
     from vlm_lightning.models.loading import load_processor
-    from vlm_lightning.setting_error import SettingError
 
     with pytest.raises(SettingError, match=r"gemma4.*70 or more"):
         load_processor(str(tiny_replica("gemma4")), image_max_tokens=8)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from vlm_lightning.cli.library_noise import SILENCED_WARNINGS, quiet_libraries
+from vlm_lightning.errors import SettingError
 from vlm_lightning.models.peft_setup import _check_targets_match
-from vlm_lightning.setting_error import SettingError
 
 EXAMPLES = {
     0: "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead.",

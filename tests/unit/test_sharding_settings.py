@@ -7,7 +7,7 @@ import pytest
 from vlm_lightning.data.datamodule import RecordDataset
 from vlm_lightning.data.records import Record
 from vlm_lightning.data.sampling import FILLER, EvenShardSampler
-from vlm_lightning.setting_error import SettingError
+from vlm_lightning.errors import SettingError
 from vlm_lightning.training.sharding import FSDP2Strategy, check_strategy, resolve_strategy
 
 

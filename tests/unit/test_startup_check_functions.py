@@ -11,7 +11,7 @@ from vlm_lightning.cli.startup_checks import (
     logged_metric_keys,
 )
 from vlm_lightning.data.records import Record
-from vlm_lightning.setting_error import SettingError
+from vlm_lightning.errors import SettingError
 
 
 def _record(answer: str, line: int) -> Record:

@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from vlm_lightning.setting_error import SettingError
+from vlm_lightning.errors import SettingError
 
 SYNC_MESSAGE = "synchronizing CUDA operation"
 

@@ -31,11 +31,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from vlm_lightning.setting_error import SettingError
+from vlm_lightning.errors import SettingError, UserError
 from vlm_lightning.training.sharding import full_value
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """A non-finite loss or gradient stopped training; the message names the step and batch ids."""
 
 

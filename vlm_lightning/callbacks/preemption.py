@@ -46,7 +46,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from vlm_lightning.setting_error import SettingError
+from vlm_lightning.errors import SettingError
 
 _Handler = Any  # callable, signal.SIG_DFL / SIG_IGN or None
 

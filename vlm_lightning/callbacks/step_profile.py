@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from vlm_lightning.setting_error import SettingError
+from vlm_lightning.errors import SettingError
 
 
 class StepProfiler(Callback):

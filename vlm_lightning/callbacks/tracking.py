@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from vlm_lightning.errors import UserError
+
 try:  # shared with the config.yaml redaction when available
     from vlm_lightning.cli.secrets import SECRET_KEY_PATTERN
 except ImportError:  # pragma: no cover
@@ -48,7 +50,7 @@ ENV_HINTS: dict[str, str] = {
 }
 
 
-class TrackingConfigError(ValueError):
+class TrackingConfigError(UserError, ValueError):
     """The logger configuration cannot work as given (no W&B key, or a credential in the config)."""
 
 

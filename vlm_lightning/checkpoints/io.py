@@ -26,12 +26,14 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from vlm_lightning.errors import UserError
+
 LIGHTNING_KEYS = ("state_dict", "global_step", "pytorch-lightning_version")
 OUR_KEY = "vlm_lightning"
 SHARDED_META = "meta.pt"  # Lightning's metadata file in a sharded checkpoint folder
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file is missing, damaged, foreign or unsafe to load; the message says which."""
 
 

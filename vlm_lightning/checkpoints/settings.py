@@ -13,13 +13,14 @@ import dataclasses
 import inspect
 from typing import Any
 
+from vlm_lightning.errors import UserError
 from vlm_lightning.models.peft_setup import LoraSettings
 
 STRUCTURE_KEYS = ("mode", "train_vision", "train_projector")
 LORA_STRUCTURE_KEYS = ("r", "alpha", "targets", "vision", "use_rslora", "extra_modules_to_save")
 
 
-class CheckpointSettingsError(ValueError):
+class CheckpointSettingsError(UserError, ValueError):
     """A setting given on the command line contradicts the structure a checkpoint was trained with."""
 
 

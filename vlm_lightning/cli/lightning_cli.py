@@ -34,8 +34,8 @@ from vlm_lightning.cli.startup_checks import (
     first_answers,
 )
 from vlm_lightning.data.datamodule import DocumentDataModule
+from vlm_lightning.errors import UserError, missing_package_message, setting_error_in
 from vlm_lightning.metrics import build_metrics
-from vlm_lightning.setting_error import SettingError, missing_package_message, setting_error_in
 from vlm_lightning.training.module import VLMFineTuner
 from vlm_lightning.training.sharding import check_strategy, forward_is_collective, resolve_strategy
 
@@ -267,36 +267,8 @@ def _plain(value: Any) -> Any:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from vlm_lightning.callbacks.nonfinite import NonFiniteLossError
-    from vlm_lightning.callbacks.tracking import TrackingConfigError
-    from vlm_lightning.checkpoints.io import CheckpointError
-    from vlm_lightning.data.collator import SampleTooLongError
-    from vlm_lightning.data.datamodule import ImageLoadError
-    from vlm_lightning.data.leakage import LeakageError
-    from vlm_lightning.data.masking import TemplateMismatchError
-    from vlm_lightning.data.records import DataValidationError
-    from vlm_lightning.data.sources import HubUnreachableError
-    from vlm_lightning.models.families import UnknownFamilyError
-    from vlm_lightning.models.loading import ModelLoadError
-    from vlm_lightning.training.module import CheckpointMismatchError
-
-    return (
-        DataValidationError,
-        LeakageError,
-        HubUnreachableError,
-        SampleTooLongError,
-        ImageLoadError,
-        TemplateMismatchError,
-        UnknownFamilyError,
-        ModelLoadError,
-        CheckpointMismatchError,
-        CheckpointError,
-        CheckpointSettingsError,
-        NonFiniteLossError,
-        TrackingConfigError,
-        SettingError,
-        FileNotFoundError,
-    )
+    """What ``main`` reports as one line: every ``UserError``, and a missing file named by a setting."""
+    return (UserError, FileNotFoundError)
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> VLMLightningCLI:

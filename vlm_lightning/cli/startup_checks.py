@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vlm_lightning.data.records import Record
-from vlm_lightning.setting_error import SettingError
+from vlm_lightning.errors import SettingError
 
 LORA_PRESETS = ("attention", "attention_mlp", "all_linear")
 #: keys the module logs whatever the metrics (``VLMFineTuner``)

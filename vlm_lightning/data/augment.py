@@ -27,7 +27,7 @@ from PIL import Image
 
 from vlm_lightning.data.enhance import enhance
 from vlm_lightning.data.records import Record
-from vlm_lightning.setting_error import SettingError
+from vlm_lightning.errors import SettingError
 
 #: The document pipeline of seed 000: small rotation and perspective on white, light photometric noise.
 DEFAULT_PIPELINE: list[dict[str, Any]] = [

@@ -19,12 +19,13 @@ from vlm_lightning.data.masking import MaskStrategy, labels_from_segments, segme
 from vlm_lightning.data.packing import pack_rows, packed_tensors
 from vlm_lightning.data.patch_padding import trim_patch_padding
 from vlm_lightning.data.records import Record
+from vlm_lightning.errors import UserError
 from vlm_lightning.models.families import FamilyFacts
 
 IGNORE_INDEX = -100
 
 
-class SampleTooLongError(ValueError):
+class SampleTooLongError(UserError, ValueError):
     """A sample cannot fit ``max_length`` without cutting image or prompt tokens."""
 
 

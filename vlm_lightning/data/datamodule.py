@@ -19,7 +19,7 @@ from vlm_lightning.data.collator import ChatCollator
 from vlm_lightning.data.masking import MaskStrategy
 from vlm_lightning.data.records import DataValidationError, Record, RowProblem, load_image, read_jsonl
 from vlm_lightning.data.sampling import FILLER, EvenShardSampler
-from vlm_lightning.setting_error import SettingError
+from vlm_lightning.errors import SettingError, UserError
 from vlm_lightning.training.distributed import gather_lists
 from vlm_lightning.training.sharding import forward_is_collective
 
@@ -104,7 +104,7 @@ def _report_cut_answers(split: str, cut: list[tuple[str, int, int]]) -> None:
 FAST_PATH_PAD_MULTIPLE = 64
 
 
-class ImageLoadError(RuntimeError):
+class ImageLoadError(UserError, RuntimeError):
     """An image could not be loaded while batching; names the file and row."""
 
 

@@ -20,6 +20,7 @@ from typing import Literal
 from PIL import Image
 
 from vlm_lightning.data.records import ImageLike, Record
+from vlm_lightning.errors import UserError
 
 log = logging.getLogger(__name__)
 Kind = Literal["id", "image", "sample"]
@@ -30,7 +31,7 @@ KIND_LABELS: dict[Kind, str] = {
 }
 
 
-class LeakageError(ValueError):
+class LeakageError(UserError, ValueError):
     """Splits share samples; the message lists which splits and examples."""
 
 

@@ -12,11 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from vlm_lightning.errors import UserError
+
 MaskStrategy = Literal["assistant", "last"]
 Render = Callable[[list[dict], bool], str]
 
 
-class TemplateMismatchError(ValueError):
+class TemplateMismatchError(UserError, ValueError):
     """The chat template does not render prompts as prefixes of the full conversation."""
 
 

@@ -14,8 +14,8 @@ from PIL import Image
 
 from vlm_lightning.data.collator import IGNORE_INDEX, SampleTooLongError, too_long_message
 from vlm_lightning.data.records import Record
+from vlm_lightning.errors import SettingError
 from vlm_lightning.models.families import FamilyFacts
-from vlm_lightning.setting_error import SettingError
 
 
 def prefix_prompt(record: Record, image_token: str = "<image>") -> str:

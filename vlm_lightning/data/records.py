@@ -17,6 +17,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from vlm_lightning.data.image_modes import UnsupportedImageError, check_convertible, to_rgb
+from vlm_lightning.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class RowProblem:
         return f"{self.source}:{self.line}: field '{self.field}': {self.reason}"
 
 
-class DataValidationError(ValueError):
+class DataValidationError(UserError, ValueError):
     """Raised with every problem of a data file listed, one per line."""
 
     def __init__(self, problems: Sequence[RowProblem], hint: str = "") -> None:

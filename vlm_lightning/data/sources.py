@@ -33,7 +33,7 @@ from vlm_lightning.data.records import (
     read_jsonl,
     record_from_row,
 )
-from vlm_lightning.setting_error import SettingError
+from vlm_lightning.errors import SettingError, UserError
 
 JSONL_DEFAULT_PROMPT = "Extract the information in this document as JSON."
 QA_PROMPT = "{question}\nAnswer the question using a single word or phrase."
@@ -44,7 +44,7 @@ FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".js
 DataFiles = str | Sequence[str] | Mapping[str, str | Sequence[str]]
 
 
-class HubUnreachableError(ConnectionError):
+class HubUnreachableError(UserError, ConnectionError):
     """A hub dataset was asked for but the Hugging Face hub cannot be reached."""
 
 

@@ -33,11 +33,12 @@ from typing import Any
 
 import torch
 
-from vlm_lightning.checkpoints.io import CheckpointError, validate_checkpoint
+from vlm_lightning.checkpoints.io import validate_checkpoint
 from vlm_lightning.cli.library_noise import quiet_libraries
 from vlm_lightning.deploy.model_card import model_card
+from vlm_lightning.errors import UserError
 from vlm_lightning.models.build import build_model
-from vlm_lightning.models.families import FamilyFacts, UnknownFamilyError
+from vlm_lightning.models.families import FamilyFacts
 from vlm_lightning.models.loading import (
     DTYPES,
     Dtype,
@@ -50,7 +51,7 @@ EXPORT_INFO = "vlm_lightning_export.json"
 PEFT_KEY_MARKERS = ("lora_", "modules_to_save")
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The checkpoint cannot be exported as asked; says why."""
 
 
@@ -363,8 +364,8 @@ def main(argv: list[str] | None = None) -> None:
             device=args.device,
             dtype=args.dtype,
         )
-    except (ExportError, CheckpointError, UnknownFamilyError, OSError) as exc:
-        print(f"vlm_lightning.deploy.export: error: {exc}", file=sys.stderr)
+    except (UserError, OSError) as exc:
+        print(f"vlm_lightning export: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     for name, path in written.items():
         print(f"[vlm_lightning] {name}: {_describe(path)}")

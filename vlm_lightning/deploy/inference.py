@@ -31,17 +31,16 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vlm_lightning.checkpoints.io import CheckpointError
 from vlm_lightning.cli.library_noise import quiet_libraries
 from vlm_lightning.data.datamodule import RecordDataset
 from vlm_lightning.data.records import DataValidationError, Record, image_problem, read_jsonl, record_from_row
 from vlm_lightning.deploy.export import EXPORT_INFO, ExportError, load_checkpoint, rebuild_model
+from vlm_lightning.errors import UserError
 from vlm_lightning.generation import end_of_turn_ids, generate_batch
 from vlm_lightning.models.build import build_model
-from vlm_lightning.models.families import FamilyFacts, UnknownFamilyError
+from vlm_lightning.models.families import FamilyFacts
 from vlm_lightning.models.loading import (
     Dtype,
-    ModelLoadError,
     family_of,
     make_collator,
 )
@@ -380,15 +379,8 @@ def main(argv: list[str] | None = None) -> None:
             _single(predictor, args, settings)
         else:
             _batch(predictor, args, settings)
-    except (
-        DataValidationError,
-        CheckpointError,
-        ExportError,
-        ModelLoadError,
-        UnknownFamilyError,
-        FileNotFoundError,
-    ) as exc:
-        print(f"vlm_lightning.infer: error: {exc}", file=sys.stderr)
+    except (UserError, FileNotFoundError) as exc:
+        print(f"vlm_lightning infer: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from vlm_lightning.errors import SettingError
 from vlm_lightning.metrics.json_metrics import JSONMetrics, ReceiptFieldMetrics
 from vlm_lightning.metrics.text import (
     ANLS,
@@ -18,7 +19,6 @@ from vlm_lightning.metrics.text import (
     RelaxedAccuracy,
 )
 from vlm_lightning.metrics.tree import TreeEditAccuracy
-from vlm_lightning.setting_error import SettingError
 
 __all__ = ["METRICS", "DocumentMetrics", "build_metrics"]
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vlm_lightning.errors import UserError
 from vlm_lightning.models.image_tokens import (
     set_gemma3_crops,
     set_gemma4_soft_tokens,
@@ -26,7 +27,7 @@ from vlm_lightning.models.sync_free import bind_lfm2_vl_host_shapes
 LoraScope = Literal["attention", "attention_mlp", "all_linear"]
 
 
-class UnknownFamilyError(ValueError):
+class UnknownFamilyError(UserError, ValueError):
     """The checkpoint's model type is not one of the supported families."""
 
 

@@ -10,14 +10,14 @@ from typing import Any, Literal
 
 import torch
 
+from vlm_lightning.errors import SettingError, UserError
 from vlm_lightning.models.families import FamilyFacts, family_for_model_type
-from vlm_lightning.setting_error import SettingError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
-class ModelLoadError(OSError):
+class ModelLoadError(UserError, OSError):
     """The model or processor could not be loaded; says why in user terms."""
 
 

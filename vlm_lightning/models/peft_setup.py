@@ -9,8 +9,8 @@ from typing import Literal
 
 import torch
 
+from vlm_lightning.errors import SettingError
 from vlm_lightning.models.families import FamilyFacts, LoraScope
-from vlm_lightning.setting_error import SettingError
 
 log = logging.getLogger(__name__)
 Mode = Literal["lora", "qlora", "full"]

@@ -18,6 +18,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torchmetrics import MeanMetric
 
 from vlm_lightning.data.sampling import FILLER
+from vlm_lightning.errors import UserError
 from vlm_lightning.generation import end_of_turn_ids, generate_batch
 from vlm_lightning.metrics import build_metrics
 from vlm_lightning.models.acceleration import (
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserError, RuntimeError):
     """A checkpoint does not belong to this model / training mode."""
 
 

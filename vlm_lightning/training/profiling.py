@@ -27,7 +27,7 @@ from typing import Any
 
 from lightning.pytorch.profilers import SimpleProfiler
 
-from vlm_lightning.setting_error import SettingError
+from vlm_lightning.errors import SettingError
 
 
 def steady_stats(durations: list[float], skip: int) -> dict[str, float] | None:

@@ -20,9 +20,9 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
+from vlm_lightning.errors import SettingError
 from vlm_lightning.models.acceleration import repeated_layers
 from vlm_lightning.models.families import FamilyFacts
-from vlm_lightning.setting_error import SettingError
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

@@ -1,15 +1,22 @@
-"""``SettingError``: a callback, profiler or option built with a value it cannot work with.
+"""User mistakes: one ``UserError`` base, and ``SettingError`` for settings built with values they cannot use.
+
+Every error a user can fix (bad data rows, a checkpoint of another run, a setting out of range, a model that is
+not a supported family, ...) derives from ``UserError``; the command line catches that one type and prints its
+message on one line with exit code 2, no traceback (``cli.lightning_cli.main`` and each tool's ``main``).
 
 jsonargparse builds callbacks and profilers from the command line and wraps an exception raised in their
 ``__init__`` into its own ``ValueError`` ("Does not validate against any of the Union subtypes ...") with
-the original as the cause; ``vlm_lightning.cli.lightning_cli.main`` finds the ``SettingError`` in that chain and prints
-only its message.
+the original as the cause; ``setting_error_in`` finds the ``SettingError`` in that chain.
 """
 
 from __future__ import annotations
 
 
-class SettingError(ValueError):
+class UserError(Exception):
+    """A mistake the user can fix; the message says what and how (printed without a traceback)."""
+
+
+class SettingError(UserError, ValueError):
     """A setting out of range or incompatible with the run; the message names the setting and the value."""
 
 
