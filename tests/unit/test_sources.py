@@ -370,3 +370,34 @@ def test_generic_multi_image_rows_and_json_answers(tmp_path: Path) -> None:
     assert len(records[0].images) == 2 and all(isinstance(i, Image.Image) for i in records[0].images)
     assert records[0].target == {"k": 1} and records[0].answers == ['{"k": 1}']
     assert [(p.line, p.field, p.reason) for p in problems] == [(1, "images", "empty image list")]
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv", "messages-parquet"])
+def test_relative_image_paths_are_read_from_the_data_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """As in JSONL files: a relative image path in a parquet / CSV row is relative to that file, not to the
+    working directory the command runs in."""
+    from vlm_lightning.data.sources import load_spec
+
+    folder = tmp_path / "dataset"
+    (folder / "img").mkdir(parents=True)
+    Image.new("RGB", (16, 16), "white").save(folder / "img" / "a.png")
+    if kind == "messages-parquet":
+        rows = {
+            "image": ["img/a.png"],
+            "messages": [[{"role": "user", "content": "Total?"}, {"role": "assistant", "content": "12"}]],
+        }
+    else:
+        rows = {"image": ["img/a.png"], "question": ["Total?"], "answer": ["12"]}
+    suffix = "csv" if kind == "csv" else "parquet"
+    data_file = folder / f"train.{suffix}"
+    table = Dataset.from_dict(rows)
+    table.to_csv(str(data_file)) if suffix == "csv" else table.to_parquet(str(data_file))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the image is not reachable from here by its relative path
+    records, problems = load_spec(str(data_file))
+    assert not problems, problems
+    assert [Path(r.images[0]) for r in records] == [folder / "img" / "a.png"]
+    assert records[0].answers == ["12"]

@@ -136,6 +136,7 @@ class RowContext:
     prompt: str
     system: str | None
     require_answer: bool = True
+    image_root: Path | None = None  # relative image paths are read from here (the data file's folder)
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ class Adapter:
     def __call__(self, values: dict[str, Any], ctx: RowContext) -> Record:
         """Build the Record of one row; raises :class:`RowErrors` listing every bad field."""
         errors: list[RowError] = []
-        images = _collect(errors, lambda: _images(values.get("image")))
+        images = _collect(errors, lambda: _images(values.get("image"), ctx.image_root))
         question = _collect(errors, lambda: _question(values)) if "question" in values else None
         answer_field = next((f for f in self.answers if f in values), None)
         answers, target = [], None
@@ -207,7 +208,7 @@ def _usable(image: Image.Image, where: str) -> Image.Image:
     return image
 
 
-def _one_image(value: Any) -> ImageLike:
+def _one_image(value: Any, root: Path | None = None) -> ImageLike:
     if isinstance(value, Image.Image):
         return _usable(value, "decoded image")
     if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
@@ -220,18 +221,22 @@ def _one_image(value: Any) -> ImageLike:
             raise RowError("image", f"unreadable image ({where}): {type(exc).__name__}: {exc}") from exc
         return _usable(decoded, where)
     if isinstance(value, (str, Path)) and str(value).strip():
-        if reason := image_problem(Path(value)):
+        path = Path(value)
+        if root is not None and not path.is_absolute():
+            path = root / path  # as in JSONL files: relative to the data file, not the working directory
+        if reason := image_problem(path):
             raise RowError("image", reason)
-        return str(value)
+        return str(path)
     raise RowError("image", f"no image (got {type(value).__name__})")
 
 
-def _images(value: Any) -> list[ImageLike]:
+def _images(value: Any, root: Path | None = None) -> list[ImageLike]:
+    """The row's images: decoded ones checked, paths (relative ones joined to ``root``) checked to exist."""
     if isinstance(value, (list, tuple)):
         if not value:
             raise RowError("image", "empty image list")
-        return [_one_image(v) for v in value]
-    return [_one_image(value)]
+        return [_one_image(v, root) for v in value]
+    return [_one_image(value, root)]
 
 
 def _question(values: dict[str, Any]) -> str:
@@ -495,6 +500,23 @@ def open_dataset(
     return _load_hub(path, name, split, files)
 
 
+def _local_root(path: str, data_files: DataFiles | None) -> Path | None:
+    """The folder relative image paths of a local dataset are read from: the data file's folder (or the
+    dataset folder); None for hub datasets (their paths, if any, stay as given)."""
+    local = Path(path).expanduser()
+    if local.is_file():
+        return local.parent
+    if local.is_dir():
+        return local
+    files = list(data_files.values()) if isinstance(data_files, Mapping) else data_files
+    first = files[0] if isinstance(files, (list, tuple)) and files else files
+    if isinstance(first, (list, tuple)):
+        first = first[0] if first else None
+    if isinstance(first, (str, Path)) and Path(first).expanduser().is_file():
+        return Path(first).expanduser().parent
+    return None
+
+
 # --- records -------------------------------------------------------------------------------------
 def _source_name(path: str, name: str | None, split: str) -> str:
     return f"{path}[{name}]:{split}" if name else f"{path}:{split}"
@@ -560,17 +582,25 @@ def records_from_dataset(
     limit: int | None = None,
     require_answer: bool = True,
     id_prefix: str | None = None,
+    image_root: Path | None = None,
 ) -> tuple[list[Record], list[RowProblem]]:
     """Convert an opened ``datasets.Dataset`` into Records and the problems of its bad rows.
 
-    Rows without an id column get ``{id_prefix}-{row}`` (default: dataset stem and split).
+    Rows without an id column get ``{id_prefix}-{row}`` (default: dataset stem and split). Relative image
+    paths are joined to ``image_root`` (the local data file's folder), as JSONL image paths are.
     """
     adapter = get_adapter(adapter) if isinstance(adapter, str) else adapter
     if adapter.name == "generic" and "messages" in dataset.column_names and not columns:
         if limit is not None:
             dataset = dataset.select(range(min(limit, len(dataset))))
         return _conversation_records(
-            dataset, source, id_prefix or _id_prefix(source), default_prompt, default_system, require_answer
+            dataset,
+            source,
+            id_prefix or _id_prefix(source),
+            default_prompt,
+            default_system,
+            require_answer,
+            image_root,
         )
     resolved = resolve_columns(adapter, dataset.column_names, columns, source, require_answer)
     template = _resolve_prompt(adapter, resolved, prompt, default_prompt)
@@ -586,7 +616,9 @@ def records_from_dataset(
         for logical, decode in decoders.items():
             if values[logical] is not None:
                 values[logical] = decode(values[logical])
-        ctx = RowContext(source, index, f"{id_prefix}-{index}", template, default_system, require_answer)
+        ctx = RowContext(
+            source, index, f"{id_prefix}-{index}", template, default_system, require_answer, image_root
+        )
         try:
             records.append(adapter(values, ctx))
         except RowErrors as exc:
@@ -605,6 +637,7 @@ def _conversation_records(
     default_prompt: str,
     default_system: str | None,
     require_answer: bool,
+    image_root: Path | None = None,
 ) -> tuple[list[Record], list[RowProblem]]:
     """Rows holding a ``messages`` conversation, through the same ``record_from_row`` as JSONL lines."""
     image_column = next((c for c in IMAGE_KEYS if c in dataset.column_names), None)
@@ -618,7 +651,7 @@ def _conversation_records(
     problems: list[RowProblem] = []
     for index, row in enumerate(dataset):
         try:
-            images = _images(row[image_column])
+            images = _images(row[image_column], image_root)
         except RowError as exc:
             problems.append(RowProblem(source, index, image_column, exc.reason))
             continue
@@ -627,7 +660,7 @@ def _conversation_records(
             fields_,
             source=source,
             line=index,
-            root=Path("."),
+            root=image_root or Path("."),
             default_prompt=default_prompt,
             default_system=default_system,
             require_answer=require_answer,
@@ -667,6 +700,7 @@ def load_hf_records(
     dataset = open_dataset(path, name=name, split=split, data_files=data_files)
     return records_from_dataset(
         dataset,
+        image_root=_local_root(path, data_files),
         adapter=adapter_obj,
         source=_source_name(path, name, split),
         columns=columns,
