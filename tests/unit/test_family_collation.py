@@ -223,3 +223,25 @@ def test_end_of_turn_comes_from_the_checkpoints_template(tiny_replica, tmp_path:
     assert built.facts.end_of_turn == "<|end_of_text|>"
     # the template the family expects keeps the family's token
     assert with_template_end_of_turn(facts, load_processor(str(tiny_replica("idefics3")))) is facts
+
+
+def test_a_limit_inside_the_image_says_it_cuts_image_tokens(family) -> None:  # noqa: ANN001
+    """Every chat family's collator knows all the ids its images expand to, so a ``max_length`` that ends
+    inside the image block is reported as cutting image tokens (not the prompt)."""
+    from vlm_lightning.data.collator import SampleTooLongError
+
+    name, path, facts, processor, collator = family
+    if facts.prompt_style != "chat":
+        return  # PaliGemma's prefix collator has its own length check (tests/unit/test_prefix_collator_mask.py)
+    record = records()[0]
+    ids = collator([items([record])[0]])["inputs"]["input_ids"][0].tolist()
+    expanded = {
+        processor.image_token_id,
+        *getattr(processor, "image_token_ids", []),
+    }  # what the processor lists
+    image_positions = [i for i, t in enumerate(ids) if t in expanded]
+    assert image_positions, name
+    limit = image_positions[-1]  # the last image token falls outside
+    tight = make_collator(processor, facts, max_length=limit)
+    with pytest.raises(SampleTooLongError, match="would cut image tokens"):
+        tight([items([record])[0]])

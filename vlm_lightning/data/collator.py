@@ -94,11 +94,15 @@ class ChatCollator:
         self.cut_samples: list[tuple[str, int, int]] = []  # (id, tokens, kept): answer tails cut
 
     def _image_token_ids(self) -> set[int]:
+        """Every id an image expands to (Gemma 3: the soft tokens, not only ``<start_of_image>``)."""
         ids = set()
         for name in ("image_token_id", "image_token_index"):
             value = getattr(self.processor, name, None)
             if isinstance(value, int):
                 ids.add(value)
+        listed = getattr(self.processor, "image_token_ids", None)
+        if isinstance(listed, (list, tuple)):
+            ids.update(i for i in listed if isinstance(i, int))
         token = getattr(self.processor, "image_token", None)
         if isinstance(token, str):
             ids.add(self.tokenizer.convert_tokens_to_ids(token))
