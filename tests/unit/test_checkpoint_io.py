@@ -12,8 +12,14 @@ from typing import Any
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 
-from vlm_lightning.checkpoints.io import AtomicCheckpointIO, CheckpointError, validate_checkpoint
+from vlm_lightning.checkpoints.io import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    is_sharded_checkpoint,
+    validate_checkpoint,
+)
 
 
 def _our_checkpoint(step: int = 3) -> dict[str, Any]:
@@ -270,3 +276,21 @@ def test_lora_settings_in_hparams_load_with_weights_only(tmp_path: Path) -> None
         env={**os.environ, "PYTHONPATH": ""},
     )
     assert proc.returncode == 0 and "UnpicklingError" in proc.stdout
+
+
+def test_a_sharded_folder_reads_whole_or_as_settings_only(tmp_path) -> None:  # noqa: ANN001
+    """One process puts a sharded checkpoint together (test, export); ``--ckpt_path`` parsing reads only its
+    metadata and skips that work."""
+    folder = tmp_path / "last.ckpt"
+    weight = torch.arange(6.0).reshape(2, 3)
+    dcp.save({"state_dict": {"model.lora_A.weight": weight}}, checkpoint_id=str(folder))
+    torch.save(
+        {"global_step": 4, "pytorch-lightning_version": "2.6.6", "vlm_lightning": {"family": "qwen2_vl"}},
+        folder / "meta.pt",
+    )
+    assert is_sharded_checkpoint(folder)
+    whole = validate_checkpoint(folder)
+    torch.testing.assert_close(whole["state_dict"]["model.lora_A.weight"], weight)
+    assert whole["global_step"] == 4
+    settings = validate_checkpoint(folder, weights=False)
+    assert settings["vlm_lightning"] == {"family": "qwen2_vl"} and "state_dict" not in settings

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from vlm_lightning.errors import UserError
 
@@ -140,19 +142,30 @@ def is_sharded_checkpoint(path: _PATH) -> bool:
     return folder.is_dir() and (folder / ".metadata").is_file() and (folder / SHARDED_META).is_file()
 
 
+def _sharded_metadata(folder: Path) -> dict[str, Any]:
+    """Lightning's metadata of a sharded checkpoint folder (everything but the weights and optimizer state)."""
+    try:
+        meta = torch.load(folder / SHARDED_META, weights_only=True, map_location="cpu")
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(
+            f"sharded checkpoint {folder} is incomplete or corrupt: {type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"{folder} is not a sharded Lightning checkpoint ({SHARDED_META} holds no dict)"
+        )
+    return meta
+
+
 def consolidated_checkpoint(folder: _PATH) -> dict[str, Any]:
     """A sharded checkpoint folder as one Lightning checkpoint dict, read in this process.
 
     The trained weights come back whole (``state_dict``); the sharded optimizer state does not (resume a
     sharded run with ``--trainer.strategy fsdp``, any number of processes). Uses torch's own converter.
     """
-    import tempfile
-
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
     folder = Path(folder)
+    meta = _sharded_metadata(folder)
     try:
-        meta = torch.load(folder / SHARDED_META, weights_only=True, map_location="cpu")
         with tempfile.TemporaryDirectory() as tmp:
             whole = Path(tmp) / "whole.pt"
             dcp_to_torch_save(folder, whole)
@@ -161,27 +174,28 @@ def consolidated_checkpoint(folder: _PATH) -> dict[str, Any]:
         raise CheckpointError(
             f"sharded checkpoint {folder} is incomplete or corrupt: {type(exc).__name__}: {exc}"
         ) from None
-    if not isinstance(meta, dict) or "state_dict" not in shards:
+    if "state_dict" not in shards:
         raise CheckpointError(f"{folder} is not a sharded Lightning checkpoint (no state_dict in its shards)")
     meta["state_dict"] = shards["state_dict"]
     meta.setdefault("optimizer_states", [])
     return meta
 
 
-def validate_checkpoint(path: _PATH, require_ours: bool = True) -> dict[str, Any]:
+def validate_checkpoint(path: _PATH, require_ours: bool = True, weights: bool = True) -> dict[str, Any]:
     """Check that ``path`` is a complete, safe Lightning checkpoint written by vlm_lightning.
 
     Loads with ``torch.load(weights_only=True, mmap=True, map_location="cpu")`` (tensors stay on disk),
     so pickled code is never executed. Returns the loaded (memory-mapped) dict; raises
     ``CheckpointError`` naming the problem: missing, empty, truncated/corrupt, unsafe pickle, not a
-    Lightning checkpoint, or (``require_ours``) not written by vlm_lightning.
+    Lightning checkpoint, or (``require_ours``) not written by vlm_lightning. A sharded folder is put
+    together in this process; ``weights=False`` reads only its metadata (settings, step) and skips that.
     """
     allow_vlm_lightning_types()
     file = Path(path)
     if not file.exists():
         raise CheckpointError(f"checkpoint not found: {file}")
     if is_sharded_checkpoint(file):
-        ckpt = consolidated_checkpoint(file)
+        ckpt = consolidated_checkpoint(file) if weights else _sharded_metadata(file)
         if require_ours and OUR_KEY not in ckpt:
             raise CheckpointError(f"sharded checkpoint {file} was not written by vlm_lightning")
         return ckpt

@@ -144,7 +144,7 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not (ckpt_path and (Path(ckpt_path).is_file() or is_sharded_checkpoint(ckpt_path))):
             return  # a missing file is reported when the run needs it
-        ckpt = validate_checkpoint(ckpt_path, require_ours=False)
+        ckpt = validate_checkpoint(ckpt_path, require_ours=False, weights=False)  # settings only
         folder = run_folder_of(ckpt_path)
         if subcommand == "fit" and folder is not None:
             self._resumed_run = (folder, int(ckpt.get("global_step", 0)))

@@ -17,7 +17,7 @@ from vlm_lightning.replicas.common import (
     save_replica,
     set_generation_ids,
 )
-from vlm_lightning.replicas.qwen import qwen3_style_image_processors
+from vlm_lightning.replicas.qwen import qwen3_style_image_processors, qwen_vision_token_ids
 
 # LiquidAI/LFM3-VL-2B: the checkpoint's chat_template.jinja could not be read from here (no hub access, and no
 # public copy of it was found). This template is reconstructed from what is public: the LFM2 / LFM2.5 ChatML
@@ -105,10 +105,7 @@ def build_lfm3_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
         },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **qwen_vision_token_ids(ids),
         projector_hidden_size=hidden_size * 2,
         tie_word_embeddings=True,
     )

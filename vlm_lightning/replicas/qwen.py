@@ -263,10 +263,7 @@ def build_qwen2_vl(
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
         },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **qwen_vision_token_ids(ids),
         tie_word_embeddings=tie,
     )
     torch.manual_seed(seed)
@@ -337,10 +334,7 @@ def build_qwen2_5_vl(
             "fullatt_block_indexes": [0],
             "out_hidden_size": hidden_size,
         },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **qwen_vision_token_ids(ids),
         tie_word_embeddings=tie,
     )
     torch.manual_seed(seed)
@@ -402,10 +396,7 @@ def build_qwen3_vl(
             "num_position_embeddings": 64,
             "deepstack_visual_indexes": [0],
         },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **qwen_vision_token_ids(ids),
         tie_word_embeddings=tie,
     )
     torch.manual_seed(seed)
@@ -428,4 +419,14 @@ def qwen3_style_image_processors(size: dict[str, int]) -> dict[str, Any]:
         "video_processor": Qwen3VLVideoProcessor(
             size=size, patch_size=16, merge_size=2, temporal_patch_size=2
         ),
+    }
+
+
+def qwen_vision_token_ids(ids: dict[str, int]) -> dict[str, int]:
+    """The config fields naming Qwen-style vision tokens (Qwen2/2.5/3-VL, Qwen3.5, LFM3-VL), from token ids."""
+    return {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
     }

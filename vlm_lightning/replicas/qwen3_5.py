@@ -25,7 +25,12 @@ from vlm_lightning.replicas.common import (
     save_replica,
     set_generation_ids,
 )
-from vlm_lightning.replicas.qwen import QWEN_SPECIAL_TOKENS, _qwen_mrope_section, qwen3_style_image_processors
+from vlm_lightning.replicas.qwen import (
+    QWEN_SPECIAL_TOKENS,
+    _qwen_mrope_section,
+    qwen3_style_image_processors,
+    qwen_vision_token_ids,
+)
 
 # The chat template of Qwen/Qwen3.5-0.8B and Qwen/Qwen3.5-2B (``chat_template.jinja``), which this repository
 # could not download: the body is the Qwen3.5 template as reproduced verbatim in public code (llama-cpp-python's
@@ -255,10 +260,7 @@ def build_qwen3_5(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed
             "out_hidden_size": hidden_size,
             "num_position_embeddings": 64,
         },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **qwen_vision_token_ids(ids),
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)

@@ -28,7 +28,7 @@ import torch
 
 from vlm_lightning.models.families import FAMILIES, FamilyFacts
 from vlm_lightning.replicas.common import byte_level_tokenizer
-from vlm_lightning.replicas.qwen import QWEN2_VL_CHAT_TEMPLATE
+from vlm_lightning.replicas.qwen import QWEN2_VL_CHAT_TEMPLATE, qwen_vision_token_ids
 
 # --------------------------------------------------------------------------------------------
 # Qwen2-VL-2B-Instruct
@@ -211,10 +211,7 @@ def _qwen2_vl(out_dir: Path, shrink: bool, text_dims: dict, vision_dims: dict, t
     config = Qwen2VLConfig(
         text_config=text,
         vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **qwen_vision_token_ids(ids),
         tie_word_embeddings=tie,
     )
     size = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}

@@ -208,7 +208,7 @@ def check_strategy(strategy: Any, mode: str | None, accelerator: Any = "auto") -
     """Refuse, before anything loads, a strategy this trainer does not run or one that cannot work with ``mode``
     or the ``accelerator``."""
     name = _strategy_name(strategy)
-    init_args = strategy.get("init_args") or {} if isinstance(strategy, dict) else {}
+    init_args = (strategy.get("init_args") or {}) if isinstance(strategy, dict) else {}
     offload = FSDP_NAMES.get(name, {}).get("cpu_offload") or init_args.get("cpu_offload") is True
     if offload and (str(accelerator) == "cpu" or not torch.cuda.is_available()):
         raise SettingError(
