@@ -28,3 +28,29 @@ def test_top_level_help_lists_every_command() -> None:
     for name in (*TOOLS, "fit", "test"):
         assert name in text
     assert "Warning" not in proc.stderr
+
+
+def test_top_level_help_does_not_import_the_trainer() -> None:
+    """``--help`` answers without torch / Lightning (their import takes seconds on a small machine)."""
+    code = (
+        "import sys\n"
+        "from vlm_lightning.cli.commands import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0\n"
+        "heavy = sorted(m for m in ('torch', 'lightning', 'transformers', 'jsonargparse') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "HEAVY []" in proc.stdout, proc.stdout[-500:]
+
+
+def test_top_level_help_lists_lightning_cli_options() -> None:
+    """The fast help keeps the options LightningCLI's own top-level parser has."""
+    from vlm_lightning.cli.commands import top_level_help
+
+    text = top_level_help()
+    for option in ("--config", "--print_config", "fit", "validate", "test", "predict"):
+        assert option in text

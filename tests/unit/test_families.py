@@ -259,8 +259,16 @@ def test_set_image_tokens_bounds_the_image_tokens(family, tiny_replica):
         assert facts.prompt_style == "prefix_suffix"
         return
 
+    try:  # a knob without a minimum refuses one (it used to ignore it silently)
+        facts.set_image_tokens(processor, 1, 64)
+        minimum: int | None = 1
+    except ValueError as exc:
+        assert "remove data.image_min_tokens" in str(exc)
+        assert facts.name in ("idefics3", "smolvlm", "gemma3", "gemma4"), facts.name
+        minimum = None
+
     def image_tokens(budget: int) -> int:
-        facts.set_image_tokens(processor, 1, budget)
+        facts.set_image_tokens(processor, minimum, budget)
         batch = _encode(processor, facts, ["Q?"], answers=["A."], images=[_image(400, 300, (9, 99, 199))])
         return int((batch["input_ids"] == processor.image_token_id).sum())
 
@@ -278,6 +286,15 @@ def test_set_image_tokens_bounds_the_image_tokens(family, tiny_replica):
     assert 0 < small <= large // 2
     assert small <= budgets[0]
     assert large <= budgets[1]
+
+
+@pytest.mark.parametrize("family", ["idefics3", "smolvlm", "gemma3", "gemma4"])
+def test_a_minimum_the_knob_cannot_give_is_a_setting_error(family, tiny_replica):
+    from vlm_lightning.errors import SettingError
+    from vlm_lightning.models.loading import load_processor
+
+    with pytest.raises(SettingError, match=rf"{family}.*image_min_tokens=100 cannot be honoured.*remove"):
+        load_processor(str(tiny_replica(family)), image_max_tokens=280, image_min_tokens=100)
 
 
 def test_a_budget_the_knob_cannot_give_is_a_setting_error(tiny_replica):

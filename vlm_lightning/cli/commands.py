@@ -6,9 +6,13 @@ below run their own parsers. ``python -m vlm_lightning.deploy.export`` and the o
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+
+PROG = "python -m vlm_lightning"
+DESCRIPTION = "Fine-tune vision-language models on documents."
 
 #: command -> (module with ``main(argv)``, one-line description)
 TOOLS: dict[str, tuple[str, str]] = {
@@ -22,6 +26,13 @@ TOOLS: dict[str, tuple[str, str]] = {
     "synthetic": ("vlm_lightning.data.synthetic.__main__", "generate synthetic documents (receipts, ...)"),
 }
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+#: trainer command -> one-line description (the top-level help; each command's own ``--help`` is LightningCLI's)
+TRAINER_HELP = {
+    "fit": "train (and validate) a model; --ckpt_path resumes a run",
+    "validate": "one evaluation pass over data.val",
+    "test": "evaluate a checkpoint on data.test and write predictions and metrics",
+    "predict": "generate answers for data.predict",
+}
 
 
 def usage() -> str:
@@ -33,9 +44,36 @@ def usage() -> str:
     )
 
 
+def top_level_help() -> str:
+    """``python -m vlm_lightning --help`` without importing the trainer (torch, Lightning: seconds).
+
+    The same options as LightningCLI's top-level parser; each command's ``--help`` lists its own settings.
+    """
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=usage())
+    parser.add_argument(
+        "-c", "--config", metavar="CONFIG", help="Path to a configuration file in json or yaml format."
+    )
+    parser.add_argument(
+        "--print_config",
+        metavar="[=flags]",
+        help="Print the configuration after applying all other arguments and exit (flags: skip_default, skip_unset).",
+    )
+    commands = parser.add_subparsers(
+        title="subcommands",
+        metavar="{" + ",".join(TRAINER_COMMANDS) + "}",
+        description="add --help after a command",
+    )
+    for name in TRAINER_COMMANDS:
+        commands.add_parser(name, help=TRAINER_HELP[name])
+    return parser.format_help()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Dispatch to a tool, or to LightningCLI for the trainer commands."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["-h"], ["--help"]):
+        sys.stdout.write(top_level_help())
+        raise SystemExit(0)
     if args and args[0] in TOOLS:
         module, _ = TOOLS[args[0]]
         sys.argv[0] = f"python -m vlm_lightning {args[0]}"  # the tool's usage line names this command
@@ -46,4 +84,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     trainer_main(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
 
 
-__all__ = ["TOOLS", "TRAINER_COMMANDS", "main", "usage"]
+__all__ = ["DESCRIPTION", "PROG", "TOOLS", "TRAINER_COMMANDS", "main", "top_level_help", "usage"]

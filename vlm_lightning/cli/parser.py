@@ -17,7 +17,8 @@ from typing import Any, NoReturn
 from jsonargparse._common import debug_mode_active  # jsonargparse's own switch: raise instead of exit
 from lightning.pytorch.cli import LightningArgumentParser
 
-PROG = "python -m vlm_lightning"
+from vlm_lightning.cli.commands import DESCRIPTION, PROG, usage
+
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: --([\w.]+)")
 _NOT_ACCEPTED = re.compile(
     r"Parser key \"([\w.]+)\".*?class_path '([\w.]+)'.*?Option '(\w+)' is not accepted", re.S
@@ -76,9 +77,7 @@ class ConciseArgumentParser(LightningArgumentParser):
 
 def parser_kwargs() -> dict[str, Any]:
     """Keyword arguments for LightningCLI's main parser (its help lists every command)."""
-    from vlm_lightning.cli.commands import usage
-
-    return {"prog": PROG, "description": "Fine-tune vision-language models on documents.", "epilog": usage()}
+    return {"prog": PROG, "description": DESCRIPTION, "epilog": usage()}
 
 
 __all__ = ["ConciseArgumentParser", "PROG", "parser_kwargs"]

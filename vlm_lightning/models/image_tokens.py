@@ -12,6 +12,15 @@ import math
 from typing import Any
 
 
+def _refuse_minimum(min_tokens: int | None, why: str) -> None:
+    """A processor without a knob for a minimum: a set ``image_min_tokens`` is an error, not ignored."""
+    if min_tokens is not None:
+        raise ValueError(
+            f"image_min_tokens={min_tokens} cannot be honoured: {why}; remove data.image_min_tokens "
+            "(data.image_max_tokens sets the budget)"
+        )
+
+
 def set_qwen_pixels(processor: Any, min_tokens: int | None, max_tokens: int | None) -> None:
     """Qwen2/2.5/3-VL: image tokens = pixels / (patch_size * merge_size)^2 (28 px per token, 32 for Qwen3-VL).
 
@@ -52,10 +61,10 @@ def set_idefics3_tiles(processor: Any, min_tokens: int | None, max_tokens: int |
     The image's longest edge is resized (up or down) to ``size["longest_edge"]``, then cut into tiles of
     ``max_image_size["longest_edge"]``. ``max_tokens`` picks the largest k with k*k + 1 tiles (a square
     image, the worst case) within budget and sets the longest edge to k tiles; below two tiles' worth,
-    splitting is switched off (one tile). ``min_tokens`` has no knob: every image is rescaled to the
-    same longest edge, so it is ignored.
+    splitting is switched off (one tile). ``min_tokens`` has no knob (every image is rescaled to the
+    same longest edge): setting it is an error.
     """
-    del min_tokens
+    _refuse_minimum(min_tokens, "Idefics3 / SmolVLM rescale every image to the same longest edge")
     if max_tokens is None:
         return
     ip = processor.image_processor
@@ -109,9 +118,9 @@ def set_gemma3_crops(processor: Any, min_tokens: int | None, max_tokens: int | N
     passes its class-level ``images_kwargs`` to every call, over the image processor's saved settings, so
     they are set on the processor instance here, with the image processor's own non-null pan-and-scan
     settings (preprocessor_config.json) taking precedence over the class defaults. ``min_tokens`` has no
-    knob (every image is resized to the same size), so it is ignored.
+    knob (every image is resized to the same size): setting it is an error.
     """
-    del min_tokens
+    _refuse_minimum(min_tokens, "Gemma 3 resizes every image (and crop) to one fixed size")
     if max_tokens is None:
         return
     per_image = int(processor.image_seq_length)
@@ -170,9 +179,9 @@ def set_gemma4_soft_tokens(processor: Any, min_tokens: int | None, max_tokens: i
     patch x pooling kernel (48 px on the hub) within ``max_soft_tokens`` x kernel^2 patches: a budget gives
     somewhat fewer tokens than its value (a 4:3 image: 63 of 70, 270 of 280). The largest budget within
     ``max_tokens`` is used; below 70 there is none: an error says so. ``min_tokens`` has no knob (every image
-    is scaled up or down to fill the budget), so it is ignored.
+    is scaled up or down to fill the budget): setting it is an error.
     """
-    del min_tokens
+    _refuse_minimum(min_tokens, "Gemma 4 scales every image up or down to fill its soft-token budget")
     if max_tokens is None:
         return
     fitting = [b for b in GEMMA4_SOFT_TOKEN_BUDGETS if b <= int(max_tokens)]
