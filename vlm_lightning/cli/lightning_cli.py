@@ -14,13 +14,14 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from vlm_lightning.callbacks import PredictionWriter, RunCheckpoint
 from vlm_lightning.callbacks.curves import TrainingCurves
+from vlm_lightning.callbacks.logger_checks import TrackingChecks
 from vlm_lightning.callbacks.nonfinite import NonFiniteGuard
+from vlm_lightning.callbacks.prediction_table import PredictionTable
 from vlm_lightning.callbacks.preemption import PreemptionCheckpoint
 from vlm_lightning.callbacks.progress import StepProgressBar
 from vlm_lightning.callbacks.run_log import ResumedCSVLogger, run_folder_of
 from vlm_lightning.callbacks.run_summary import RunSummary
 from vlm_lightning.callbacks.throughput import Throughput
-from vlm_lightning.callbacks.tracking import PredictionTable, TrackingChecks
 from vlm_lightning.checkpoints.io import AtomicCheckpointIO
 from vlm_lightning.checkpoints.settings import CheckpointSettingsError
 from vlm_lightning.cli.library_noise import quiet_libraries

@@ -1,4 +1,4 @@
-"""Inference with a base / merged model, an exported adapter or a training checkpoint.
+"""The ``infer`` tool: inference with a base / merged model, an exported adapter or a training checkpoint.
 
 Prompts go through the same path as training and evaluation: a ``Record`` is built and the family's
 collator makes the left-padded ``generation_inputs`` (chat template, image-token budget, end-of-turn
@@ -17,294 +17,18 @@ checkpoint, or the ``vlm_lightning_export.json`` that ``vlm_lightning.deploy.exp
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from PIL import Image
 
 from vlm_lightning.cli.library_noise import quiet_libraries
-from vlm_lightning.data.datamodule import RecordDataset
-from vlm_lightning.data.records import DataValidationError, Record, image_problem, read_jsonl, record_from_row
-from vlm_lightning.deploy.export import EXPORT_INFO, ExportError, load_checkpoint, rebuild_model
+from vlm_lightning.data.image_files import image_problem
+from vlm_lightning.data.records import DataValidationError, read_jsonl
+from vlm_lightning.deploy.prediction_files import records_from_folder, write_predictions
+from vlm_lightning.deploy.predictor import DEFAULT_PROMPT, GenerationSettings, Predictor
 from vlm_lightning.errors import UserError
-from vlm_lightning.generation import end_of_turn_ids, generate_batch
-from vlm_lightning.models.build import build_model
-from vlm_lightning.models.families import FamilyFacts
-from vlm_lightning.models.loading import (
-    Dtype,
-    family_of,
-    make_collator,
-)
-
-DEFAULT_PROMPT = "Extract the information in this document as JSON."
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-
-
-@dataclass
-class GenerationSettings:
-    """Decoding settings; ``temperature == 0`` is greedy decoding."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    min_p: float = 0.0
-
-    def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``generate_batch`` / ``model.generate``."""
-        out: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
-        if self.temperature > 0:
-            out.update(do_sample=True, temperature=self.temperature)
-            if self.top_p < 1:
-                out["top_p"] = self.top_p
-            if self.min_p > 0:
-                out["min_p"] = self.min_p
-        return out
-
-
-def _read_defaults(folder: str | Path | None) -> dict[str, Any]:
-    path = Path(folder) / EXPORT_INFO if folder else None
-    if path is None or not path.is_file():
-        return {}
-    return json.loads(path.read_text())
-
-
-def _check_adapter(adapter: Path, model: str, family: str) -> None:
-    """Refuse an adapter folder that is not one, or that was trained on another family than ``model``."""
-    if not (adapter / "adapter_config.json").is_file():
-        raise ExportError(
-            f"--adapter {adapter} is not a PEFT adapter folder (no adapter_config.json): "
-            "give the folder written by python -m vlm_lightning.deploy.export"
-        )
-    trained = _read_defaults(adapter).get("family")
-    if trained and trained != family:
-        base = _read_defaults(adapter).get("base_model")
-        raise ExportError(
-            f"--adapter {adapter} was trained on a {trained} model ({base}); --model {model} is a {family} "
-            "model: give the base model the adapter was trained from"
-        )
-
-
-class Predictor:
-    """A loaded model + processor that generates from images and prompts like the training loop does."""
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        processor: Any,
-        facts: FamilyFacts,
-        defaults: dict[str, Any] | None = None,
-    ) -> None:
-        self.model = model.eval()
-        self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.facts = facts
-        self.defaults = dict(defaults or {})
-        self.stop_ids = end_of_turn_ids(self.tokenizer, facts.end_of_turn)
-        # inference never cuts a prompt: no training length limit here
-        self.collator = make_collator(processor, facts, max_length=1 << 30)
-
-    @classmethod
-    def load(
-        cls,
-        model: str,
-        *,
-        adapter: str | Path | None = None,
-        ckpt: str | Path | None = None,
-        device: str | None = None,
-        dtype: Dtype = "auto",
-        image_max_tokens: int | None = None,
-        image_min_tokens: int | None = None,
-        trust_remote_code: bool = False,
-    ) -> Predictor:
-        """Load ``model`` (base or merged folder / hub id), optionally with a PEFT ``adapter`` or a ``ckpt``."""
-        if adapter and ckpt:
-            raise ValueError("give --adapter or --ckpt, not both")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if ckpt:
-            info = load_checkpoint(ckpt)
-            net, processor, facts = rebuild_model(
-                info, base=model, device=device, dtype=None if dtype == "auto" else dtype
-            )
-            defaults = info.training_defaults()
-        else:
-            if adapter:
-                _check_adapter(Path(adapter), model, family_of(model, trust_remote_code).name)
-            defaults = _read_defaults(adapter) or _read_defaults(model if Path(model).is_dir() else None)
-            built = build_model(
-                model,
-                mode=None,
-                dtype=dtype,
-                trust_remote_code=trust_remote_code,
-                image_max_tokens=defaults.get("image_max_tokens"),
-                image_min_tokens=defaults.get("image_min_tokens"),
-            )
-            net, processor, facts = built.model, built.processor, built.facts
-            if adapter:
-                from peft import PeftModel
-
-                net = PeftModel.from_pretrained(net, str(adapter))
-            net.to(device)
-        if (image_max_tokens or image_min_tokens) and facts.set_image_tokens is not None:
-            facts.set_image_tokens(processor, image_min_tokens, image_max_tokens)
-        return cls(net, processor, facts, defaults)
-
-    @property
-    def device(self) -> torch.device:
-        """Where the model's weights are."""
-        return next(self.model.parameters()).device
-
-    # --- records and batches ----------------------------------------------------------------
-    def record(
-        self,
-        image: str | Path | Image.Image,
-        prompt: str | None = None,
-        system: str | None = None,
-        record_id: str = "image",
-    ) -> Record:
-        """A prompt-only Record (no answer) for one image, with the run's prompt / system as defaults."""
-        system = system if system is not None else self.defaults.get("system")
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": prompt or self.defaults.get("prompt") or DEFAULT_PROMPT})
-        images = [image if isinstance(image, Image.Image) else str(image)]
-        return Record(record_id, images, messages, [], meta={"image": str(image)})
-
-    def dataset(self, records: Sequence[Record]) -> RecordDataset:
-        """Records with their images loaded on access (and shrunk to the run's ``max_image_side``)."""
-        return RecordDataset(list(records), None, self.defaults.get("max_image_side"))
-
-    def _inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {
-            k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch["generation_inputs"].items()
-        }
-
-    def generate(self, records: Sequence[Record], settings: GenerationSettings | None = None) -> list[str]:
-        """Generate one answer per record (one batch)."""
-        dataset = self.dataset(records)
-        batch = self.collator([dataset[i] for i in range(len(dataset))])
-        settings = settings or GenerationSettings()
-        texts, _ = generate_batch(
-            self.model, self._inputs(batch), self.tokenizer, self.stop_ids, **settings.kwargs()
-        )
-        return texts
-
-    def stream(self, record: Record, settings: GenerationSettings | None = None) -> Iterator[str]:
-        """Yield text pieces of the answer for one record as they are generated."""
-        from transformers import TextIteratorStreamer
-
-        settings = settings or GenerationSettings()
-        batch = self.collator([self.dataset([record])[0]])
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                generate_batch(
-                    self.model,
-                    self._inputs(batch),
-                    self.tokenizer,
-                    self.stop_ids,
-                    streamer=streamer,
-                    **settings.kwargs(),
-                )
-            except BaseException as exc:  # re-raised in the caller's thread
-                failure.append(exc)
-                streamer.end()
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        yield from streamer
-        thread.join()
-        if failure:
-            raise failure[0]
-
-    def predict(
-        self,
-        records: Sequence[Record],
-        settings: GenerationSettings | None = None,
-        batch_size: int = 4,
-        progress: bool = True,
-    ) -> list[dict[str, Any]]:
-        """Generate for many records in batches; rows in the layout of the test / predict reports."""
-        from torch.utils.data import DataLoader
-        from tqdm.auto import tqdm
-
-        loader = DataLoader(self.dataset(records), batch_size=batch_size, collate_fn=self.collator)
-        settings = settings or GenerationSettings()
-        rows: list[dict[str, Any]] = []
-        start = time.perf_counter()
-        with tqdm(total=len(records), unit="img", disable=not progress, file=sys.stderr) as bar:
-            for batch in loader:
-                t0 = time.perf_counter()
-                texts, _ = generate_batch(
-                    self.model, self._inputs(batch), self.tokenizer, self.stop_ids, **settings.kwargs()
-                )
-                latency_ms = 1000 * (time.perf_counter() - t0) / max(1, len(texts))
-                for i, text in enumerate(texts):
-                    answers = batch["answers"][i]
-                    rows.append(
-                        {
-                            "id": batch["ids"][i],
-                            "prompt": batch["prompts"][i],
-                            "prediction": text,
-                            "target": answers[0] if len(answers) == 1 else (answers or None),
-                            "latency_ms": round(latency_ms, 2),
-                            "meta": batch["meta"][i],
-                        }
-                    )
-                bar.update(len(texts))
-                bar.set_postfix(img_per_s=f"{len(rows) / (time.perf_counter() - start):.2f}")
-        return rows
-
-
-def records_from_folder(
-    folder: str | Path, prompt: str, system: str | None = None
-) -> tuple[list[Record], list[Any]]:
-    """One prompt-only Record per image file of ``folder`` (sorted by name); problems listed, not raised."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no such image folder: {folder}")
-    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    records, problems = [], []
-    for line, path in enumerate(paths, start=1):
-        record, row_problems = record_from_row(
-            {"id": path.stem, "image": path.name, "prompt": prompt},
-            source=str(folder),
-            line=line,
-            root=folder,
-            default_prompt=prompt,
-            default_system=system,
-            require_answer=False,
-        )
-        problems.extend(row_problems)
-        if record is not None:
-            record.meta["image"] = str(path)
-            records.append(record)
-    if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    return records, problems
-
-
-def write_predictions(rows: list[dict[str, Any]], out: str | Path) -> tuple[Path, Path]:
-    """Write ``out`` (JSONL) and the CSV next to it with the evaluation report writer."""
-    from vlm_lightning.evaluation.report import write_reports
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    csv_out = out.with_suffix(".csv")
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        written = write_reports(Path(tmp), rows, None)
-        shutil.move(written["predictions"], out)
-        shutil.move(written["predictions_csv"], csv_out)
-    return out, csv_out
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -428,6 +152,8 @@ def _batch(predictor: Predictor, args: argparse.Namespace, settings: GenerationS
     print(f"[vlm_lightning] predictions: {jsonl}")
     print(f"[vlm_lightning] predictions_csv: {csv_path}")
 
+
+__all__ = ["GenerationSettings", "Predictor", "main", "records_from_folder", "write_predictions"]
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,9 @@
-"""Pieces every offline replica shares: a byte-level BPE tokenizer, vocabulary padding, saving."""
+"""Pieces every offline replica shares: byte-level tokenizer, vocabulary padding, tiny text config, saving."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -25,6 +26,23 @@ def byte_level_tokenizer(
 
 def padded_vocab_size(tokenizer: PreTrainedTokenizerFast, multiple: int = 64) -> int:
     return -(-len(tokenizer) // multiple) * multiple
+
+
+def tiny_text_config(vocab_size: int, hidden_size: int, layers: int, **fields: Any) -> dict[str, Any]:
+    """A tiny LM's ``text_config``: 4 query / 2 key-value heads, MLP twice as wide, 4096 positions.
+
+    ``fields`` add the family's own keys and override any of these (e.g. a wider MLP, one key-value head).
+    """
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": hidden_size * 2,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        **fields,
+    }
 
 
 def save_replica(model, processor, out_dir: Path) -> Path:

@@ -18,6 +18,7 @@ from vlm_lightning.replicas.common import (
     padded_vocab_size,
     save_replica,
     set_generation_ids,
+    tiny_text_config,
 )
 
 # google/gemma-3-4b-it and -12b-it (tokenizer.chat_template, as printed from the checkpoint's tokenizer
@@ -123,23 +124,20 @@ def build_gemma3(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed:
         "full_attention" if i % 2 or i == layers - 1 else "sliding_attention" for i in range(layers)
     ]
     config = Gemma3Config(
-        text_config={
-            "model_type": "gemma3_text",
-            "vocab_size": padded_vocab_size(tokenizer),
-            "hidden_size": hidden_size,
-            "intermediate_size": hidden_size * 4,
-            "num_hidden_layers": layers,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": head_dim,
-            "query_pre_attn_scalar": head_dim,
-            "sliding_window": 32,
-            "layer_types": layer_types,
-            "max_position_embeddings": 4096,
-            "bos_token_id": ids["<bos>"],
-            "eos_token_id": [ids["<eos>"], ids["<end_of_turn>"]],
-            "pad_token_id": ids["<pad>"],
-        },
+        text_config=tiny_text_config(
+            padded_vocab_size(tokenizer),
+            hidden_size,
+            layers,
+            model_type="gemma3_text",
+            intermediate_size=hidden_size * 4,
+            head_dim=head_dim,
+            query_pre_attn_scalar=head_dim,
+            sliding_window=32,
+            layer_types=layer_types,
+            bos_token_id=ids["<bos>"],
+            eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]],
+            pad_token_id=ids["<pad>"],
+        ),
         vision_config={
             "model_type": "siglip_vision_model",
             "hidden_size": 32,

@@ -20,6 +20,7 @@ from vlm_lightning.replicas.common import (
     padded_vocab_size,
     save_replica,
     set_generation_ids,
+    tiny_text_config,
 )
 
 # google/gemma-4-E2B-it and -E4B-it chat_template.jinja (its message, system and generation-prompt parts;
@@ -142,26 +143,22 @@ def build_gemma4(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed:
         "sliding_attention" if i % 2 == 0 and i < layers - 1 else "full_attention" for i in range(layers)
     ]
     config = Gemma4Config(
-        text_config={
-            "vocab_size": vocab,
-            "vocab_size_per_layer_input": vocab,
-            "hidden_size": hidden_size,
-            "intermediate_size": hidden_size * 2,
-            "num_hidden_layers": layers,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": head_dim,
-            "global_head_dim": head_dim,
-            "layer_types": layer_types,
-            "sliding_window": 48,
-            "max_position_embeddings": 4096,
-            "hidden_size_per_layer_input": 0,
-            "num_kv_shared_layers": 0,
-            "use_bidirectional_attention": None,
-            "bos_token_id": ids["<bos>"],
-            "eos_token_id": ids["<eos>"],
-            "pad_token_id": ids["<pad>"],
-        },
+        text_config=tiny_text_config(
+            vocab,
+            hidden_size,
+            layers,
+            vocab_size_per_layer_input=vocab,
+            head_dim=head_dim,
+            global_head_dim=head_dim,
+            layer_types=layer_types,
+            sliding_window=48,
+            hidden_size_per_layer_input=0,
+            num_kv_shared_layers=0,
+            use_bidirectional_attention=None,
+            bos_token_id=ids["<bos>"],
+            eos_token_id=ids["<eos>"],
+            pad_token_id=ids["<pad>"],
+        ),
         vision_config={
             "hidden_size": 32,
             "intermediate_size": 64,

@@ -28,6 +28,7 @@ from vlm_lightning.replicas.common import (
     padded_vocab_size,
     save_replica,
     set_generation_ids,
+    tiny_text_config,
 )
 
 # The chat_template.jinja of ibm-granite/granite-docling-258M (read from a public mirror of the hub repo,
@@ -96,22 +97,19 @@ def build_granite_docling(out_dir: Path, *, hidden_size: int = 64, layers: int =
     tokenizer, ids = _granite_docling_tokenizer()
     heads = 4
     config = GraniteDoclingConfig(
-        text_config={
-            "vocab_size": padded_vocab_size(tokenizer),
-            "hidden_size": hidden_size,
-            "intermediate_size": hidden_size * 2,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
-            "attention_multiplier": (hidden_size // heads) ** -0.5,
+        text_config=tiny_text_config(
+            padded_vocab_size(tokenizer),
+            hidden_size,
+            layers,
+            num_attention_heads=heads,
+            attention_multiplier=(hidden_size // heads) ** -0.5,
             # with the checkpoint's logits_scaling (4) and residual_multiplier (0.263), the default 0.02
             # init leaves random logits so flat that LoRA barely moves the loss in a few steps
-            "initializer_range": 0.2,
-            "pad_token_id": ids["<|pad|>"],
-            "bos_token_id": ids["<|end_of_text|>"],
-            "eos_token_id": ids["<|end_of_text|>"],
-        },
+            initializer_range=0.2,
+            pad_token_id=ids["<|pad|>"],
+            bos_token_id=ids["<|end_of_text|>"],
+            eos_token_id=ids["<|end_of_text|>"],
+        ),
         vision_config={
             "hidden_size": 32,
             "intermediate_size": 64,

@@ -23,6 +23,7 @@ from vlm_lightning.replicas.common import (
     padded_vocab_size,
     save_replica,
     set_generation_ids,
+    tiny_text_config,
 )
 
 # HuggingFaceTB/SmolVLM-256M-Instruct (model_type idefics3): capitalised roles, "User:<image>..." when the
@@ -69,20 +70,16 @@ def _idefics3_tokenizer(template: str) -> tuple[PreTrainedTokenizerFast, dict[st
 def _idefics3_configs(tokenizer, ids: dict[str, int], hidden_size: int, layers: int) -> dict:
     # image_seq_len = (image_size / patch)^2 / scale_factor^2 = (64 / 8)^2 / 4^2 = 4 tokens per tile
     return {
-        "text_config": {
-            "model_type": "llama",
-            "vocab_size": padded_vocab_size(tokenizer),
-            "hidden_size": hidden_size,
-            "intermediate_size": hidden_size * 2,
-            "num_hidden_layers": layers,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
-            "rms_norm_eps": 1e-5,
-            "bos_token_id": ids["<|im_start|>"],
-            "eos_token_id": ids["<end_of_utterance>"],
-            "pad_token_id": ids["<|im_end|>"],
-        },
+        "text_config": tiny_text_config(
+            padded_vocab_size(tokenizer),
+            hidden_size,
+            layers,
+            model_type="llama",
+            rms_norm_eps=1e-5,
+            bos_token_id=ids["<|im_start|>"],
+            eos_token_id=ids["<end_of_utterance>"],
+            pad_token_id=ids["<|im_end|>"],
+        ),
         "vision_config": {
             "hidden_size": 32,
             "intermediate_size": 64,

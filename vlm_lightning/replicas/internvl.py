@@ -19,6 +19,7 @@ from vlm_lightning.replicas.common import (
     padded_vocab_size,
     save_replica,
     set_generation_ids,
+    tiny_text_config,
 )
 
 # OpenGVLab/InternVL3-1B-hf (and the other -hf / -HF conversions): the template written by transformers'
@@ -92,21 +93,17 @@ def build_internvl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, see
 
     tokenizer, ids = _internvl_tokenizer()
     config = InternVLConfig(
-        text_config={
-            "model_type": "qwen2",
-            "vocab_size": padded_vocab_size(tokenizer),
-            "hidden_size": hidden_size,
-            "intermediate_size": hidden_size * 2,
-            "num_hidden_layers": layers,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
-            "tie_word_embeddings": False,
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
+        text_config=tiny_text_config(
+            padded_vocab_size(tokenizer),
+            hidden_size,
+            layers,
+            model_type="qwen2",
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            tie_word_embeddings=False,
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
         vision_config={
             "hidden_size": 32,
             "intermediate_size": 64,

@@ -17,6 +17,7 @@ from vlm_lightning.replicas.common import (
     padded_vocab_size,
     save_replica,
     set_generation_ids,
+    tiny_text_config,
 )
 
 # LiquidAI/LFM2-VL-450M and -1.6B: ChatML-like with a leading bos, one <image> per image part,
@@ -58,21 +59,17 @@ def build_lfm2_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
     layer_types = ["full_attention" if i % 2 or i == layers - 1 else "conv" for i in range(layers)]
     config = Lfm2VlConfig(
-        text_config={
-            "model_type": "lfm2",
-            "vocab_size": padded_vocab_size(tokenizer),
-            "hidden_size": hidden_size,
-            "intermediate_size": hidden_size * 2,
-            "block_auto_adjust_ff_dim": False,
-            "num_hidden_layers": layers,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
-            "layer_types": layer_types,
-            "bos_token_id": ids["<|startoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|pad|>"],
-        },
+        text_config=tiny_text_config(
+            padded_vocab_size(tokenizer),
+            hidden_size,
+            layers,
+            model_type="lfm2",
+            block_auto_adjust_ff_dim=False,
+            layer_types=layer_types,
+            bos_token_id=ids["<|startoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|pad|>"],
+        ),
         vision_config={
             "model_type": "siglip2_vision_model",
             "hidden_size": 32,

@@ -16,8 +16,13 @@ from vlm_lightning.replicas.common import (
     padded_vocab_size,
     save_replica,
     set_generation_ids,
+    tiny_text_config,
 )
-from vlm_lightning.replicas.qwen import qwen3_style_image_processors, qwen_vision_token_ids
+from vlm_lightning.replicas.qwen_common import (
+    QWEN_SPECIAL_TOKENS,
+    qwen3_style_image_processors,
+    qwen_vision_token_ids,
+)
 
 # LiquidAI/LFM3-VL-2B: the checkpoint's chat_template.jinja could not be read from here (no hub access, and no
 # public copy of it was found). This template is reconstructed from what is public: the LFM2 / LFM2.5 ChatML
@@ -39,17 +44,8 @@ LFM3_VL_CHAT_TEMPLATE = (
     "{{'<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
 )
 
-LFM3_SPECIAL_TOKENS = [
-    "<|pad|>",
-    "<|startoftext|>",
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
+# LFM2's pad and start-of-text tokens, then the Qwen ChatML and vision tokens.
+LFM3_SPECIAL_TOKENS = ["<|pad|>", "<|startoftext|>", *QWEN_SPECIAL_TOKENS]
 
 
 def _text_layer_types(layers: int) -> list[str]:
@@ -77,22 +73,19 @@ def build_lfm3_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
     heads = 4
     config = Lfm3VlConfig(
-        text_config={
-            "model_type": "lfm3",
-            "vocab_size": padded_vocab_size(tokenizer),
-            "hidden_size": hidden_size,
-            "intermediate_size": hidden_size * 2,
-            "num_hidden_layers": len(_text_layer_types(layers)),
-            "layer_types": _text_layer_types(layers),
-            "num_attention_heads": heads,
-            "num_key_value_heads": 2,
-            "head_dim": hidden_size // heads,
-            "sliding_window": 32,
-            "max_position_embeddings": 4096,
-            "bos_token_id": ids["<|startoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|pad|>"],
-        },
+        text_config=tiny_text_config(
+            padded_vocab_size(tokenizer),
+            hidden_size,
+            len(_text_layer_types(layers)),
+            model_type="lfm3",
+            layer_types=_text_layer_types(layers),
+            num_attention_heads=heads,
+            head_dim=hidden_size // heads,
+            sliding_window=32,
+            bos_token_id=ids["<|startoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|pad|>"],
+        ),
         vision_config={
             "model_type": "lfm3_vl_vision",
             "hidden_size": 32,

@@ -18,6 +18,7 @@ from vlm_lightning.replicas.common import (
     padded_vocab_size,
     save_replica,
     set_generation_ids,
+    tiny_text_config,
 )
 
 # PaddlePaddle/PaddleOCR-VL chat_template.jinja, the revision for transformers' native PaddleOCRVLProcessor
@@ -116,21 +117,18 @@ def build_paddleocr_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2,
     half = head_dim // 2
     mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]  # real: [16, 24, 24] of 64
     config = PaddleOCRVLConfig(
-        text_config={
-            "vocab_size": padded_vocab_size(tokenizer),
-            "hidden_size": hidden_size,
-            "intermediate_size": hidden_size * 2,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "num_key_value_heads": 2,
-            "head_dim": head_dim,
-            "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "mrope_section": mrope, "rope_theta": 500000.0},
-            "use_bias": False,
-            "pad_token_id": ids["<unk>"],
-            "bos_token_id": ids["<s>"],
-            "eos_token_id": ids["</s>"],
-        },
+        text_config=tiny_text_config(
+            padded_vocab_size(tokenizer),
+            hidden_size,
+            layers,
+            num_attention_heads=heads,
+            head_dim=head_dim,
+            rope_parameters={"rope_type": "default", "mrope_section": mrope, "rope_theta": 500000.0},
+            use_bias=False,
+            pad_token_id=ids["<unk>"],
+            bos_token_id=ids["<s>"],
+            eos_token_id=ids["</s>"],
+        ),
         vision_config={
             "hidden_size": 32,
             "intermediate_size": 64,

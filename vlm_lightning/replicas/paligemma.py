@@ -17,6 +17,7 @@ from vlm_lightning.replicas.common import (
     padded_vocab_size,
     save_replica,
     set_generation_ids,
+    tiny_text_config,
 )
 
 
@@ -43,20 +44,17 @@ def build_paligemma(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, se
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
     vocab = padded_vocab_size(tokenizer)
     config = PaliGemmaConfig(
-        text_config={
-            "model_type": "gemma",
-            "vocab_size": vocab,
-            "hidden_size": hidden_size,
-            "intermediate_size": hidden_size * 2,
-            "num_hidden_layers": layers,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 1,
-            "head_dim": hidden_size // 4,
-            "max_position_embeddings": 4096,
-            "bos_token_id": ids["<bos>"],
-            "eos_token_id": ids["<eos>"],
-            "pad_token_id": ids["<pad>"],
-        },
+        text_config=tiny_text_config(
+            vocab,
+            hidden_size,
+            layers,
+            model_type="gemma",
+            num_key_value_heads=1,
+            head_dim=hidden_size // 4,
+            bos_token_id=ids["<bos>"],
+            eos_token_id=ids["<eos>"],
+            pad_token_id=ids["<pad>"],
+        ),
         vision_config={
             "model_type": "siglip_vision_model",
             "hidden_size": 32,

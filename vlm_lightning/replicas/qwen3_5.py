@@ -24,11 +24,13 @@ from vlm_lightning.replicas.common import (
     padded_vocab_size,
     save_replica,
     set_generation_ids,
+    tiny_text_config,
 )
-from vlm_lightning.replicas.qwen import (
+from vlm_lightning.replicas.qwen_common import (
     QWEN_SPECIAL_TOKENS,
-    _qwen_mrope_section,
     qwen3_style_image_processors,
+    qwen_mrope_section,
+    qwen_vision_config,
     qwen_vision_token_ids,
 )
 
@@ -224,42 +226,28 @@ def build_qwen3_5(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed
     head_dim = 32
     partial_rotary = 0.25
     config = Qwen3_5Config(
-        text_config={
-            "vocab_size": padded_vocab_size(tokenizer),
-            "hidden_size": hidden_size,
-            "intermediate_size": hidden_size * 2,
-            "num_hidden_layers": layers,
-            "layer_types": _layer_types(layers),
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": head_dim,
-            "linear_num_key_heads": 2,
-            "linear_num_value_heads": 4,
-            "linear_key_head_dim": 16,
-            "linear_value_head_dim": 16,
-            "linear_conv_kernel_dim": 4,
-            "max_position_embeddings": 4096,
-            "rope_parameters": {
+        text_config=tiny_text_config(
+            padded_vocab_size(tokenizer),
+            hidden_size,
+            layers,
+            layer_types=_layer_types(layers),
+            head_dim=head_dim,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            linear_key_head_dim=16,
+            linear_value_head_dim=16,
+            linear_conv_kernel_dim=4,
+            rope_parameters={
                 "rope_type": "default",
                 "rope_theta": 10000000.0,
                 "partial_rotary_factor": partial_rotary,
-                "mrope_section": _qwen_mrope_section(int(head_dim * partial_rotary)),
+                "mrope_section": qwen_mrope_section(int(head_dim * partial_rotary)),
                 "mrope_interleaved": True,
             },
-            "pad_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-        },
-        vision_config={
-            "depth": 1,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "out_hidden_size": hidden_size,
-            "num_position_embeddings": 64,
-        },
+            pad_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+        ),
+        vision_config=qwen_vision_config(hidden_size, patch_size=16, num_position_embeddings=64),
         **qwen_vision_token_ids(ids),
         tie_word_embeddings=False,
     )
