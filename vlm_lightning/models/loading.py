@@ -23,7 +23,9 @@ class ModelLoadError(UserError, OSError):
 
 def _explain(name_or_path: str, exc: Exception) -> ModelLoadError:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    if Path(name_or_path).exists():
+    if "does not support an attention implementation" in str(exc):
+        hint = f"{str(exc).split('. ')[0]}: set --model.attn_implementation sdpa (the default) or eager"
+    elif Path(name_or_path).exists():
         hint = (
             f"the folder {name_or_path} exists but is not a complete checkpoint ({type(exc).__name__}: {exc})"
         )

@@ -1,4 +1,5 @@
-"""Causal-LM loss computed only at labelled positions (the lm_head never runs on prompt or image tokens)."""
+"""Causal-LM loss computed only at labelled positions (the lm_head never runs on prompt or image tokens), and
+the training loss's definition: the mean over the labelled tokens of an optimizer step (``StepTokenMean``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 
 from vlm_lightning.training.linear_cross_entropy import linear_cross_entropy
 
@@ -121,3 +123,52 @@ def causal_lm_loss(
         with torch.no_grad():
             correct += ((part.argmax(-1) == tgt) & (tgt != IGNORE_INDEX)).sum()
     return total / n_tokens.clamp(min=1), n_tokens, correct
+
+
+#: backpropagated value = the micro-batch's summed token loss / this constant (any constant gives the same
+#: gradients after ``StepTokenMean.finish``; one near a micro-batch's token count keeps fp16 scaling in range)
+LOSS_SUM_UNIT = 1024.0
+
+
+class StepTokenMean:
+    """The training loss of an optimizer step: the mean over the labelled tokens of all its micro-batches on
+    all ranks, packed or not (so a micro-batch or rank with more answer tokens weighs more).
+
+    Each micro-batch backpropagates its summed token loss over ``LOSS_SUM_UNIT`` (``add``); before the
+    optimizer step ``finish`` sums the step's loss and token counts over ranks (one all-reduce of three
+    numbers, no host sync) and multiplies the gradients by ``world * accumulate * LOSS_SUM_UNIT / tokens``,
+    which undoes Lightning's division by ``accumulate_grad_batches`` and the ranks' gradient average.
+    """
+
+    def __init__(self) -> None:
+        self.totals: torch.Tensor | None = None  # (summed loss, labelled tokens, correct tokens)
+
+    def add(self, mean_loss: torch.Tensor, n_tokens: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+        """Count a micro-batch; returns the value to backpropagate."""
+        summed = mean_loss * n_tokens
+        row = torch.stack([summed.detach().float(), n_tokens.float(), correct.float()])
+        self.totals = row if self.totals is None else self.totals + row
+        return summed / LOSS_SUM_UNIT
+
+    def finish(
+        self, grads: list[torch.Tensor], reduce: Any, world: int, accumulate: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Rescale ``grads`` in place to the step's token mean; returns (loss, token accuracy, tokens), the
+        step's values over all ranks, or None when no micro-batch was counted. ``reduce``: the strategy's
+        ``reduce(tensor, reduce_op="sum")``."""
+        if self.totals is None:
+            return None
+        totals, self.totals = reduce(self.totals, reduce_op="sum"), None
+        tokens = totals[1].clamp(min=1)
+        scale_gradients(grads, world * accumulate * LOSS_SUM_UNIT / tokens)
+        return totals[0] / tokens, totals[2] / tokens, totals[1]
+
+
+def scale_gradients(grads: list[torch.Tensor], factor: torch.Tensor) -> None:
+    """``grads *= factor`` with one foreach kernel per device (sharded DTensor gradients: their local shard)."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for grad in grads:
+        local = grad.to_local() if isinstance(grad, DTensor) else grad
+        by_device.setdefault(local.device, []).append(local)
+    for device, tensors in by_device.items():
+        torch._foreach_mul_(tensors, factor.to(device, torch.float32))

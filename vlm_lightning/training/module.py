@@ -1,25 +1,22 @@
-"""The LightningModule: a PEFT-wrapped VLM, one shared step, generation-based evaluation."""
+"""The LightningModule: a PEFT-wrapped VLM, its batches on the device, one shared step, optimisation.
+
+Evaluation hooks live in ``evaluation_steps.py``, checkpoint hooks in ``checkpoint_state.py`` (mixins).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
-import random
-import time
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import ModelParallelStrategy
-from torchmetrics import MeanMetric
 
 from vlm_lightning.data.sampling import FILLER
-from vlm_lightning.errors import UserError
-from vlm_lightning.generation import end_of_turn_ids, generate_batch
+from vlm_lightning.generation import end_of_turn_ids
 from vlm_lightning.metrics import build_metrics
 from vlm_lightning.models.acceleration import (
     compile_decoder_layers,
@@ -32,15 +29,19 @@ from vlm_lightning.models.loading import Dtype
 from vlm_lightning.models.packed_positions import packed_inputs
 from vlm_lightning.models.peft_setup import LoraSettings, Mode, parameter_report
 from vlm_lightning.models.sync_free import split_host_inputs
-from vlm_lightning.training.loss import causal_lm_loss, fusable_head, labelled_positions, labelled_rows
-from vlm_lightning.training.sharding import forward_is_collective, full_value, is_sharded, shard_model
+from vlm_lightning.training.checkpoint_state import CheckpointHooks, CheckpointMismatchError
+from vlm_lightning.training.evaluation_steps import EvaluationSteps, TokenMean
+from vlm_lightning.training.loss import (
+    StepTokenMean,
+    causal_lm_loss,
+    fusable_head,
+    labelled_positions,
+    labelled_rows,
+)
+from vlm_lightning.training.sharding import full_value, is_sharded, shard_model
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
-
-
-class CheckpointMismatchError(UserError, RuntimeError):
-    """A checkpoint does not belong to this model / training mode."""
 
 
 def compile_by_default(mode: str = "lora") -> bool:
@@ -53,7 +54,7 @@ def _default_optimizer(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0, **kwargs)
 
 
-class VLMFineTuner(L.LightningModule):
+class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
     """Fine-tune a vision-language model with LoRA, QLoRA or full LM training.
 
     Args:
@@ -145,9 +146,9 @@ class VLMFineTuner(L.LightningModule):
         log.info("%s", summary)
         print(f"[vlm_lightning] {self.facts.name} {mode}: {summary}")
         self.strict_loading = False
-        self.val_loss = _TokenMean()
-        self.train_token_acc = MeanMetric()
-        self.val_token_acc = _TokenMean()
+        self.val_loss = TokenMean()
+        self.step_loss = StepTokenMean()
+        self.val_token_acc = TokenMean()
         self.last_val_samples: list[dict[str, Any]] = []  # first val batch, for tracking.PredictionTable
 
     # --- batches on the device without host syncs -----------------------------------------------
@@ -210,12 +211,7 @@ class VLMFineTuner(L.LightningModule):
             raise FloatingPointError(
                 f"non-finite loss {loss.item()} at global step {self.global_step}, batch ids {batch['ids']}"
             )
-        bsz = batch["labels"].shape[0]
-        # Lightning turns progress-bar values into Python floats every step (a GPU sync): only with a bar
-        self.log("train/loss", loss, prog_bar=self._progress_bar_shown(), batch_size=bsz)
-        self.log("train/token_acc", correct / n_tokens.clamp(min=1), batch_size=bsz)
-        self.log("train/tokens", n_tokens.float(), reduce_fx="sum", batch_size=bsz)
-        return loss
+        return self.step_loss.add(loss, n_tokens, correct)  # logged per optimizer step, as its token mean
 
     def _progress_bar_shown(self) -> bool:
         return self._trainer is not None and self.trainer.progress_bar_callback is not None
@@ -229,6 +225,17 @@ class VLMFineTuner(L.LightningModule):
         )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Rescale the gradients to the step's token-mean loss (``StepTokenMean``), log it, then the norm."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        step = self.step_loss.finish(
+            grads, self.trainer.strategy.reduce, self.trainer.world_size, self.trainer.accumulate_grad_batches
+        )
+        if step is not None:
+            loss, token_acc, tokens = step
+            # Lightning turns progress-bar values into Python floats every step (a GPU sync): only with a bar
+            self.log("train/loss", loss, prog_bar=self._progress_bar_shown())
+            self.log("train/token_acc", token_acc)
+            self.log("train/tokens", tokens)
         clip = self._trainer is not None and self.trainer.gradient_clip_val
         if clip and self.trainer.gradient_clip_algorithm != "value":
             return  # configure_gradient_clipping logs the norm it computes anyway
@@ -236,97 +243,7 @@ class VLMFineTuner(L.LightningModule):
         if grads:  # one foreach kernel per dtype/device group, not one norm per parameter
             self.log("train/grad_norm", full_value(torch.nn.utils.get_total_norm(grads, foreach=True)))
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss, n_tokens, correct = self.model_step(batch)
-        self.val_loss.update(loss.detach(), n_tokens)
-        self.val_token_acc.update(correct.float() / n_tokens.clamp(min=1), n_tokens)
-        if self.hparams.val_generate:
-            texts, _ = self.generate(batch)
-            real = _scored(batch)
-            if real:
-                self.val_metrics.update([texts[i] for i in real], [batch["answers"][i] for i in real])
-            if batch_idx == 0:
-                self.last_val_samples = [
-                    {"id": i, "prompt": p, "prediction": t, "target": a[0] if len(a) == 1 else a}
-                    for i, p, t, a in zip(batch["ids"], batch["prompts"], texts, batch["answers"])
-                ][: min(8, len(real))]
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_synced("val/loss", self.val_loss.compute(), prog_bar=True)
-        self._log_synced("val/token_acc", self.val_token_acc.compute())
-        self.val_loss.reset()
-        self.val_token_acc.reset()
-        if self.hparams.val_generate:
-            for name, value in self.val_metrics.compute().items():
-                self._log_synced(
-                    f"val/{name}", value, prog_bar=name in ("json_valid_rate", "exact_match", "anls")
-                )
-            self.val_metrics.reset()
-
-    def _log_synced(self, name: str, value: Any, **kwargs: Any) -> None:
-        """Log an epoch value a torchmetrics ``compute()`` already synced over all ranks.
-
-        Lightning cannot tell and, under DDP, warns that ``sync_dist=True`` is recommended; syncing again
-        would only average equal values (that warning is muted for val/ and test/ keys in ``library_noise``).
-        """
-        self.log(name, value, sync_dist=False, **kwargs)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        start = time.perf_counter()
-        texts, new_tokens = self.generate(batch)
-        latency_ms = 1000 * (time.perf_counter() - start) / max(1, len(texts))
-        real = _scored(batch)
-        if real:
-            self.test_metrics.update([texts[i] for i in real], [batch["answers"][i] for i in real])
-        return self._rows(batch, texts, latency_ms, with_scores=True)
-
-    def on_test_epoch_end(self) -> None:
-        for name, value in self.test_metrics.compute().items():
-            self._log_synced(f"test/{name}", value)
-        self.test_metrics.reset()
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        start = time.perf_counter()
-        texts, _ = self.generate(batch)
-        latency_ms = 1000 * (time.perf_counter() - start) / max(1, len(texts))
-        return self._rows(batch, texts, latency_ms, with_scores=any(batch["answers"]))
-
-    def _rows(
-        self, batch: dict[str, Any], texts: list[str], latency_ms: float, with_scores: bool
-    ) -> list[dict]:
-        rows = []
-        for i in _scored(batch):
-            text, answers = texts[i], batch["answers"][i]
-            row = {
-                "id": batch["ids"][i],
-                "prompt": batch["prompts"][i],
-                "prediction": text,
-                "target": answers[0] if len(answers) == 1 else answers,
-                "latency_ms": round(latency_ms, 2),
-                "meta": batch["meta"][i],
-            }
-            if with_scores and answers:
-                row["scores"] = self.test_metrics.score_sample(text, answers)
-            rows.append(row)
-        return rows
-
-    def generate(self, batch: dict[str, Any], **kwargs: Any) -> tuple[list[str], torch.Tensor]:
-        """Greedy batched generation from the batch's left-padded prompts."""
-        kwargs.setdefault("max_new_tokens", self.hparams.generate_max_new_tokens)
-        with torch.compiler.set_stance("force_eager"):  # decoding shapes would recompile the layers
-            return generate_batch(
-                self.model,
-                batch["generation_inputs"],
-                self.tokenizer,
-                self.stop_ids,
-                merge_lora=self.hparams.merge_lora_for_generation,
-                # sharded layers gather their weights collectively: every rank runs every decoding step
-                synced_gpus=self._trainer is not None
-                and self.trainer.world_size > 1
-                and forward_is_collective(self.trainer.strategy),
-                **kwargs,
-            )
-
+    # --- model set-up: mixed-precision casts, compilation, FSDP2 ------------------------------------
     def configure_model(self) -> None:
         precision = str(getattr(self._trainer, "precision", "")) if self._trainer is not None else ""
         if precision.endswith("-mixed") and not getattr(self, "_lora_cast_skipped", False):
@@ -399,99 +316,6 @@ class VLMFineTuner(L.LightningModule):
         name = {"constant": "constant_with_warmup"}.get(self.hparams.scheduler, self.hparams.scheduler)
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    # --- checkpoints hold trainable weights only ----------------------------------------------
-    def trainable_state_dict(
-        self, state_dict: dict[str, torch.Tensor] | None = None
-    ) -> dict[str, torch.Tensor]:
-        """Only the weights that train (LoRA adapters, or the LM in full mode), of ``state_dict`` (the
-        strategy's: under FSDP2 full on rank 0, or this rank's shards) or of the module's own."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        if state_dict is None:
-            state_dict = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        return {k: v for k, v in state_dict.items() if k in names}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = self.trainable_state_dict(checkpoint.get("state_dict"))
-        checkpoint["vlm_lightning"] = {
-            "family": self.facts.name,
-            "mode": self.hparams.mode,
-            "name_or_path": self.hparams.name_or_path,
-            "trainable_keys": len(checkpoint["state_dict"]),
-            "lora": dataclasses.asdict(self.lora),
-            "data": self._inference_settings(),
-        }
-        checkpoint["rng_states"] = _collect_rng_states()
-
-    def _inference_settings(self) -> dict[str, Any]:
-        """Prompt and image settings inference needs to reproduce training inputs."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        hparams = getattr(datamodule, "hparams", {}) or {}
-        keys = (
-            "prompt",
-            "system",
-            "image_max_tokens",
-            "image_min_tokens",
-            "max_image_side",
-            "max_length",
-            "mask",
-        )
-        return {k: hparams[k] for k in keys if k in hparams}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        info = checkpoint.get("vlm_lightning")
-        if info is None:
-            raise CheckpointMismatchError("this checkpoint was not written by vlm_lightning")
-        if info.get("mode") != self.hparams.mode or info.get("family") != self.facts.name:
-            raise CheckpointMismatchError(
-                f"checkpoint is a {info.get('family')} {info.get('mode')} run; this model is "
-                f"{self.facts.name} {self.hparams.mode}"
-            )
-        expected = {n for n, p in self.named_parameters() if p.requires_grad}
-        got = (
-            set(checkpoint["state_dict"]) if "state_dict" in checkpoint else expected
-        )  # sharded: loaded already
-        if got != expected:
-            missing, extra = sorted(expected - got)[:3], sorted(got - expected)[:3]
-            raise CheckpointMismatchError(
-                f"checkpoint weights do not match this model's trainable weights (missing e.g. {missing}, "
-                f"unexpected e.g. {extra}): was it trained with other LoRA settings?"
-            )
-        if "rng_states" in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
-            _set_rng_states(checkpoint["rng_states"])
-
-
-def _scored(batch: dict[str, Any]) -> list[int]:
-    """Indices of a batch's real samples, not ``EvenShardSampler`` fillers (which come last in a shard)."""
-    metas = batch.get("meta") or [{}] * len(batch["ids"])
-    return [i for i, meta in enumerate(metas) if not meta.get(FILLER)]
-
-
-def _collect_rng_states() -> dict[str, Any]:
-    """RNG states in a form ``torch.load(weights_only=True)`` accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-class _TokenMean(MeanMetric):
-    """A token-weighted mean that syncs exactly under DDP (sums of values and weights)."""
 
 
 __all__ = ["VLMFineTuner", "CheckpointMismatchError"]

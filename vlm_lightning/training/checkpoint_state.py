@@ -1,0 +1,118 @@
+"""Checkpoint hooks of the LightningModule: trainable weights only, run facts, RNG states, load checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlm_lightning.errors import UserError
+from vlm_lightning.models.families import FamilyFacts
+from vlm_lightning.models.peft_setup import LoraSettings
+
+_INFERENCE_KEYS = (
+    "prompt",
+    "system",
+    "image_max_tokens",
+    "image_min_tokens",
+    "max_image_side",
+    "max_length",
+    "mask",
+)
+
+
+class CheckpointMismatchError(UserError, RuntimeError):
+    """A checkpoint does not belong to this model / training mode."""
+
+
+class CheckpointHooks:
+    """Mixin for ``VLMFineTuner``: checkpoints hold the trainable weights, the run's facts and RNG states.
+
+    Needs the LightningModule's ``named_parameters``, ``state_dict``, ``hparams`` and ``_trainer``, and the
+    fine-tuner's ``facts`` and ``lora``.
+    """
+
+    facts: FamilyFacts
+    lora: LoraSettings
+
+    def trainable_state_dict(
+        self, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Only the weights that train (LoRA adapters, or the LM in full mode), of ``state_dict`` (the
+        strategy's: under FSDP2 full on rank 0, or this rank's shards) or of the module's own."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        if state_dict is None:
+            state_dict = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        return {k: v for k, v in state_dict.items() if k in names}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the trainable weights; add the run's family, mode, LoRA and data settings and RNG states."""
+        checkpoint["state_dict"] = self.trainable_state_dict(checkpoint.get("state_dict"))
+        checkpoint["vlm_lightning"] = {
+            "family": self.facts.name,
+            "mode": self.hparams.mode,
+            "name_or_path": self.hparams.name_or_path,
+            "trainable_keys": len(checkpoint["state_dict"]),
+            "lora": dataclasses.asdict(self.lora),
+            "data": self._inference_settings(),
+        }
+        checkpoint["rng_states"] = collect_rng_states()
+
+    def _inference_settings(self) -> dict[str, Any]:
+        """Prompt and image settings inference needs to reproduce training inputs."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        hparams = getattr(datamodule, "hparams", {}) or {}
+        return {k: hparams[k] for k in _INFERENCE_KEYS if k in hparams}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse checkpoints of another family, mode or LoRA layout; restore RNG states when fitting."""
+        info = checkpoint.get("vlm_lightning")
+        if info is None:
+            raise CheckpointMismatchError("this checkpoint was not written by vlm_lightning")
+        if info.get("mode") != self.hparams.mode or info.get("family") != self.facts.name:
+            raise CheckpointMismatchError(
+                f"checkpoint is a {info.get('family')} {info.get('mode')} run; this model is "
+                f"{self.facts.name} {self.hparams.mode}"
+            )
+        expected = {n for n, p in self.named_parameters() if p.requires_grad}
+        got = (
+            set(checkpoint["state_dict"]) if "state_dict" in checkpoint else expected
+        )  # sharded: loaded already
+        if got != expected:
+            missing, extra = sorted(expected - got)[:3], sorted(got - expected)[:3]
+            raise CheckpointMismatchError(
+                f"checkpoint weights do not match this model's trainable weights (missing e.g. {missing}, "
+                f"unexpected e.g. {extra}): was it trained with other LoRA settings?"
+            )
+        if "rng_states" in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
+            set_rng_states(checkpoint["rng_states"])
+
+
+def collect_rng_states() -> dict[str, Any]:
+    """RNG states in a form ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore the states ``collect_rng_states`` returned."""
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+__all__ = ["CheckpointHooks", "CheckpointMismatchError", "collect_rng_states", "set_rng_states"]

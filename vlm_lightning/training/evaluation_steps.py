@@ -1,0 +1,135 @@
+"""Evaluation hooks of the LightningModule: validation loss and metrics, test and predict rows, generation."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torchmetrics import MeanMetric
+
+from vlm_lightning.data.sampling import FILLER
+from vlm_lightning.generation import generate_batch
+from vlm_lightning.metrics import DocumentMetrics
+from vlm_lightning.training.sharding import forward_is_collective
+
+
+class TokenMean(MeanMetric):
+    """A token-weighted mean that syncs exactly under DDP (sums of values and weights)."""
+
+
+def scored(batch: dict[str, Any]) -> list[int]:
+    """Indices of a batch's real samples, not ``EvenShardSampler`` fillers (which come last in a shard)."""
+    metas = batch.get("meta") or [{}] * len(batch["ids"])
+    return [i for i, meta in enumerate(metas) if not meta.get(FILLER)]
+
+
+class EvaluationSteps:
+    """Mixin for ``VLMFineTuner``: validation / test / predict steps, their epoch logs and ``generate``.
+
+    Needs the LightningModule's ``log``, ``hparams`` and ``_trainer``, and the fine-tuner's ``model_step``,
+    ``model``, ``tokenizer``, ``stop_ids`` and the metric attributes annotated below.
+    """
+
+    model: torch.nn.Module
+    tokenizer: Any
+    stop_ids: list[int]
+    val_loss: TokenMean
+    val_token_acc: TokenMean
+    val_metrics: DocumentMetrics
+    test_metrics: DocumentMetrics
+    last_val_samples: list[dict[str, Any]]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, n_tokens, correct = self.model_step(batch)
+        self.val_loss.update(loss.detach(), n_tokens)
+        self.val_token_acc.update(correct.float() / n_tokens.clamp(min=1), n_tokens)
+        if self.hparams.val_generate:
+            texts, _ = self.generate(batch)
+            real = scored(batch)
+            if real:
+                self.val_metrics.update([texts[i] for i in real], [batch["answers"][i] for i in real])
+            if batch_idx == 0:
+                self.last_val_samples = [
+                    {"id": i, "prompt": p, "prediction": t, "target": a[0] if len(a) == 1 else a}
+                    for i, p, t, a in zip(batch["ids"], batch["prompts"], texts, batch["answers"])
+                ][: min(8, len(real))]
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_synced("val/loss", self.val_loss.compute(), prog_bar=True)
+        self._log_synced("val/token_acc", self.val_token_acc.compute())
+        self.val_loss.reset()
+        self.val_token_acc.reset()
+        if self.hparams.val_generate:
+            for name, value in self.val_metrics.compute().items():
+                self._log_synced(
+                    f"val/{name}", value, prog_bar=name in ("json_valid_rate", "exact_match", "anls")
+                )
+            self.val_metrics.reset()
+
+    def _log_synced(self, name: str, value: Any, **kwargs: Any) -> None:
+        """Log an epoch value a torchmetrics ``compute()`` already synced over all ranks.
+
+        Lightning cannot tell and, under DDP, warns that ``sync_dist=True`` is recommended; syncing again
+        would only average equal values (that warning is muted for val/ and test/ keys in ``library_noise``).
+        """
+        self.log(name, value, sync_dist=False, **kwargs)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        start = time.perf_counter()
+        texts, new_tokens = self.generate(batch)
+        latency_ms = 1000 * (time.perf_counter() - start) / max(1, len(texts))
+        real = scored(batch)
+        if real:
+            self.test_metrics.update([texts[i] for i in real], [batch["answers"][i] for i in real])
+        return self._rows(batch, texts, latency_ms, with_scores=True)
+
+    def on_test_epoch_end(self) -> None:
+        for name, value in self.test_metrics.compute().items():
+            self._log_synced(f"test/{name}", value)
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        start = time.perf_counter()
+        texts, _ = self.generate(batch)
+        latency_ms = 1000 * (time.perf_counter() - start) / max(1, len(texts))
+        return self._rows(batch, texts, latency_ms, with_scores=any(batch["answers"]))
+
+    def _rows(
+        self, batch: dict[str, Any], texts: list[str], latency_ms: float, with_scores: bool
+    ) -> list[dict]:
+        rows = []
+        for i in scored(batch):
+            text, answers = texts[i], batch["answers"][i]
+            row = {
+                "id": batch["ids"][i],
+                "prompt": batch["prompts"][i],
+                "prediction": text,
+                "target": answers[0] if len(answers) == 1 else answers,
+                "latency_ms": round(latency_ms, 2),
+                "meta": batch["meta"][i],
+            }
+            if with_scores and answers:
+                row["scores"] = self.test_metrics.score_sample(text, answers)
+            rows.append(row)
+        return rows
+
+    def generate(self, batch: dict[str, Any], **kwargs: Any) -> tuple[list[str], torch.Tensor]:
+        """Greedy batched generation from the batch's left-padded prompts."""
+        kwargs.setdefault("max_new_tokens", self.hparams.generate_max_new_tokens)
+        with torch.compiler.set_stance("force_eager"):  # decoding shapes would recompile the layers
+            return generate_batch(
+                self.model,
+                batch["generation_inputs"],
+                self.tokenizer,
+                self.stop_ids,
+                merge_lora=self.hparams.merge_lora_for_generation,
+                # sharded layers gather their weights collectively: every rank runs every decoding step
+                synced_gpus=self._trainer is not None
+                and self.trainer.world_size > 1
+                and forward_is_collective(self.trainer.strategy),
+                **kwargs,
+            )
+
+
+__all__ = ["EvaluationSteps", "TokenMean", "scored"]
