@@ -3,14 +3,20 @@
 The architecture is built from its published config (``vlm_lightning.replicas.real_size``) with random
 weights on the device; synthetic receipt-like batches (one 448-512 px image per sample, a ~40-token
 prompt, a 60-340-token JSON answer, loss on the answer only) are collated once by the real
-``ChatCollator`` and shared by every side. Each side runs in its own process (this script with
+``ChatCollator`` and shared by every side, one batch per step (``--distinct-batches`` defaults to warm-up
++ steps: no timed step sees a batch twice, as in a real run). Each side runs in its own process (this script with
 ``--side X``), sides interleaved over ``--reps``, median reported:
 
 * ``hf_trainer``: ``transformers.Trainer`` + PEFT LoRA on the same pre-collated batches (bf16 autocast,
   no gradient checkpointing, full-vocabulary logits at every position as HF computes them).
 * ``trl``: TRL ``SFTTrainer`` with its defaults (gradient checkpointing on), when ``import trl`` works.
-* ``ours``: what ``VLMFineTuner`` does per step under ``bf16-mixed`` with ``compile_language_model``:
-  ``apply_training_mode`` LoRA, frozen vision tower without autograd, ``causal_lm_loss`` (the frozen
+* ``fit``: the real ``python -m vlm_lightning fit`` in a subprocess, on the same samples written as images +
+  JSONL rows (data loading, collation and the CLI's default callbacks included), with the CLI's defaults plus
+  the benchmark's batch size, steps, LoRA, max_length, precision and clipping; validation and checkpoints
+  off; timed by the package's ``Throughput`` callback after ``--warmup``. The headline is fit vs hf_trainer.
+* ``ours``: what ``VLMFineTuner`` does per step under ``bf16-mixed`` with ``compile_language_model``, on the
+  model ``VLMFineTuner`` itself builds (``models.build``) and prepares (``configure_model``) from the saved
+  random weights: LoRA, frozen vision tower without autograd, ``causal_lm_loss`` (the frozen
   lm_head and the cross-entropy fused in chunks over the labelled tokens only), fused AdamW, bf16 weights + fp32 LoRA under bf16 autocast without PEFT's input
   casts, decoder layers and vision encoder layers compiled one by one (``compile_vision_tower``),
   batches padded to a multiple of ``--pad-to`` and pinned as the trainer's DataLoader pins them.
@@ -29,6 +35,7 @@ unmerged), ours (``generate_batch``: LoRA merged into temporary linear layers) a
 (compiled decoding on CUDA), each compared token by token with HF ``generate`` on the same batches.
 
     python scripts/benchmark.py --tiny                  # CPU, tiny replica, seconds (CI)
+    python scripts/benchmark.py --family lfm2_vl_1_6b --sides hf_trainer,fit --reps 2   # the headline
     python scripts/benchmark.py --family qwen2_vl_2b --out docs/benchmarks.md
     python scripts/benchmark.py --family lfm2_vl_1_6b --gen
 """
@@ -51,9 +58,10 @@ from typing import Any
 
 from benchlib.constants import OURS_VARIANTS, REAL_DEFAULTS, RESULT_PREFIX, TINY_DEFAULTS, TRAIN_SIDES
 from benchlib.context import load_context
+from benchlib.fit_side import run_fit
 from benchlib.generation import run_gen
 from benchlib.ours_sides import run_lightning, run_ours
-from benchlib.report import gen_table, loss_parity_table, median_row, report, training_table
+from benchlib.report import gen_table, headline, loss_parity_table, median_row, report, training_table
 from benchlib.trainer_sides import run_trainer_side
 from benchlib.workload import prepare_workdir
 
@@ -78,7 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int)
     p.add_argument("--reps", type=int)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--distinct-batches", type=int, help="batches built (cycled over the steps)")
+    p.add_argument(
+        "--distinct-batches",
+        type=int,
+        help="batches built, cycled over the steps (default: warm-up + steps, every step a new batch)",
+    )
     p.add_argument("--pad-to", type=int, default=64, help="ours: pad sequence length to a multiple of this")
     p.add_argument("--max-length", type=int, default=8192)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -97,6 +109,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "VLMFineTuner), false (one graph per padded length), true",
     )
     p.add_argument("--lightning", action="store_true", help="add a real L.Trainer.fit of VLMFineTuner")
+    p.add_argument(
+        "--fit-args",
+        default="",
+        help="fit side: more CLI flags, one string, e.g. --fit-args='--data.num_workers 4'",
+    )
     p.add_argument("--attn", default="sdpa", help="attn_implementation for every side")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
@@ -132,6 +149,8 @@ def resolve_defaults(args: argparse.Namespace) -> None:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.distinct_batches is None:  # as in a real run: no timed step sees a batch twice
+        args.distinct_batches = args.warmup + args.steps
     if args.device == "auto":
         import torch
 
@@ -148,7 +167,7 @@ def resolve_sides(args: argparse.Namespace) -> list[str]:
         if unknown:
             raise SystemExit(f"unknown side(s) {unknown}; choose from {TRAIN_SIDES}")
     else:
-        sides = ["hf_trainer", "trl", "ours"]
+        sides = ["hf_trainer", "trl", "ours", "fit"]
         sides += [s for s in OURS_VARIANTS if s != "ours"] if args.levers else []
         sides += ["lightning"] if args.lightning else []
     if "trl" in sides:
@@ -175,6 +194,8 @@ def child_main(args: argparse.Namespace) -> int:
             result = run_ours(ctx, args.side)
         elif args.side == "lightning":
             result = run_lightning(ctx)
+        elif args.side == "fit":
+            result = run_fit(ctx)
         else:
             raise ValueError(f"unknown side {args.side}")
     except Exception as exc:  # noqa: BLE001 - reported to the parent as a failed side
@@ -287,7 +308,8 @@ def parent_main(args: argparse.Namespace) -> int:
     )
     failed = True
     try:
-        meta = prepare_workdir(args, workdir)
+        sides = [] if args.gen else resolve_sides(args)
+        meta = prepare_workdir(args, workdir, fit_data="fit" in sides)
         if args.gen:
             results = [run_side_process("gen", workdir, 0, args.timeout)]
             body = (
@@ -297,14 +319,18 @@ def parent_main(args: argparse.Namespace) -> int:
             )
             failed = "error" in results[0]
         else:
-            sides = resolve_sides(args)
+            if args.distinct_batches < args.warmup + args.steps:
+                print(
+                    f"[bench] note: --distinct-batches {args.distinct_batches} < {args.warmup} warm-up + "
+                    f"{args.steps} steps: batches recur (a real run never repeats a batch within an epoch)"
+                )
             print(f"[bench] sides {sides} x {args.reps} rep(s), interleaved")
             results = [
                 run_side_process(side, workdir, rep, args.timeout)
                 for rep, side in interleaved(sides, args.reps)
             ]
             rows = [median_row(side, results) for side in sides]
-            body = training_table(rows) + "\n\n" + loss_parity_table(results, sides)
+            body = headline(rows) + training_table(rows) + "\n\n" + loss_parity_table(results, sides)
             failed = any("error" in r for r in rows)
         text = report(args, meta, results, body)
         print("\n" + text)

@@ -17,7 +17,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from vlm_lightning.data.augment import build_augmentation, expand_with_copies
-from vlm_lightning.data.records import load_image, read_jsonl
+from vlm_lightning.data.image_files import load_image
+from vlm_lightning.data.records import read_jsonl
 
 LABEL_H = 14
 

@@ -2,7 +2,9 @@
 
 The result-line prefix a side process prints, the label ignore index, our step's levers per side
 (``OURS_VARIANTS``) and the list of training sides, the tiny replica of each family, the peak bf16
-TFLOP/s per device, the default sizes of a real and of a tiny run, and the FLOPs formula behind MFU.
+TFLOP/s per device, the default sizes of a real and of a tiny run (not ``--distinct-batches``: it
+defaults to warm-up + timed steps, so every timed step trains on a batch never seen before, as in a real
+run), and the FLOPs formula behind MFU.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ OURS_VARIANTS: dict[str, dict[str, bool]] = {  # "fuse_head" is True unless a si
     "ours_gc": {"skip_cast": True, "compile": True, "pad": True, "gc": True, "vision": True},
     "ours_gc_nopad": {"skip_cast": True, "compile": True, "pad": False, "gc": True, "vision": True},
 }
-TRAIN_SIDES = ("hf_trainer", "trl", *OURS_VARIANTS, "lightning")
+# ``fit``: the real CLI (``python -m vlm_lightning fit``) in a subprocess, data loading included
+TRAIN_SIDES = ("hf_trainer", "trl", *OURS_VARIANTS, "lightning", "fit")
 TINY_FAMILIES = {"qwen2_vl_2b": "qwen2_vl", "lfm2_vl_1_6b": "lfm2_vl"}
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, matched in order against the device name.
 PEAK_BF16_TFLOPS = (
@@ -75,7 +78,6 @@ REAL_DEFAULTS: dict[str, Any] = {
     "warmup": 10,
     "steps": 40,
     "reps": 2,
-    "distinct_batches": 10,
     "gen_prompts": 64,
     "gen_tokens": 128,
     "gen_batch": [16, 64],
@@ -90,7 +92,6 @@ TINY_DEFAULTS: dict[str, Any] = {
     "warmup": 2,
     "steps": 3,
     "reps": 1,
-    "distinct_batches": 5,
     "gen_prompts": 4,
     "gen_tokens": 8,
     "gen_batch": [2, 4],

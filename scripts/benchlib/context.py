@@ -132,6 +132,56 @@ def build_base_model(ctx: Context, use_cache: bool = False) -> tuple[Any, dict[s
     return model, counts.as_dict()
 
 
+def weights_folder(ctx: Context) -> Path:
+    """A model folder with the random weights of ``build_base_model`` (the seed every side uses), saved once.
+
+    Written with ``save_pretrained`` (weights, config and the processor, as ``scripts/ddp_scaling.py`` does)
+    by the first side that needs it and reused by the others and later reps: ``ours*``, ``lightning`` and
+    ``fit`` load it through the package's one model build (``vlm_lightning.models.build``), as training
+    does, and start from the same weights as ``hf_trainer`` / ``trl``. ``counts.json`` keeps the parameter
+    counts for sides that never hold the model in this process (``fit``).
+    """
+    import shutil
+
+    import torch
+    from transformers import AutoProcessor
+
+    out = ctx.workdir / "weights"
+    if (out / "counts.json").is_file():
+        return out
+    start = time.perf_counter()
+    model, counts = build_base_model(ctx)
+    partial = ctx.workdir / "weights.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    AutoProcessor.from_pretrained(ctx.folder).save_pretrained(partial)
+    del model
+    if ctx.is_cuda:
+        torch.cuda.empty_cache()
+    (partial / "counts.json").write_text(json.dumps(counts))
+    partial.rename(out)  # complete or absent: a side killed while saving leaves only weights.partial
+    print(f"[bench] random weights saved to {out} in {time.perf_counter() - start:.1f}s", flush=True)
+    return out
+
+
+def folder_counts(folder: Path) -> dict[str, Any]:
+    """The parameter counts ``weights_folder`` saved."""
+    return json.loads((folder / "counts.json").read_text())
+
+
+def lm_target_regex(ctx: Context) -> str:
+    """``lm_linear_regex`` of the folder's architecture, read from a meta-device copy (no weights, instant).
+
+    Sides that build through ``vlm_lightning.models.build`` need the LoRA targets before the model exists.
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(load_config(ctx.folder, use_cache=False))
+    return lm_linear_regex(model, ctx.facts)
+
+
 def lm_linear_regex(model: Any, facts: Any) -> str:
     """A PEFT ``target_modules`` regex hitting exactly the language model's ``nn.Linear`` layers."""
     import torch

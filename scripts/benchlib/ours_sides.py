@@ -1,8 +1,10 @@
 """Our training sides: ``VLMFineTuner``'s step in a plain loop, and a real Lightning fit.
 
-``run_ours`` runs the step of ``ours`` and of each lever side of ``OURS_VARIANTS`` (casts, compilation,
-padding, checkpointing) and can profile a few more steps; ``run_lightning`` runs ``L.Trainer.fit`` on
-``VLMFineTuner`` with the in-memory model. ``ours_step`` is also what trains the adapter before ``--gen``.
+Both build the model as training does: ``VLMFineTuner`` on the saved random weights (``weights_folder``),
+i.e. the package's one model build, then its ``configure_model``. ``run_ours`` runs the step of ``ours``
+and of each lever side of ``OURS_VARIANTS`` (casts, compilation, padding, checkpointing) and can profile
+a few more steps; ``run_lightning`` runs ``L.Trainer.fit`` on ``VLMFineTuner``. ``ours_step`` is also
+what trains the adapter before ``--gen``.
 """
 
 from __future__ import annotations
@@ -14,16 +16,17 @@ from benchlib.constants import OURS_VARIANTS
 from benchlib.context import (
     Context,
     StepTimer,
-    build_base_model,
-    lm_linear_regex,
+    folder_counts,
+    lm_target_regex,
     lora_settings,
     reset_peak,
     sync,
     to_device,
     trainable_count,
     training_result,
+    weights_folder,
 )
-from benchlib.workload import load_processor, pad_batch
+from benchlib.workload import pad_batch
 
 
 # =============================================================================================
@@ -93,45 +96,123 @@ def pin(obj: Any, ctx: Context) -> Any:
     return obj
 
 
-def run_ours(ctx: Context, side: str) -> dict[str, Any]:
-    """Our path with the levers of ``OURS_VARIANTS[side]``."""
+def finetuner(
+    ctx: Context, *, compile_lm: bool, compile_vision: bool, gradient_checkpointing: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """``VLMFineTuner`` on the saved random weights, and the base model's parameter counts.
+
+    Its ``__init__`` runs the package's one model build (``vlm_lightning.models.build.build_model``: load
+    from the folder, host shapes, packing methods, LoRA training mode) with these settings, exactly as
+    ``python -m vlm_lightning fit`` does; ``prepare_as_fit`` then runs its ``configure_model``.
+    """
+    import functools
+
     import torch
 
-    from vlm_lightning.models.acceleration import (
-        compile_decoder_layers,
-        compile_vision_layers,
-        skip_lora_input_cast,
+    from vlm_lightning.training.module import VLMFineTuner
+
+    folder = weights_folder(ctx)
+    module = VLMFineTuner(
+        str(folder),
+        mode="lora",
+        lora=lora_settings(ctx.args, lm_target_regex(ctx)),
+        optimizer=functools.partial(torch.optim.AdamW, lr=ctx.args.lr, weight_decay=0.0),
+        scheduler="constant",
+        metrics=["exact_match"],
+        val_generate=False,
+        gradient_checkpointing=gradient_checkpointing,
+        dtype="bfloat16" if ctx.bf16 else "float32",
+        attn_implementation=ctx.args.attn,
+        compile_language_model=compile_lm,
+        compile_vision_tower=compile_vision,
     )
-    from vlm_lightning.models.peft_setup import apply_training_mode
-    from vlm_lightning.models.sync_free import use_host_shapes
+    return module, folder_counts(folder)
+
+
+def precision_of(ctx: Context) -> str:
+    """The Lightning precision of this run: bf16 weights train under ``bf16-mixed`` (autocast)."""
+    return "bf16-mixed" if ctx.bf16 else "32-true"
+
+
+def prepare_as_fit(ctx: Context, module: Any) -> None:
+    """``VLMFineTuner.configure_model`` under this run's precision (PEFT input casts skipped under mixed
+    precision, then the configured compilation), then the move to the device: what ``fit`` does before
+    its first step. A trainer is attached only so that ``configure_model`` reads the precision from it."""
+    import lightning as L
+
+    module.trainer = L.Trainer(
+        accelerator="gpu" if ctx.is_cuda else "cpu",
+        devices=1,
+        precision=precision_of(ctx),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    module.configure_model()
+    module.trainer = None
+    module.to(ctx.device)
+
+
+def lora_input_casts(model: Any, enabled: bool | None = None) -> int:
+    """How many PEFT LoRA layers skip their input cast; with ``enabled=True``, switch the casts back on
+    first (and return how many layers were switched)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    skipped = [m for m in layers if getattr(m, "cast_input_dtype_enabled", True) is False]
+    if enabled:
+        for layer in skipped:
+            layer.cast_input_dtype_enabled = True
+    return len(skipped)
+
+
+def run_ours(ctx: Context, side: str) -> dict[str, Any]:
+    """Our step on the model ``fit`` prepares, with the levers of ``OURS_VARIANTS[side]``.
+
+    The model is built and prepared by ``VLMFineTuner`` itself (``finetuner`` + ``prepare_as_fit``); the
+    levers that are settings of it (decoder / vision compilation, gradient checkpointing) are passed as
+    those settings. Only two levers have no setting there and keep local code: keeping PEFT's input casts
+    under bf16 (``configure_model`` always skips them under mixed precision) and ``--compile-dynamic``
+    other than ``auto`` (``configure_model`` compiles with ``dynamic=None``).
+    """
+    import torch
+
+    from vlm_lightning.models.acceleration import compile_decoder_layers, compile_vision_layers
 
     levers = OURS_VARIANTS[side]
-    model, counts = build_base_model(ctx)
-    use_host_shapes(model, ctx.facts)  # as VLMFineTuner does (shapes read from the CPU)
-    regex = lm_linear_regex(model, ctx.facts)
-    hf_checkpointing = levers["gc"] and not levers["compile"]  # compiled: the compiler recomputes
-    model = apply_training_mode(
-        model, ctx.facts, "lora", lora_settings(ctx.args, regex), gradient_checkpointing=hf_checkpointing
+    dynamic = {"auto": None, "true": True, "false": False}[ctx.args.compile_dynamic]
+    local_compile = dynamic is not None  # not a setting of VLMFineTuner: compiled here instead
+    module, counts = finetuner(
+        ctx,
+        compile_lm=levers["compile"] and not local_compile,
+        compile_vision=levers["vision"] and not local_compile,
+        # compiled layers: the compiler recomputes (as VLMFineTuner), else transformers' checkpointing
+        gradient_checkpointing=levers["gc"] and not (local_compile and levers["compile"]),
     )
+    prepare_as_fit(ctx, module)
+    model = module.model
     model.train()
     notes = [f"pad to x{ctx.args.pad_to}" if levers["pad"] else "dynamic padding"]
-    if levers["skip_cast"] and ctx.bf16:
-        notes.append(f"PEFT input cast skipped on {skip_lora_input_cast(model)} LoRA layers")
+    if ctx.bf16 and not levers["skip_cast"]:
+        lora_input_casts(model, enabled=True)  # the lever: PEFT's casts kept (the previous path)
+    if skipped := lora_input_casts(model):
+        notes.append(f"PEFT input cast skipped on {skipped} LoRA layers")
     if levers["compile"]:
-        dynamic = {"auto": None, "true": True, "false": False}[ctx.args.compile_dynamic]
-        n = compile_decoder_layers(model, ctx.facts, dynamic=dynamic, recompute_activations=levers["gc"])
-        notes.append(f"torch.compile of {n} decoder layers (dynamic={dynamic})")
+        if local_compile:
+            compile_decoder_layers(model, ctx.facts, dynamic=dynamic, recompute_activations=levers["gc"])
+        notes.append(f"decoder layers compiled (dynamic={dynamic})")
     if levers["vision"]:
-        dynamic = {"auto": None, "true": True, "false": False}[ctx.args.compile_dynamic]
-        notes.append(
-            f"torch.compile of {compile_vision_layers(model, ctx.facts, dynamic=dynamic)} vision layers"
-        )
+        if local_compile:
+            compile_vision_layers(model, ctx.facts, dynamic=dynamic)
+        notes.append("vision layers compiled")
     if levers["gc"]:
         notes.append(
             "activation recomputation by the compiler (memory budget 0)"
             if levers["compile"]
             else "gradient checkpointing (non-reentrant)"
         )
+    notes.append("model built and prepared by VLMFineTuner (models.build + configure_model)")
     params = [p for p in model.parameters() if p.requires_grad]
     ctx.named_trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=ctx.args.lr, weight_decay=0.0, fused=ctx.is_cuda)
@@ -192,41 +273,24 @@ class _BatchList:
 
 
 def run_lightning(ctx: Context) -> dict[str, Any]:
-    """``L.Trainer.fit`` on ``VLMFineTuner`` with the in-memory model (its loaders patched to return it)."""
-    import functools
-    import inspect
-
+    """``L.Trainer.fit`` on ``VLMFineTuner`` (built from the saved random weights) over the shared batches."""
     import lightning as L
-    import torch
     from torch.utils.data import DataLoader
 
-    import vlm_lightning.models.build as build_mod
-    import vlm_lightning.training.module as module_mod
-
-    model, counts = build_base_model(ctx)
-    regex = lm_linear_regex(model, ctx.facts)
-    processor = load_processor(ctx.folder)
-    # the one model build (models/build.py) loads through these names: hand it the in-memory model
-    build_mod.load_model = lambda *a, **k: model
-    build_mod.family_of = lambda *a, **k: ctx.facts
-    build_mod.load_processor = lambda *a, **k: processor
-    kwargs: dict[str, Any] = {
-        "name_or_path": str(ctx.folder),
-        "mode": "lora",
-        "lora": lora_settings(ctx.args, regex),
-        "optimizer": functools.partial(torch.optim.AdamW, lr=ctx.args.lr, weight_decay=0.0),
-        "scheduler": "constant",
-        "metrics": ["exact_match"],
-        "val_generate": False,
-    }
-    if "compile_language_model" in inspect.signature(module_mod.VLMFineTuner).parameters:
-        kwargs["compile_language_model"] = ctx.is_cuda
-        kwargs["compile_vision_tower"] = ctx.is_cuda
-    module = module_mod.VLMFineTuner(**kwargs)
+    module, counts = finetuner(ctx, compile_lm=ctx.is_cuda, compile_vision=ctx.is_cuda)
     pad_id = ctx.meta["pad_id"]
     batches = [pad_batch(b, ctx.args.pad_to, pad_id) for b in ctx.warmup_batches + ctx.timed_batches]
     timer = StepTimer(ctx.device, ctx.args.warmup, len(batches))
     losses: list[Any] = []
+    model_step = module.model_step
+
+    def recorded_step(batch: dict[str, Any]) -> Any:
+        """``model_step`` keeping each step's mean loss (what training_step returns may be scaled)."""
+        out = model_step(batch)
+        losses.append(out[0].detach())
+        return out
+
+    module.model_step = recorded_step
 
     class Timing(L.Callback):
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
@@ -235,10 +299,9 @@ def run_lightning(ctx: Context) -> dict[str, Any]:
         def on_train_batch_end(
             self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
         ) -> None:
-            losses.append(outputs["loss"].detach())
             timer.end(batch_idx)
 
-    precision = "bf16-mixed" if ctx.bf16 else "32-true"
+    precision = precision_of(ctx)
     trainer = L.Trainer(
         accelerator="gpu" if ctx.is_cuda else "cpu",
         devices=1,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import shlex
 import statistics
 import sys
@@ -61,6 +62,26 @@ def loss_parity_table(results: list[dict[str, Any]], sides: list[str]) -> str:
     return "\n".join(lines)
 
 
+def headline(rows: list[dict[str, Any]]) -> str:
+    """The report's headline: the real ``fit`` CLI vs ``hf_trainer`` in this run (empty without both)."""
+    by_side = {r["side"]: r for r in rows if "error" not in r}
+    if "fit" not in by_side or "hf_trainer" not in by_side:
+        return ""
+    fit, hf = by_side["fit"], by_side["hf_trainer"]
+    return (
+        f"**Headline: `python -m vlm_lightning fit` vs HF Trainer: {fit['samples_per_s'] / hf['samples_per_s']:.2f}× "
+        f"samples/s** ({fit['samples_per_s']:.2f} vs {hf['samples_per_s']:.2f}; data loading included on the "
+        "fit side, pre-collated batches on the HF side; same samples, same weights, same run)\n\n"
+    )
+
+
+def _losses(r: dict[str, Any]) -> str:
+    first, last = r.get("loss_first", math.nan), r.get("loss_last", math.nan)
+    if math.isnan(first) or math.isnan(last):
+        return "n/a"
+    return f"{first:.3f} → {last:.3f}"
+
+
 def training_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the training sides (ratios vs hf_trainer's samples/s)."""
     base = next((r["samples_per_s"] for r in rows if r["side"] == "hf_trainer" and "error" not in r), None)
@@ -76,7 +97,7 @@ def training_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['side']} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.0f} | "
             f"{r['peak_gib']:.1f} | {_percent(r['mfu'])} | {r['warmup_s']:.1f} | "
-            f"{r['loss_first']:.3f} → {r['loss_last']:.3f} | {ratio} |"
+            f"{_losses(r)} | {ratio} |"
         )
     lines.append("")
     for r in rows:
@@ -149,12 +170,14 @@ def setup_line(args: argparse.Namespace, meta: dict[str, Any]) -> str:
             f"LoRA-wrapped model in eval mode, batch sizes {args.gen_batch}"
         )
     pool = meta.get("pool", {})
+    fresh = pool.get("batches", 0) >= args.warmup + args.steps
+    cycled = " (every step a new batch)" if fresh else " cycled over the steps"
     return (
         f"- workload: batch {args.batch_size}, one {args.image_size[0]}-{args.image_size[1]} px image per sample, "
         f"~{args.prompt_tokens}-token prompt, {args.answer_tokens[0]}-{args.answer_tokens[1]}-token JSON answers "
         f"(loss on the answer only); per batch ~{pool.get('tokens_per_batch', 0):,.0f} tokens "
         f"({pool.get('image_tokens_per_batch', 0):,.0f} image tokens, {pool.get('labelled_per_batch', 0):,.0f} "
-        f"labelled), {pool.get('batches', '?')} distinct batches cycled; LoRA r={args.lora_r} alpha={args.lora_alpha} "
+        f"labelled), {pool.get('batches', '?')} distinct batches{cycled}; LoRA r={args.lora_r} alpha={args.lora_alpha} "
         f"dropout={args.lora_dropout} on every LM linear layer; {args.dtype}; {args.warmup} warm-up + "
         f"{args.steps} timed steps; median of {args.reps} rep(s), sides interleaved, one process each"
     )

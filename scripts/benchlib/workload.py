@@ -113,8 +113,11 @@ def load_processor(folder: Path) -> Any:
     return processor
 
 
-def prepare_workdir(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Build the model folder and the batches every side shares; write ``meta.json``."""
+def prepare_workdir(args: argparse.Namespace, workdir: Path, fit_data: bool = False) -> dict[str, Any]:
+    """Build the model folder and the batches every side shares; write ``meta.json``.
+
+    ``fit_data``: also write the samples of those batches as a JSONL dataset for the ``fit`` side.
+    """
     import torch
     from transformers import AutoConfig
 
@@ -139,15 +142,47 @@ def prepare_workdir(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         meta["gen_prompts"] = len(items)
     if not args.gen or args.gen_train_steps:
         n = max(1, min(args.distinct_batches, args.warmup + args.steps))
-        pool = [
-            _strip_batch(collator(make_items(rng, args.batch_size, args, args.answer_tokens)))
-            for _ in range(n)
-        ]
+        batches_items = [make_items(rng, args.batch_size, args, args.answer_tokens) for _ in range(n)]
+        pool = [_strip_batch(collator(items)) for items in batches_items]
         torch.save(pool, workdir / "train_batches.pt")
         meta["pool"] = describe_pool(pool, meta["image_token_id"])
+        if fit_data and not args.gen:
+            # the fit side's epoch holds every step's samples, cycled as the other sides cycle the pool
+            cycled = [batches_items[i % n] for i in range(args.warmup + args.steps)]
+            meta["fit_data"] = str(write_samples(cycled, workdir / "fit-data"))
     (workdir / "meta.json").write_text(json.dumps(meta, indent=1))
     print(f"[bench] model folder + data ready in {time.perf_counter() - start:.1f}s: {folder}")
     return meta
+
+
+def write_samples(batches_items: list[list[tuple]], out: Path) -> Path:
+    """Write the samples as a dataset in the project's data format; return ``out / "train.jsonl"``.
+
+    One PNG per image (lossless: the pixels the collated batches saw) under ``out / "images"`` and one
+    JSONL row per sample: ``id``, ``image`` (relative to the file) and ``messages`` (the user prompt and
+    the assistant answer), which ``vlm_lightning.data.records.read_jsonl`` reads back into the same
+    ``Record``. A batch that recurs (fewer distinct batches than steps) gets ids with a ``-c<k>`` suffix.
+    """
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows, seen = [], {}
+    for items in batches_items:
+        for record, record_images in items:
+            copy = seen.get(record.id, 0)
+            seen[record.id] = copy + 1
+            path = images / f"{record.id}.png"
+            if not copy:
+                record_images[0].save(path)
+            rows.append(
+                {
+                    "id": record.id if not copy else f"{record.id}-c{copy}",
+                    "image": f"images/{path.name}",
+                    "messages": record.messages,
+                }
+            )
+    train = out / "train.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return train
 
 
 def _strip_batch(batch: dict[str, Any]) -> dict[str, Any]:

@@ -108,7 +108,10 @@ def test_sample_that_needs_more_tokens_names_sample_and_length(tiny_replica, dat
             "HostSyncReport needs start_step >= 0 and steps >= 1; got 20, 0",
         ),
         (
-            ["--trainer.profiler=vlm_lightning.training.profiling.SteadyStateProfiler", "--trainer.profiler.skip=-1"],
+            [
+                "--trainer.profiler=vlm_lightning.training.profiling.SteadyStateProfiler",
+                "--trainer.profiler.skip=-1",
+            ],
             "SteadyStateProfiler needs skip >= 0 and rows >= 1; got skip=-1",
         ),
     ],

@@ -91,7 +91,11 @@ TWINS = {
 
 
 def test_every_seed_config_has_a_twin() -> None:
-    seeds = {p.name for p in CONFIGS.glob("*.yaml")} - {"quickstart.yaml", "sweep_quickstart.yaml", "boxes_quickstart.yaml"}
+    seeds = {p.name for p in CONFIGS.glob("*.yaml")} - {
+        "quickstart.yaml",
+        "sweep_quickstart.yaml",
+        "boxes_quickstart.yaml",
+    }
     assert seeds <= set(TWINS)
 
 

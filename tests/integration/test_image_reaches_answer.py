@@ -216,9 +216,9 @@ def test_answer_comes_from_the_image(
     )
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == settings["steps"]
-    if packing:  # the run trained on packed rows: a batch's samples, with their images, in one row
-        row = next(iter(data.train_dataloader()))
-        assert "packed_segments" in row and row["labels"].shape[0] == 1
+    if packing:  # the run trained on packed rows: several samples, with their images, per row
+        batch = next(iter(data.train_dataloader()))
+        assert "packed_segments" in batch and len(batch["ids"]) > batch["labels"].shape[0]
     trained = time.perf_counter()
 
     predictions, answers = _predict(module, boxes["test"], settings)

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from vlm_lightning.data.records import Record, RowProblem, load_image, read_jsonl, record_from_row
+from vlm_lightning.data.image_files import load_image
+from vlm_lightning.data.records import Record, RowProblem, read_jsonl, record_from_row
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SOURCE = "data.jsonl"

@@ -45,5 +45,7 @@ def test_the_cli_catches_the_base_once() -> None:
 def test_an_attention_kernel_the_model_lacks_names_the_setting(tiny_replica) -> None:  # noqa: ANN001
     from vlm_lightning.models.loading import ModelLoadError, load_model
 
-    with pytest.raises(ModelLoadError, match=r"does not support .*flex_attention.*--model.attn_implementation sdpa"):
+    with pytest.raises(
+        ModelLoadError, match=r"does not support .*flex_attention.*--model.attn_implementation sdpa"
+    ):
         load_model(str(tiny_replica("qwen2_vl")), attn_implementation="flex_attention")

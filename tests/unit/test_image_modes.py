@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vlm_lightning.data.image_files import image_problem, load_image
 from vlm_lightning.data.image_modes import UnsupportedImageError, to_rgb
-from vlm_lightning.data.records import image_problem, load_image
 
 W, H = 8, 4
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlm_lightning.data.records import load_image, read_jsonl
+from vlm_lightning.data.image_files import load_image
+from vlm_lightning.data.records import read_jsonl
 from vlm_lightning.data.sources import load_spec
 
 
@@ -47,9 +48,13 @@ def test_jsonl_parquet_and_saved_dataset_give_identical_records(rows: list[dict]
 
     jsonl = tmp_path / "rows.jsonl"
     jsonl.write_text("".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n" for r in rows))
-    table = {k: [r.get(k) for r in rows] for k in ("id", "image", "img", "question", "query", "answer", "messages")}
+    table = {
+        k: [r.get(k) for r in rows] for k in ("id", "image", "img", "question", "query", "answer", "messages")
+    }
     image = [r.get("image") or r.get("img") for r in rows]  # a dataset has one image column
-    data = Dataset.from_dict({**{k: v for k, v in table.items() if k not in ("image", "img")}, "image": image})
+    data = Dataset.from_dict(
+        {**{k: v for k, v in table.items() if k not in ("image", "img")}, "image": image}
+    )
     data.to_parquet(str(tmp_path / "rows.parquet"))
     data.save_to_disk(str(tmp_path / "saved"))
 

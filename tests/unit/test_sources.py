@@ -401,3 +401,46 @@ def test_relative_image_paths_are_read_from_the_data_files_folder(
     assert not problems, problems
     assert [Path(r.images[0]) for r in records] == [folder / "img" / "a.png"]
     assert records[0].answers == ["12"]
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv", "messages-parquet"])
+def test_restrict_image_paths_refuses_dataset_paths_outside_the_folder_as_jsonl_does(
+    tmp_path: Path, kind: str
+) -> None:
+    """``data.restrict_image_paths``: a parquet / CSV row whose image path leaves the data file's folder is
+    refused with the JSONL path's error type and message (file, row, field, reason)."""
+    from vlm_lightning.data.datamodule import DocumentDataModule
+    from vlm_lightning.data.records import DataValidationError, read_jsonl
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.new("RGB", (16, 16), "white").save(outside / "a.png")
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    paths = ["../outside/a.png", str(outside / "a.png")]  # climbing out, and absolute
+    if kind == "messages-parquet":
+        turns = [{"role": "user", "content": "Total?"}, {"role": "assistant", "content": "12"}]
+        rows = {"image": paths, "messages": [turns, turns]}
+    else:
+        rows = {"image": paths, "question": ["Total?"] * 2, "answer": ["12"] * 2}
+    suffix = "csv" if kind == "csv" else "parquet"
+    data_file = folder / f"train.{suffix}"
+    table = Dataset.from_dict(rows)
+    table.to_csv(str(data_file), index=False) if suffix == "csv" else table.to_parquet(str(data_file))
+    jsonl = folder / "train.jsonl"
+    jsonl.write_text("".join(json.dumps(dict(zip(rows, values))) + "\n" for values in zip(*rows.values())))
+
+    records, problems = load_spec(str(data_file))  # allowed unless restricted: the files exist
+    assert len(records) == 2 and not problems, problems
+    _, expected = read_jsonl(jsonl, restrict_to_root=True)
+    records, problems = load_spec(str(data_file), restrict_to_root=True)
+    assert records == []
+    assert [(p.field, p.reason) for p in problems] == [(p.field, p.reason) for p in expected]
+    assert all(p.reason.startswith(f"path escapes the dataset root {folder}: ") for p in problems)
+
+    for train in (str(jsonl), str(data_file)):
+        dm = DocumentDataModule(train=train, restrict_image_paths=True, check_lengths=False)
+        with pytest.raises(DataValidationError) as info:
+            dm.prepare("fit")
+        assert "2 bad row(s)" in str(info.value)
+        assert f"field 'image': path escapes the dataset root {folder}: ../outside/a.png" in str(info.value)

@@ -232,18 +232,29 @@ class ChatCollator:
         }
 
     def pack(
-        self, items: Sequence[tuple[Record, list[Image.Image]]], budget: int | None = None
+        self,
+        items: Sequence[tuple[Record, list[Image.Image]]],
+        budget: int | None = None,
+        rows: Sequence[int] | None = None,
     ) -> dict[str, Any]:
-        """Collate a training batch as packed rows of at most ``budget`` tokens (``data.packing``).
+        """Collate a training batch as packed rows (``data.packing``).
 
-        No padding between samples and no attention mask: ``packed_segments`` (each row's sample lengths,
-        then its padding) tell the module how to build position ids that keep the samples apart. Training
-        only: validation, test and predict batches stay unpacked with left-padded generation prompts.
+        ``rows``: how many of ``items`` (in order) each row holds (the sampler's rows); otherwise rows of
+        at most ``budget`` tokens are cut in order (``None``: one row). No padding between samples and no
+        attention mask: ``packed_segments`` (each row's sample lengths, then its padding) tell the module
+        how to build position ids that keep the samples apart. Training only: validation, test and predict
+        batches stay unpacked with left-padded generation prompts.
         """
         records = [r for r, _ in items]
         samples, image_tensors = self.encode(records, [imgs for _, imgs in items])
-        rows = pack_rows([len(s.input_ids) for s in samples], budget)
-        tokens, labels, segments = packed_tensors(samples, rows, self.pad_id, self.pad_to_multiple_of)
+        if rows is None:
+            row_indices = pack_rows([len(s.input_ids) for s in samples], budget)
+        else:
+            if sum(rows) != len(samples):
+                raise ValueError(f"rows of {list(rows)} samples for a batch of {len(samples)}")
+            starts = [sum(rows[:k]) for k in range(len(rows))]
+            row_indices = [list(range(start, start + n)) for start, n in zip(starts, rows, strict=True)]
+        tokens, labels, segments = packed_tensors(samples, row_indices, self.pad_id, self.pad_to_multiple_of)
         return {
             "inputs": {**tokens, **image_tensors},
             "labels": labels,

@@ -16,9 +16,18 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from vlm_lightning.data.collator import ChatCollator
+from vlm_lightning.data.image_files import load_image
 from vlm_lightning.data.masking import MaskStrategy
-from vlm_lightning.data.records import DataValidationError, Record, RowProblem, load_image, read_jsonl
-from vlm_lightning.data.sampling import FILLER, EvenShardSampler
+from vlm_lightning.data.records import DataValidationError, Record, RowProblem, read_jsonl
+from vlm_lightning.data.sampling import (
+    FILLER,
+    EpochShuffleSampler,
+    EvenShardSampler,
+    PackedBatchSampler,
+    RowsView,
+    StreamDataLoader,
+    StreamPosition,
+)
 from vlm_lightning.errors import SettingError, UserError
 from vlm_lightning.training.distributed import gather_lists
 from vlm_lightning.training.sharding import forward_is_collective
@@ -204,7 +213,8 @@ class DocumentDataModule(L.LightningDataModule):
         augment_copies / augment_p: augmented copies added per training sample, and per-copy probability.
         leakage: overlap of ids, images or (image, question) pairs between splits is an ``error`` (default),
             a ``warn``-ing, or not checked (``off``).
-        restrict_image_paths: refuse image paths that leave the JSONL file's folder (``..``, absolute).
+        restrict_image_paths: refuse image paths that leave the data file's folder (``..``, absolute): JSONL
+            files and datasets whose image column holds paths (parquet, CSV, arrow, ``messages`` rows).
         check_lengths: tokenize every sample before training and report all that cannot fit ``max_length``
             without cutting image or prompt tokens (their lengths are kept for length-aware batching).
         on_bad_row: ``error`` stops with every problem listed; ``skip`` drops those rows, reports the count
@@ -275,8 +285,6 @@ class DocumentDataModule(L.LightningDataModule):
         self.skipped: list[RowProblem] = []
         self._processor: Any = None
         self._collator: ChatCollator | None = None
-        from vlm_lightning.data.sampling import StreamPosition
-
         self.train_position = StreamPosition()
         self._prepared: set[str | None] = set()
         self._lengths_checked: set[str | None] = set()
@@ -359,6 +367,7 @@ class DocumentDataModule(L.LightningDataModule):
                 default_prompt=self.hparams.prompt,
                 default_system=self.hparams.system,
                 require_answer=split != "predict",
+                restrict_to_root=self.hparams.restrict_image_paths,
             )
         if problems:
             if not records:  # skipping would leave nothing to train / evaluate on
@@ -546,9 +555,18 @@ class DocumentDataModule(L.LightningDataModule):
         trainer = self.trainer
         loader_cls: type[DataLoader] = DataLoader
         extra: dict[str, Any] = {}
-        if shuffle:
-            from vlm_lightning.data.sampling import EpochShuffleSampler, StreamDataLoader
-
+        batch_size: int | None = self.batch_size if split == "train" else self.eval_batch_size
+        if shuffle and self.hparams.packing:
+            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            if dataset.lengths is None:
+                raise SettingError("data.packing needs the sample lengths: keep data.check_lengths on")
+            sampler = PackedBatchSampler(
+                dataset.lengths, self.row_budget, rows=self.batch_size, seed=self.hparams.seed,
+                num_replicas=world, rank=rank,
+            )  # fmt: skip
+            dataset, batch_size = RowsView(dataset), None  # an item is a whole batch of rows
+            loader_cls, extra = StreamDataLoader, {"position": self.train_position}
+        elif shuffle:
             world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
             lengths = None
             if self.group_by_length:
@@ -578,7 +596,7 @@ class DocumentDataModule(L.LightningDataModule):
             )
         return loader_cls(
             dataset,
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            batch_size=batch_size,
             sampler=sampler,
             collate_fn=self._packed_collate if split == "train" and self.hparams.packing else self.collator,
             num_workers=self.num_workers,
@@ -590,9 +608,14 @@ class DocumentDataModule(L.LightningDataModule):
             **extra,
         )
 
-    def _packed_collate(self, items: Any) -> dict[str, Any]:
-        """Training batches as packed rows (``data.packing``), at most ``max_tokens_per_row`` tokens each."""
-        return self.collator.pack(items, budget=self.hparams.max_tokens_per_row)
+    @property
+    def row_budget(self) -> int:
+        """Tokens per packed training row: ``data.max_tokens_per_row``, by default ``data.max_length``."""
+        return self.hparams.max_tokens_per_row or self.hparams.max_length
+
+    def _packed_collate(self, rows: list[list[Any]]) -> dict[str, Any]:
+        """One training batch of packed rows (``data.packing``): ``PackedBatchSampler``'s rows of samples."""
+        return self.collator.pack([item for row in rows for item in row], rows=[len(row) for row in rows])
 
     def check_packing(self) -> None:
         """Refuse ``data.packing`` for a family that cannot keep samples apart, before any work starts."""
@@ -611,14 +634,14 @@ class DocumentDataModule(L.LightningDataModule):
             )
 
     def _check_row_budget(self, lengths: list[int], split: str) -> None:
-        budget = self.hparams.max_tokens_per_row
-        if self.hparams.packing and budget is not None and lengths and max(lengths) > budget:
+        budget = self.row_budget
+        if self.hparams.packing and lengths and max(lengths) > budget:
             records = self.datasets[split].records
             longest = max(range(len(lengths)), key=lengths.__getitem__)
             raise SettingError(
                 f"data.max_tokens_per_row {budget} is smaller than sample '{records[longest].id}' "
                 f"({records[longest].where}, {lengths[longest]} tokens): set --data.max_tokens_per_row "
-                f"{max(lengths)} or more (or leave it unset: one row per batch)"
+                f"{max(lengths)} or more (unset: data.max_length)"
             )
 
     def train_dataloader(self) -> DataLoader:

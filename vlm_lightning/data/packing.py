@@ -1,6 +1,7 @@
 """Padding-free packed training rows: several samples (with their images) per row, each attending only to itself.
 
-Pure functions on encoded samples (no model): ``pack_rows`` groups sample indices into rows that fit a token
+Pure functions on encoded samples (no model): ``fill_rows`` fills rows of a token budget from the training
+order (the sampler's batches), ``pack_rows`` groups one batch's sample indices into rows that fit a token
 budget, keeping the samples' order (so the images, processed in that order, meet their placeholder tokens in
 the row-major order the models scatter image features in); ``packed_tensors`` lays the rows out as
 ``input_ids`` / ``labels`` / per-token extras with no attention mask, and returns each row's segment lengths.
@@ -40,6 +41,43 @@ def pack_rows(lengths: Sequence[int], budget: int | None) -> list[list[int]]:
         else:
             rows.append([index])
             used = length
+    return rows
+
+
+def fill_rows(
+    order: Sequence[int],
+    lengths: Sequence[int],
+    budget: int,
+    window: int = 512,
+    gen: torch.Generator | None = None,
+) -> list[list[int]]:
+    """Rows of sample indices that fill ``budget`` tokens: first-fit decreasing within windows of ``order``.
+
+    Each window of ``window`` consecutive indices (the randomness of ``order`` kept across windows) is
+    sorted by length, longest first, and each sample goes into the first row of the window with room
+    (a new row when none has). The window's rows are then shuffled with ``gen`` (when given), so long
+    and short rows mix. Fuller rows than ``pack_rows`` on a random order: fewer rows, less padding.
+    """
+    rows: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: -lengths[i])
+        window_rows: list[list[int]] = []
+        room: list[int] = []
+        for index in chunk:
+            if lengths[index] > budget:
+                raise ValueError(
+                    f"sample {index} has {lengths[index]} tokens, more than the row budget {budget}"
+                )
+            slot = next((r for r, free in enumerate(room) if free >= lengths[index]), None)
+            if slot is None:
+                window_rows.append([index])
+                room.append(budget - lengths[index])
+            else:
+                window_rows[slot].append(index)
+                room[slot] -= lengths[index]
+        if gen is not None:
+            window_rows = [window_rows[k] for k in torch.randperm(len(window_rows), generator=gen).tolist()]
+        rows.extend(window_rows)
     return rows
 
 
@@ -94,4 +132,4 @@ def segment_index(segments: Sequence[Sequence[int]]) -> torch.Tensor:
     return torch.stack(rows).to(torch.int32)
 
 
-__all__ = ["IGNORE_INDEX", "pack_rows", "packed_tensors", "segment_index", "segment_positions"]
+__all__ = ["IGNORE_INDEX", "fill_rows", "pack_rows", "packed_tensors", "segment_index", "segment_positions"]

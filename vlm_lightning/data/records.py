@@ -2,7 +2,7 @@
 
 A record is one training / evaluation sample: images, a conversation and the accepted answers for
 its last assistant turn. Every problem found in a file is collected and reported together, naming
-the file, line and field.
+the file, line and field. Image files are checked by ``image_files`` (shared with dataset sources).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from vlm_lightning.data.image_modes import UnsupportedImageError, check_convertible, to_rgb
+from vlm_lightning.data.image_files import escape_problem, image_problem
 from vlm_lightning.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -142,28 +142,6 @@ def _as_answers(key: str, value: Any) -> list[str]:
     raise TypeError(f"expected a string or number (or a list of them), got {type(value).__name__}")
 
 
-def image_problem(path: Path) -> str | None:
-    """Return a reason if the image file cannot be used, else None."""
-    try:
-        if path.is_dir():
-            return f"image path is a folder, not an image file: {path}"
-        if not path.is_file():
-            return f"image file not found: {path}"
-    except (OSError, ValueError) as exc:  # name too long, embedded NUL, ...
-        return f"invalid image path {str(path)[:200]!r}: {type(exc).__name__}: {exc}"
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        with Image.open(path) as im:  # verify() does not decode pixel data: truncated JPEGs pass it
-            im.load()
-            check_convertible(im)
-    except UnsupportedImageError as exc:
-        return f"unsupported image {path}: {exc}"
-    except Exception as exc:  # PIL raises many types for corrupt files
-        return f"unreadable image {path}: {type(exc).__name__}: {exc}"
-    return None
-
-
 def _invalid_text_field(row: Any) -> str | None:
     """The field of a parsed row holding a string that is not valid text (a lone ``\\udXXX`` escape)."""
     stack: list[tuple[str, Any]] = [("<row>", row)]
@@ -237,10 +215,10 @@ def record_from_row(
             if not isinstance(value, str) or not value.strip():
                 bad(fld, f"expected a file path string, got {type(value).__name__}")
                 continue
-            path = Path(value)
-            if restrict_to_root and (path.is_absolute() or ".." in path.parts):
-                bad(fld, f"path escapes the dataset root {root}: {value}")
+            if restrict_to_root and (reason := escape_problem(value, root)):
+                bad(fld, reason)
                 continue
+            path = Path(value)
             path = path if path.is_absolute() else root / path
             if check_images and (reason := image_problem(path)):
                 bad(fld, reason)
@@ -414,11 +392,3 @@ def _warn_unused(path: Path, unknown: dict[str, int], records: list[Record]) -> 
             len(repeated),
             ", ".join(repeated[:5]),
         )
-
-
-def load_image(image: ImageLike) -> Image.Image:
-    """Open an image as 8-bit RGB (transparency on white, 16-bit greyscale rescaled: ``image_modes``)."""
-    if isinstance(image, Image.Image):
-        return to_rgb(image)
-    with Image.open(image) as im:
-        return to_rgb(im)

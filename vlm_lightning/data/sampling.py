@@ -18,8 +18,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
+
+from vlm_lightning.data.packing import fill_rows
 
 
 class StreamPosition:
@@ -93,6 +95,68 @@ class EpochShuffleSampler(DistributedSampler):
         return self.num_samples
 
 
+class PackedBatchSampler(EpochShuffleSampler):
+    """Training batches of ``rows`` packed rows of at most ``budget`` tokens each, one batch per item.
+
+    Each epoch's permutation (``seed + epoch``, as ``EpochShuffleSampler``) is filled into rows by
+    ``fill_rows`` from the samples' token ``lengths``; consecutive ``rows`` rows make one batch, so every
+    step holds about ``rows * budget`` real tokens whatever the samples' lengths. Batches are dealt to
+    ranks in turn (batch ``k`` to rank ``k % num_replicas``), so the ranks' token budgets are equal; an
+    epoch whose batch count does not divide by the ranks repeats its first batches, as
+    ``DistributedSampler`` repeats samples. An item is a list of rows (lists of sample indices): use it
+    with ``batch_size=None`` over ``RowsView(dataset)``. ``start_index`` skips this rank's first batches.
+    """
+
+    def __init__(
+        self,
+        lengths: list[int],
+        budget: int,
+        rows: int,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        super().__init__(len(lengths), seed=seed, num_replicas=num_replicas, rank=rank)
+        if rows < 1:
+            raise ValueError(f"rows per batch must be >= 1, got {rows}")
+        self.token_lengths = lengths
+        self.budget = budget
+        self.rows = rows
+        self._epoch_batches: tuple[int, list[list[list[int]]]] | None = None
+
+    def batches(self, epoch: int) -> list[list[list[int]]]:
+        """This rank's batches of ``epoch`` (each a list of rows of sample indices)."""
+        if self._epoch_batches is None or self._epoch_batches[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(self.dataset_size, generator=gen).tolist()
+            rows = fill_rows(order, self.token_lengths, self.budget, gen=gen)
+            batches = [rows[k : k + self.rows] for k in range(0, len(rows), self.rows)]
+            per_rank = math.ceil(len(batches) / self.num_replicas)
+            while batches and len(batches) < per_rank * self.num_replicas:
+                batches += batches[: per_rank * self.num_replicas - len(batches)]
+            self._epoch_batches = (epoch, batches[self.rank :: self.num_replicas])
+        return self._epoch_batches[1]
+
+    def __iter__(self) -> Iterator[list[list[int]]]:  # type: ignore[override]
+        return iter(self.batches(self.epoch)[self.start_index :])
+
+    def __len__(self) -> int:
+        return len(self.batches(self.epoch))
+
+
+class RowsView(Dataset):
+    """``dataset`` read a batch at a time: item ``rows`` (lists of indices) is those samples, row by row."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, rows: list[list[int]]) -> list[list[Any]]:  # type: ignore[override]
+        return [[self.dataset[i] for i in row] for row in rows]
+
+
 def length_grouped(
     order: list[int], lengths: list[int], group: int, gen: torch.Generator, window_groups: int = 50
 ) -> list[int]:
@@ -145,10 +209,10 @@ class StreamDataLoader(DataLoader):
             return
         if pos.fresh:
             pos.epoch, pos.batch, pos.fresh = sampler.epoch, 0, False
-        per_epoch = len(self)
-        if pos.batch >= per_epoch:
-            pos.epoch, pos.batch = pos.epoch + 1, 0
         sampler.set_epoch(pos.epoch)
+        if pos.batch >= len(self):  # the epoch's batch count: packed epochs differ from one another
+            pos.epoch, pos.batch = pos.epoch + 1, 0
+            sampler.set_epoch(pos.epoch)
         sampler.start_index = pos.batch * (self.batch_size or 1)
         for batch in super().__iter__():
             pos.batch += 1

@@ -1,0 +1,88 @@
+"""Token-budget training batches (``data.packing``): rows filled to a budget, equal shares per rank, resumable."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from vlm_lightning.data.packing import fill_rows, pack_rows
+from vlm_lightning.data.sampling import PackedBatchSampler, RowsView, StreamDataLoader, StreamPosition
+
+
+def _lengths(n: int, seed: int = 0) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randint(20, 300) for _ in range(n)]
+
+
+def test_fill_rows_keeps_every_sample_once_within_the_budget() -> None:
+    lengths = [300, 120, 90, 250, 60, 200, 30, 180]
+    rows = fill_rows(list(range(8)), lengths, budget=400)
+    assert sorted(i for row in rows for i in row) == list(range(8))
+    assert all(sum(lengths[i] for i in row) <= 400 for row in rows)
+    # first-fit decreasing: 300+90, 250+120+30, 200+180 ... fewer rows than cutting in order
+    assert len(rows) < len(pack_rows(lengths, 400))
+
+
+def test_fill_rows_refuses_a_sample_longer_than_the_budget() -> None:
+    with pytest.raises(ValueError, match="sample 1 has 500 tokens, more than the row budget 400"):
+        fill_rows([0, 1], [10, 500], budget=400)
+
+
+def test_rows_are_well_filled_on_random_lengths() -> None:
+    lengths = _lengths(2000)
+    rows = fill_rows(list(range(2000)), lengths, budget=2048, gen=torch.Generator().manual_seed(0))
+    fill = sum(lengths) / (len(rows) * 2048)
+    assert fill > 0.95, fill
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_every_sample_once_per_epoch_and_equal_batches_per_rank(world: int) -> None:
+    lengths = _lengths(101, seed=world)
+    samplers = [
+        PackedBatchSampler(lengths, 600, rows=2, seed=5, num_replicas=world, rank=r) for r in range(world)
+    ]
+    shares = [list(s) for s in samplers]
+    assert len({len(share) for share in shares}) == 1  # every rank steps as often as the others
+    seen = [i for share in shares for batch in share for row in batch for i in row]
+    assert set(seen) == set(range(101))
+    repeated = len(seen) - 101  # an uneven batch count repeats whole first batches, never drops a sample
+    assert repeated == 0 or repeated <= (world - 1) * 2 * (600 // 20)
+    for share in shares:
+        for batch in share:
+            assert 1 <= len(batch) <= 2
+            assert all(sum(lengths[i] for i in row) <= 600 for row in batch)
+
+
+def test_order_depends_on_seed_and_epoch_only() -> None:
+    lengths = _lengths(60)
+    a = PackedBatchSampler(lengths, 500, rows=2, seed=1)
+    b = PackedBatchSampler(lengths, 500, rows=2, seed=1)
+    assert list(a) == list(b)
+    b.set_epoch(1)
+    assert list(a) != list(b)
+    assert list(PackedBatchSampler(lengths, 500, rows=2, seed=2)) != list(a)
+
+
+def test_resumed_stream_continues_with_the_next_unseen_batch() -> None:
+    lengths = _lengths(40)
+    data = list(range(40))
+
+    def loader(position: StreamPosition) -> StreamDataLoader:
+        sampler = PackedBatchSampler(lengths, 400, rows=2, seed=3)
+        return StreamDataLoader(RowsView(data), batch_size=None, sampler=sampler, collate_fn=lambda rows: rows,
+                                position=position)  # fmt: skip
+
+    first_epoch = list(loader(StreamPosition()))
+    again = loader(StreamPosition())
+    it = iter(again)
+    head = [next(it), next(it)]
+    saved = again.state_dict()
+    resumed_position = StreamPosition()
+    resumed_position.load_state_dict(saved)
+    rest = list(loader(resumed_position))
+    assert head + rest == first_epoch
+    assert [[i for row in b for i in row] for b in first_epoch] == [
+        [data[i] for row in b for i in row] for b in PackedBatchSampler(lengths, 400, rows=2, seed=3)
+    ]
