@@ -2,180 +2,31 @@
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import math
-import random
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from vlm_lightning.data.cache import PreprocessCache
 from vlm_lightning.data.collator import ChatCollator
-from vlm_lightning.data.image_files import load_image
+from vlm_lightning.data.dataset import ImageLoadError, RecordDataset
+from vlm_lightning.data.leakage import check_leakage
+from vlm_lightning.data.length_check import check_lengths, length_to_fit, lengths_key, merge_length_shares
+from vlm_lightning.data.loaders import build_loader, plan_loader
 from vlm_lightning.data.masking import MaskStrategy
-from vlm_lightning.data.records import DataValidationError, Record, RowProblem, read_jsonl
-from vlm_lightning.data.sampling import (
-    FILLER,
-    EpochShuffleSampler,
-    EvenShardSampler,
-    PackedBatchSampler,
-    RowsView,
-    StreamDataLoader,
-    StreamPosition,
-)
-from vlm_lightning.errors import SettingError, UserError
-from vlm_lightning.training.distributed import gather_lists
-from vlm_lightning.training.sharding import forward_is_collective
+from vlm_lightning.data.records import Record, RowProblem
+from vlm_lightning.data.sampling import StreamPosition
+from vlm_lightning.data.splits import hold_out, read_split
+from vlm_lightning.errors import SettingError
+from vlm_lightning.models.loading import family_of, load_processor, make_collator
 
-log = logging.getLogger(__name__)
+__all__ = ["DocumentDataModule", "ImageLoadError", "RecordDataset", "length_to_fit", "merge_length_shares"]
+
 Split = Literal["train", "val", "test", "predict"]
-
-
-def _all_ranks(flag: bool) -> bool:
-    """``flag`` on every rank of an initialised process group (the flag itself in a single process)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    flags: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(flags, flag)
-    return all(flags)
-
-
-def merge_length_shares(
-    n: int, shares: list[tuple[list[int], list[int], list[str]]]
-) -> tuple[list[int], list[str]]:
-    """Assemble per-rank (indices, lengths, problems) shares into the full length list (in sample order)
-    and all problems (rank order); every index must be covered exactly once."""
-    lengths: list[int | None] = [None] * n
-    problems: list[str] = []
-    for indices, share_lengths, share_problems in shares:
-        if len(indices) != len(share_lengths):
-            raise ValueError(f"length share has {len(indices)} indices but {len(share_lengths)} lengths")
-        for i, length in zip(indices, share_lengths):
-            if lengths[i] is not None:
-                raise ValueError(f"sample {i} measured by two ranks")
-            lengths[i] = length
-        problems.extend(share_problems)
-    missing = [i for i, length in enumerate(lengths) if length is None]
-    if missing:
-        raise ValueError(f"{len(missing)} sample(s) measured by no rank, first {missing[:5]}")
-    return [int(length) for length in lengths if length is not None], problems
-
-
-def length_to_fit(lengths: list[int], share: float) -> int:
-    """The smallest token limit that keeps at least ``share`` of these samples whole (nearest rank)."""
-    ordered = sorted(lengths)
-    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
-
-
-def _too_many_cut(cut: list[tuple[str, int, int]], lengths: list[int], hparams: Any) -> str | None:
-    """The problem to report when ``max_length`` cuts more answers than ``max_cut_fraction`` allows."""
-    n, fraction = len(lengths), hparams["max_cut_fraction"]
-    if not cut or len(cut) <= fraction * n:
-        return None
-    # cut samples were measured at max_length: the longest len(cut) lengths are theirs
-    full = sorted(lengths)[: n - len(cut)] + [length for _, length, _ in cut]
-    shown = ", ".join(f"{rid} ({length} tokens)" for rid, length, _ in cut[:5])
-    most, every = length_to_fit(full, 0.95), max(full)
-    fits = (
-        f"--data.max_length {every} keeps every answer whole"
-        if most == every
-        else f"--data.max_length {most} keeps 95% whole, {every} keeps all"
-    )
-    return (
-        f"{len(cut)} of {n} training samples ({len(cut) / n:.0%}) are longer than data.max_length "
-        f"{hparams['max_length']} and would lose the end of their answer and its end-of-turn token, so the "
-        f"model would never learn to finish (e.g. {shown}). {fits}; or allow this with --data.max_cut_fraction "
-        f"{math.ceil(100 * len(cut) / n) / 100:.2f}"
-    )
-
-
-def _report_cut_answers(split: str, cut: list[tuple[str, int, int]]) -> None:
-    """Warn which samples lose the tail of their answer to ``data.max_length``."""
-    if not cut:
-        return
-    shown = ", ".join(f"{rid} ({length} -> {kept} tokens)" for rid, length, kept in cut[:10])
-    more = f" and {len(cut) - 10} more" if len(cut) > 10 else ""
-    log.warning(
-        "data.%s: %d sample(s) longer than data.max_length lose the tail of their answer (left out of the loss): "
-        "%s%s. Raise data.max_length to keep them whole.",
-        split,
-        len(cut),
-        shown,
-        more,
-    )
-
-
 FAST_PATH_PAD_MULTIPLE = 64
-
-
-class ImageLoadError(UserError, RuntimeError):
-    """An image could not be loaded while batching; names the file and row."""
-
-
-class RecordDataset(Dataset):
-    """Records with their images loaded (and, for training, augmented) on access."""
-
-    def __init__(
-        self,
-        records: list[Record],
-        augmenter: Any = None,
-        max_image_side: int | None = None,
-        contrast: float = 1.0,
-        sharpness: float = 1.0,
-        cache: Any = None,
-        cache_settings: Any = None,
-    ) -> None:
-        self.records = records
-        self.cache = cache
-        self.cache_settings = cache_settings
-        self.augmenter = augmenter
-        self.max_image_side = max_image_side
-        self.contrast = contrast
-        self.sharpness = sharpness
-        self.lengths: list[int] | None = None
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> tuple[Record, list[Image.Image]]:
-        if index < 0:  # an evaluation filler (``EvenShardSampler``): sample -1 - index, marked, never scored
-            record, images = self[-1 - index]
-            return dataclasses.replace(record, meta={**record.meta, FILLER: True}), images
-        record = self.records[index]
-        images = []
-        for image in record.images:
-            key = None
-            if self.cache is not None and isinstance(image, (str, Path)):
-                from vlm_lightning.data.cache import fingerprint
-
-                key = fingerprint(str(image), self.cache_settings, record.meta.get("augment_key"))
-                cached = self.cache.get_image(key)
-                if cached is not None:
-                    images.append(cached)
-                    continue
-            try:
-                im = load_image(image)
-            except Exception as exc:
-                raise ImageLoadError(
-                    f"{record.where}: sample '{record.id}': cannot load image {image}: {exc}"
-                ) from exc
-            if self.max_image_side or self.contrast != 1.0 or self.sharpness != 1.0:
-                from vlm_lightning.data.enhance import enhance
-
-                im = enhance(
-                    im, max_side=self.max_image_side, contrast=self.contrast, sharpness=self.sharpness
-                )
-            if self.augmenter is not None and "augment_key" in record.meta:
-                im = self.augmenter(im, key=record.meta["augment_key"])
-            if key is not None:
-                self.cache.put_image(key, im)
-            images.append(im)
-        return record, images
 
 
 class DocumentDataModule(L.LightningDataModule):
@@ -311,8 +162,6 @@ class DocumentDataModule(L.LightningDataModule):
     def processor(self) -> Any:
         """The family's processor, with the configured image-token budget applied."""
         if self._processor is None:
-            from vlm_lightning.models.loading import load_processor
-
             self._processor = load_processor(
                 self._require_processor_name(),
                 image_max_tokens=self.hparams.image_max_tokens,
@@ -330,8 +179,6 @@ class DocumentDataModule(L.LightningDataModule):
     def collator(self) -> ChatCollator:
         """The batch collator for this model family."""
         if self._collator is None:
-            from vlm_lightning.models.loading import family_of, make_collator
-
             self._collator = make_collator(
                 self.processor,
                 family_of(self._require_processor_name(), trust_remote_code=self.hparams.trust_remote_code),
@@ -343,42 +190,7 @@ class DocumentDataModule(L.LightningDataModule):
 
     # --- loading ----------------------------------------------------------------------------
     def _read(self, split: Split) -> list[Record]:
-        path = self.paths[split]
-        if path is None:
-            return []
-        if isinstance(path, str) and path.endswith(".jsonl"):
-            if not Path(path).is_file():
-                raise FileNotFoundError(
-                    f"data file not found: {path} (data.{split}; a relative path is read from the working "
-                    f"directory {Path.cwd()})"
-                )
-            records, problems = read_jsonl(
-                path,
-                default_prompt=self.hparams.prompt,
-                default_system=self.hparams.system,
-                require_answer=split != "predict",
-                restrict_to_root=self.hparams.restrict_image_paths,
-            )
-        else:
-            from vlm_lightning.data.sources import load_spec
-
-            records, problems = load_spec(
-                path,
-                default_prompt=self.hparams.prompt,
-                default_system=self.hparams.system,
-                require_answer=split != "predict",
-                restrict_to_root=self.hparams.restrict_image_paths,
-            )
-        if problems:
-            if not records:  # skipping would leave nothing to train / evaluate on
-                hint = f"\nNo usable row is left in data.{split} ({path}): fix the rows above."
-                raise DataValidationError(problems, hint=hint)
-            if self.hparams.on_bad_row == "error":
-                hint = "\nFix these rows, or set data.on_bad_row=skip to go on without them."
-                raise DataValidationError(problems, hint=hint)
-            self.skipped.extend(problems)
-            log.warning("skipping %d bad row(s) of %s (list written to the run folder)", len(problems), path)
-        return records
+        return read_split(self.paths[split], split, self.hparams, self.skipped)
 
     def setup(self, stage: str | None = None) -> None:
         """Read and validate the splits the stage needs (``prepare``), then check every sample's length."""
@@ -415,10 +227,10 @@ class DocumentDataModule(L.LightningDataModule):
         else:
             loaded_test = []
         if "train" in loaded and not loaded.get("val") and self.hparams.val_fraction > 0:
-            loaded["train"], loaded["val"] = self._hold_out(loaded["train"], self.hparams.val_fraction)
+            loaded["train"], loaded["val"] = hold_out(
+                loaded["train"], self.hparams.val_fraction, self.hparams.seed
+            )
         if self.hparams.leakage != "off" and sum(bool(v) for v in loaded.values()) + bool(loaded_test) > 1:
-            from vlm_lightning.data.leakage import check_leakage
-
             splits = {k: v for k, v in loaded.items() if v}
             if loaded_test:
                 splits["test"] = loaded_test
@@ -442,13 +254,11 @@ class DocumentDataModule(L.LightningDataModule):
         return needed
 
     @property
-    def cache(self) -> Any:
+    def cache(self) -> PreprocessCache | None:
         """The preprocessing cache (None without ``cache_dir``)."""
         if not self.hparams.cache_dir:
             return None
         if getattr(self, "_cache", None) is None:
-            from vlm_lightning.data.cache import PreprocessCache
-
             self._cache = PreprocessCache(self.hparams.cache_dir)
             # before the trainer is attached (the CLI's early ``prepare``), the launcher's rank decides
             first = rank_zero_only.rank == 0 if self.trainer is None else self.trainer.is_global_zero
@@ -461,80 +271,19 @@ class DocumentDataModule(L.LightningDataModule):
         return {k: self.hparams[k] for k in keys}
 
     def _lengths_key(self, dataset: RecordDataset) -> str:
-        from vlm_lightning.data.cache import fingerprint
-
-        samples = [
-            (r.id, r.messages, [str(i) for i in r.images], r.meta.get("augment_key")) for r in dataset.records
-        ]
-        sources = sorted({str(i) for r in dataset.records for i in r.images if isinstance(i, (str, Path))})
-        settings = {
-            k: self.hparams[k] for k in ("max_length", "image_max_tokens", "image_min_tokens", "mask")
-        }
-        return fingerprint(
-            samples,
-            [fingerprint(s) for s in sources],
-            settings,
-            self._image_settings(),
-            fingerprint(str(Path(self._require_processor_name()) / "config.json")),
-            self._require_processor_name(),
-        )
+        return lengths_key(dataset, self.hparams, self._image_settings(), self._require_processor_name())
 
     def _check_lengths(self, splits: list[Split]) -> None:
         """Tokenize every sample once; report every sample that cannot fit, all together."""
-        problems: list[str] = []
-        for split in splits:
-            dataset = self.datasets[split]
-            key = self._lengths_key(dataset) if self.cache is not None else None
-            cached = self.cache.get_json(key) if key else None
-            if _all_ranks(cached is not None):  # ranks must agree: a rank that measures waits for the others
-                dataset.lengths = cached
-                continue
-            self.collator.cut_samples.clear()
-            lengths, split_problems = self._measure_lengths(dataset)
-            problems.extend(split_problems)
-            cut = gather_lists(self.collator.cut_samples)
-            if split == "train" and (too_many := _too_many_cut(cut, lengths, self.hparams)):
-                problems.append(too_many)
-            else:
-                _report_cut_answers(split, cut)
-            dataset.lengths = lengths
-            if key and not problems:
-                self.cache.put_json(key, lengths)
-        train = self.datasets.get("train")
-        if "train" in splits and train is not None and train.lengths:
-            self._check_row_budget(train.lengths, "train")
-        if problems:
-            raise DataValidationError(
-                [RowProblem("token lengths", 0, "data.max_length", p) for p in problems],
-                hint="\nNo sample was cut silently: raise data.max_length or lower data.image_max_tokens.",
-            )
-
-    def _measure_lengths(self, dataset: RecordDataset) -> tuple[list[int], list[str]]:
-        """Token lengths (and too-long problems) of every sample; under an initialised process group each
-        rank measures every world_size-th sample and the shares are gathered, so all ranks hold the same
-        full list and startup work is divided by the number of ranks."""
-        rank, world = 0, 1
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        indices = list(range(rank, len(dataset), world))
-        lengths: list[int] = []
-        problems: list[str] = []
-        chunk = 16
-        for start in range(0, len(indices), chunk):
-            items = [dataset[i] for i in indices[start : start + chunk]]
-            lengths.extend(self.collator.lengths(items, problems))
-        if world == 1:
-            return lengths, problems
-        shares: list[Any] = [None] * world
-        torch.distributed.all_gather_object(shares, (indices, lengths, problems))
-        return merge_length_shares(len(dataset), shares)
-
-    def _hold_out(self, records: list[Record], fraction: float) -> tuple[list[Record], list[Record]]:
-        order = list(range(len(records)))
-        random.Random(self.hparams.seed).shuffle(order)
-        n_val = max(1, round(len(records) * fraction))
-        val_idx = set(order[:n_val])
-        return [r for i, r in enumerate(records) if i not in val_idx], [records[i] for i in sorted(val_idx)]
+        check_lengths(
+            self.datasets,
+            splits,
+            lambda: self.collator,
+            self.hparams,
+            self.cache,
+            self._lengths_key,
+            self.row_budget,
+        )
 
     def _augment(self, records: list[Record]) -> tuple[list[Record], Any]:
         if not self.hparams.augment:
@@ -550,63 +299,19 @@ class DocumentDataModule(L.LightningDataModule):
     def _loader(self, split: Split, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test", "predict": "predict"}[split])
-        dataset = self.datasets[split]
-        sampler = None
-        trainer = self.trainer
-        loader_cls: type[DataLoader] = DataLoader
-        extra: dict[str, Any] = {}
-        batch_size: int | None = self.batch_size if split == "train" else self.eval_batch_size
-        if shuffle and self.hparams.packing:
-            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-            if dataset.lengths is None:
-                raise SettingError("data.packing needs the sample lengths: keep data.check_lengths on")
-            sampler = PackedBatchSampler(
-                dataset.lengths, self.row_budget, rows=self.batch_size, seed=self.hparams.seed,
-                num_replicas=world, rank=rank,
-            )  # fmt: skip
-            dataset, batch_size = RowsView(dataset), None  # an item is a whole batch of rows
-            loader_cls, extra = StreamDataLoader, {"position": self.train_position}
-        elif shuffle:
-            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-            lengths = None
-            if self.group_by_length:
-                if dataset.lengths is None:
-                    raise SettingError(
-                        "data.group_by_length needs the sample lengths: keep data.check_lengths on"
-                    )
-                lengths = dataset.lengths
-            sampler = EpochShuffleSampler(
-                len(dataset),
-                seed=self.hparams.seed,
-                num_replicas=world,
-                rank=rank,
-                lengths=lengths,
-                batch_size=self.batch_size,
-            )
-            loader_cls, extra = StreamDataLoader, {"position": self.train_position}
-        elif trainer is not None and trainer.world_size > 1 and forward_is_collective(trainer.strategy):
-            # sharded weights: every rank runs the same number of batches (fillers pad the shorter shares)
-            sampler = EvenShardSampler(len(dataset), trainer.world_size, trainer.global_rank)
-        elif trainer is not None and trainer.world_size > 1:
-            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
-            # every sample exactly once across ranks: no padding duplicates in metrics or predictions
-            sampler = UnrepeatedDistributedSampler(
-                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
-            )
-        return loader_cls(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=self._packed_collate if split == "train" and self.hparams.packing else self.collator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            # worker seeds come from this generator, not the global RNG: creating an iterator (Lightning
-            # does so a different number of times in resumed runs) must not shift the dropout RNG stream
-            generator=torch.Generator().manual_seed(self.hparams.seed),
-            **extra,
+        plan = plan_loader(
+            self.datasets[split],
+            shuffle=shuffle,
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            rows=self.batch_size,
+            trainer=self.trainer,
+            packing=self.hparams.packing,
+            group_by_length=self.group_by_length,
+            row_budget=self.row_budget,
+            seed=self.hparams.seed,
         )
+        collate = self._packed_collate if split == "train" and self.hparams.packing else self.collator
+        return build_loader(plan, collate, self.num_workers, self.hparams.seed, self.train_position)
 
     @property
     def row_budget(self) -> int:
@@ -621,8 +326,6 @@ class DocumentDataModule(L.LightningDataModule):
         """Refuse ``data.packing`` for a family that cannot keep samples apart, before any work starts."""
         if not self.hparams.packing:
             return
-        from vlm_lightning.models.loading import family_of
-
         facts = family_of(self._require_processor_name(), trust_remote_code=self.hparams.trust_remote_code)
         reason = facts.packing_refusal or (
             None if facts.prompt_style == "chat" else "its prompt + suffix collator does not pack"
@@ -631,17 +334,6 @@ class DocumentDataModule(L.LightningDataModule):
             raise SettingError(
                 f"data.packing cannot be used with {facts.name}: {reason}. Set --data.packing false "
                 "(batches are then padded; data.group_by_length keeps the padding small)"
-            )
-
-    def _check_row_budget(self, lengths: list[int], split: str) -> None:
-        budget = self.row_budget
-        if self.hparams.packing and lengths and max(lengths) > budget:
-            records = self.datasets[split].records
-            longest = max(range(len(lengths)), key=lengths.__getitem__)
-            raise SettingError(
-                f"data.max_tokens_per_row {budget} is smaller than sample '{records[longest].id}' "
-                f"({records[longest].where}, {lengths[longest]} tokens): set --data.max_tokens_per_row "
-                f"{max(lengths)} or more (unset: data.max_length)"
             )
 
     def train_dataloader(self) -> DataLoader:

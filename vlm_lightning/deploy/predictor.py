@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import TextIteratorStreamer
 
-from vlm_lightning.data.datamodule import RecordDataset
+from vlm_lightning.data.dataset import RecordDataset
 from vlm_lightning.data.records import Record
 from vlm_lightning.deploy.export import EXPORT_INFO, ExportError, load_checkpoint, rebuild_model
 from vlm_lightning.generation import end_of_turn_ids, generate_batch

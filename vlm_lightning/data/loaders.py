@@ -1,0 +1,104 @@
+"""Dataloader construction: the sampler a split gets (packed, shuffled, sharded or unrepeated) and the loader."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from vlm_lightning.data.dataset import RecordDataset
+from vlm_lightning.data.sampling import (
+    EpochShuffleSampler,
+    EvenShardSampler,
+    PackedBatchSampler,
+    RowsView,
+    StreamDataLoader,
+    StreamPosition,
+)
+from vlm_lightning.errors import SettingError
+from vlm_lightning.training.sharding import forward_is_collective
+
+
+class LoaderPlan(NamedTuple):
+    """What a split's loader iterates: the dataset (or rows view), its sampler and batch size, and whether
+    it streams (resumable training order)."""
+
+    dataset: Dataset
+    sampler: Sampler | None
+    batch_size: int | None
+    streams: bool
+
+
+def plan_loader(
+    dataset: RecordDataset,
+    *,
+    shuffle: bool,
+    batch_size: int,
+    rows: int,
+    trainer: Any,
+    packing: bool,
+    group_by_length: bool,
+    row_budget: int,
+    seed: int,
+) -> LoaderPlan:
+    """Choose the sampler: packed rows or a (length-grouped) resumable shuffle for training; for
+    evaluation, even shards under sharded weights, else every sample exactly once across ranks."""
+    sampler: Sampler | None = None
+    if shuffle and packing:
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if dataset.lengths is None:
+            raise SettingError("data.packing needs the sample lengths: keep data.check_lengths on")
+        sampler = PackedBatchSampler(
+            dataset.lengths, row_budget, rows=rows, seed=seed, num_replicas=world, rank=rank
+        )
+        return LoaderPlan(RowsView(dataset), sampler, None, True)  # an item is a whole batch of rows
+    if shuffle:
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        lengths = None
+        if group_by_length:
+            if dataset.lengths is None:
+                raise SettingError(
+                    "data.group_by_length needs the sample lengths: keep data.check_lengths on"
+                )
+            lengths = dataset.lengths
+        sampler = EpochShuffleSampler(
+            len(dataset), seed=seed, num_replicas=world, rank=rank, lengths=lengths, batch_size=rows
+        )
+        return LoaderPlan(dataset, sampler, batch_size, True)
+    if trainer is not None and trainer.world_size > 1 and forward_is_collective(trainer.strategy):
+        # sharded weights: every rank runs the same number of batches (fillers pad the shorter shares)
+        sampler = EvenShardSampler(len(dataset), trainer.world_size, trainer.global_rank)
+    elif trainer is not None and trainer.world_size > 1:
+        # every sample exactly once across ranks: no padding duplicates in metrics or predictions
+        sampler = UnrepeatedDistributedSampler(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
+    return LoaderPlan(dataset, sampler, batch_size, False)
+
+
+def build_loader(
+    plan: LoaderPlan,
+    collate_fn: Callable[[Any], Any],
+    num_workers: int,
+    seed: int,
+    position: StreamPosition,
+) -> DataLoader:
+    """The dataloader of ``plan`` (a ``StreamDataLoader`` at ``position`` when it streams)."""
+    loader_cls: type[DataLoader] = StreamDataLoader if plan.streams else DataLoader
+    extra: dict[str, Any] = {"position": position} if plan.streams else {}
+    return loader_cls(
+        plan.dataset,
+        batch_size=plan.batch_size,
+        sampler=plan.sampler,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        # worker seeds come from this generator, not the global RNG: creating an iterator (Lightning
+        # does so a different number of times in resumed runs) must not shift the dropout RNG stream
+        generator=torch.Generator().manual_seed(seed),
+        **extra,
+    )
