@@ -44,8 +44,8 @@ class DocumentDataModule(L.LightningDataModule):
         packing: pack training samples (with their images) into rows with no padding between them, each
             sample attending only to itself (exact: tested per family); validation / test stay unpacked.
             Refused, with the reason, for a family that cannot keep samples apart (PaliGemma's prefix-LM mask).
-        max_tokens_per_row: token budget of a packed row (``None``: each batch is one row); it must hold
-            the longest sample.
+        max_tokens_per_row: token budget of a packed row (``None``: ``max_length``); with packing a batch is
+            ``batch_size`` rows, each filled with as many samples as fit; it must hold the longest sample.
         max_cut_fraction: largest share of the training samples whose answer tail (and with it the
             end-of-turn token) ``max_length`` may cut; more stops before training with the length that
             would fit. ``0`` refuses any cut.

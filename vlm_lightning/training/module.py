@@ -244,11 +244,30 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
             self.log("train/grad_norm", full_value(torch.nn.utils.get_total_norm(grads, foreach=True)))
 
     # --- model set-up: mixed-precision casts, compilation, FSDP2 ------------------------------------
+    def _eager_for_packing(self) -> None:
+        """Packed training rows run eager unless compilation was asked for: compiled layers ran packed rows at
+        0.11x the eager speed (Qwen2-VL-2B, H200, cause not yet found; docs/benchmarks.md)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        hparams = getattr(datamodule, "hparams", None) or {}
+        if not hparams.get("packing", False) or getattr(self, "_compiled", False):
+            return
+        was = (self.compiled_layers, self.compiled_vision)
+        if self.hparams.compile_language_model is None:
+            self.compiled_layers = False
+        if self.hparams.compile_vision_tower is None:  # follows the language model's setting
+            self.compiled_vision = self.compiled_layers
+        if was != (self.compiled_layers, self.compiled_vision) and self.trainer.is_global_zero:
+            print(
+                "[vlm_lightning] data.packing: the layers run eager (compiled layers are slower on packed "
+                "rows); --model.compile_language_model true compiles them anyway"
+            )
+
     def configure_model(self) -> None:
         precision = str(getattr(self._trainer, "precision", "")) if self._trainer is not None else ""
         if precision.endswith("-mixed") and not getattr(self, "_lora_cast_skipped", False):
             skip_lora_input_cast(self.model)
             self._lora_cast_skipped = True
+        self._eager_for_packing()
         if self.compiled_layers and not getattr(self, "_compiled", False):
             n = compile_decoder_layers(
                 self.model, self.facts, recompute_activations=self.hparams.gradient_checkpointing
