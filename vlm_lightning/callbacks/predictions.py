@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from vlm_lightning.training.distributed import gather_lists
+from vlm_lightning.distributed import gather_lists
 
 # the model settings that decide what a test run measures, recorded in metrics.json
 EVALUATION_SETTINGS = (

@@ -2,7 +2,7 @@
 
 Anything not listed here still reaches the user: a new library warning is a signal, not noise. Tests check
 that a clean CLI run prints no warning (``test_a_clean_run_prints_no_library_warning...``) and that each
-entry matches only the message it names (``tests/unit/test_library_noise.py``).
+entry matches only the message it names (``tests/cli/test_library_noise.py``).
 """
 
 from __future__ import annotations

@@ -35,10 +35,11 @@ from vlm_lightning.cli.startup_checks import (
     first_answers,
 )
 from vlm_lightning.data.datamodule import DocumentDataModule
+from vlm_lightning.distributed import forward_is_collective
 from vlm_lightning.errors import UserError, missing_package_message, setting_error_in
 from vlm_lightning.metrics import build_metrics
 from vlm_lightning.training.module import VLMFineTuner
-from vlm_lightning.training.sharding import check_strategy, forward_is_collective, resolve_strategy
+from vlm_lightning.training.sharding import check_strategy, resolve_strategy
 
 
 class VLMLightningCLI(TrackingChecks, LightningCLI):

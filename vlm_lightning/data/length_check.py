@@ -15,8 +15,8 @@ from vlm_lightning.data.cache import PreprocessCache, fingerprint
 from vlm_lightning.data.collator import ChatCollator
 from vlm_lightning.data.dataset import RecordDataset
 from vlm_lightning.data.records import DataValidationError, Record, RowProblem
+from vlm_lightning.distributed import gather_lists
 from vlm_lightning.errors import SettingError
-from vlm_lightning.training.distributed import gather_lists
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from vlm_lightning.data.sampling import (
     StreamDataLoader,
     StreamPosition,
 )
+from vlm_lightning.distributed import forward_is_collective
 from vlm_lightning.errors import SettingError
-from vlm_lightning.training.sharding import forward_is_collective
 
 
 class LoaderPlan(NamedTuple):

@@ -9,9 +9,9 @@ import torch
 from torchmetrics import MeanMetric
 
 from vlm_lightning.data.sampling import FILLER
+from vlm_lightning.distributed import forward_is_collective
 from vlm_lightning.generation import generate_batch
 from vlm_lightning.metrics import DocumentMetrics
-from vlm_lightning.training.sharding import forward_is_collective
 
 
 class TokenMean(MeanMetric):

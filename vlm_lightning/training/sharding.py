@@ -39,14 +39,6 @@ def full_value(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if isinstance(value, DTensor) else value
 
 
-def forward_is_collective(strategy: Any) -> bool:
-    """Whether the strategy's forward passes talk to the other ranks (sharded weights gather per layer),
-    so that every rank must run the same evaluation batches and decoding steps."""
-    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
-
-    return isinstance(strategy, (ModelParallelStrategy, FSDPStrategy, DeepSpeedStrategy))
-
-
 def shard_model(
     model: torch.nn.Module,
     facts: FamilyFacts,
@@ -243,7 +235,6 @@ def resolve_strategy(strategy: Any) -> Any:
 
 __all__ = [
     "FSDP2Strategy",
-    "forward_is_collective",
     "full_value",
     "check_strategy",
     "is_sharded",

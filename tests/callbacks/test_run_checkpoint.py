@@ -3,41 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from fit_helpers import WorseningModule, tensor_loader
 
 from vlm_lightning.callbacks.checkpoint import RunCheckpoint
-
-
-class _WorseningModule(L.LightningModule):
-    """A linear model whose logged ``val/loss`` only gets worse after the first validation."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(2, 1)
-        self.validations = 0
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self.layer(batch[0]).pow(2).mean()
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        pass
-
-    def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self.validations += 1
-        self.log("val/loss", float(self.validations))  # 1, 2, 3, ...: the first is the best
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
-def _loader(n: int) -> DataLoader:
-    return DataLoader(TensorDataset(torch.randn(n, 2)), batch_size=1)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +30,7 @@ def test_last_ckpt_holds_the_final_step(
         callbacks=[checkpoint],
         num_sanity_val_steps=0,
     )
-    trainer.fit(_WorseningModule(), _loader(train_rows), _loader(2))
+    trainer.fit(WorseningModule(), tensor_loader(train_rows), tensor_loader(2))
     last = torch.load(tmp_path / "last.ckpt", weights_only=True)
     best = torch.load(tmp_path / "best.ckpt", weights_only=True)
     assert last["global_step"] == max_steps

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from fit_helpers import WorseningModule, tensor_loader
 from lightning.pytorch.callbacks import EarlyStopping
-from test_run_checkpoint import _loader, _WorseningModule
 
 from vlm_lightning.callbacks.run_summary import RunSummary
 
@@ -19,7 +19,7 @@ def _fit(tmp_path: Path, capsys: pytest.CaptureFixture, **kwargs) -> str:  # noq
         enable_checkpointing=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
         callbacks=[RunSummary(), *callbacks], **kwargs,
     )  # fmt: skip
-    trainer.fit(_WorseningModule(), _loader(8), _loader(2))
+    trainer.fit(WorseningModule(), tensor_loader(8), tensor_loader(2))
     return capsys.readouterr().out
 
 

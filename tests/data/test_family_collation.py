@@ -232,7 +232,7 @@ def test_a_limit_inside_the_image_says_it_cuts_image_tokens(family) -> None:  # 
 
     name, path, facts, processor, collator = family
     if facts.prompt_style != "chat":
-        return  # PaliGemma's prefix collator has its own length check (tests/unit/test_prefix_collator_mask.py)
+        return  # PaliGemma's prefix collator has its own length check (tests/data/test_prefix_collator_mask.py)
     record = records()[0]
     ids = collator([items([record])[0]])["inputs"]["input_ids"][0].tolist()
     expanded = {

@@ -1,0 +1,186 @@
+"""Tiny LightningModules, loaders and ``python -m vlm_lightning fit`` arguments shared by several test files.
+
+Imported as a top-level module (``from fit_helpers import ...``): ``pyproject.toml`` puts ``tests/`` on the path.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from vlm_lightning.callbacks.nonfinite import NonFiniteGuard
+
+# --- a model whose val/loss only gets worse (checkpoint and run-summary callbacks) ----------------
+
+
+class WorseningModule(L.LightningModule):
+    """A linear model whose logged ``val/loss`` only gets worse after the first validation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.validations = 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        pass
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.validations += 1
+        self.log("val/loss", float(self.validations))  # 1, 2, 3, ...: the first is the best
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def tensor_loader(n: int) -> DataLoader:
+    """``n`` random rows of 2 features, one per batch (for :class:`WorseningModule`)."""
+    return DataLoader(TensorDataset(torch.randn(n, 2)), batch_size=1)
+
+
+# --- a model poisoned on chosen steps (non-finite guard, preemption, secrets) ---------------------
+
+
+class IdDataset(Dataset):
+    def __init__(self, n: int = 16) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 4, generator=gen)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"x": self.x[i], "ids": f"s{i}"}
+
+
+class InfGrad(torch.autograd.Function):
+    """Identity forward, infinite gradient backward (an overflow in backward with a finite loss)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad * float("inf")
+
+
+class PoisonModule(L.LightningModule):
+    """Linear regression whose loss is NaN on the optimizer steps listed in ``poison_steps``."""
+
+    def __init__(
+        self, poison_steps: tuple[int, ...] = (), grad_poison_steps: tuple[int, ...] = (), fused: bool = False
+    ) -> None:
+        super().__init__()
+        self.fused = fused  # fused AdamW: the guard drops updates on the device and reads flags late
+        self.layer = torch.nn.Linear(4, 1)
+        self.poison_steps = poison_steps
+        self.grad_poison_steps = grad_poison_steps
+        self.weights_at: dict[int, torch.Tensor] = {}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        self.weights_at[self.global_step] = self.layer.weight.detach().clone()
+        weight = self.layer.weight
+        if self.global_step in self.grad_poison_steps:
+            weight = InfGrad.apply(weight)
+        loss = (batch["x"] @ weight.T + self.layer.bias).pow(2).mean()
+        if self.global_step in self.poison_steps:
+            loss = loss * float("nan")
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=0.1, weight_decay=0.1, fused=self.fused)
+
+
+def id_loader() -> DataLoader:
+    """16 rows in batches of 4, in order: batch ``b`` holds ids ``s{4b}`` .. ``s{4b + 3}``."""
+    return DataLoader(IdDataset(), batch_size=4, shuffle=False)
+
+
+def guarded_trainer(tmp_path: Path, guard: NonFiniteGuard, max_steps: int = 6, **kwargs: Any) -> L.Trainer:
+    """A quiet CPU trainer with ``guard`` first among its callbacks."""
+    return L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[guard, *kwargs.pop("callbacks", [])],
+        **kwargs,
+    )
+
+
+# --- a real `python -m vlm_lightning fit` on a tiny replica ---------------------------------------
+
+
+def fit_args(model: Path, data: dict[str, Path], root: Path, max_steps: int, *extra: str) -> list[str]:
+    """``fit`` arguments: batch size 1, a CSV logger writing every step's loss, preemption checkpoints."""
+    return [
+        "fit",
+        "--model.name_or_path",
+        str(model),
+        "--model.metrics",
+        "[exact_match]",
+        "--model.val_generate",
+        "false",
+        "--model.scheduler",
+        "constant",  # the schedule must not depend on max_steps (runs differ there)
+        "--model.optimizer.class_path",
+        "torch.optim.AdamW",
+        "--model.optimizer.init_args.lr",
+        "0.003",
+        "--data.train",
+        str(data["train"]),
+        "--data.batch_size",
+        "1",  # 8 batches per epoch: the signal lands mid-epoch
+        "--data.max_length",
+        "400",
+        "--data.image_max_tokens",
+        "16",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.max_steps",
+        str(max_steps),
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.log_every_n_steps",  # every step's loss, to compare resumed and uninterrupted runs
+        "1",
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.init_args.save_dir",
+        str(root),
+        "--trainer.logger.init_args.name",
+        "",
+        "--trainer.logger.init_args.flush_logs_every_n_steps",
+        "1",
+        "--trainer.callbacks+=vlm_lightning.callbacks.preemption.PreemptionCheckpoint",
+        *extra,
+    ]
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m vlm_lightning <args>`` in ``cwd`` and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "vlm_lightning", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=cwd,
+        env=env,
+    )
