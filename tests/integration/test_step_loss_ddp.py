@@ -3,7 +3,8 @@
 One SGD step (the update is the gradient itself, so any weighting shows) on the same four receipts, whose answers
 differ in length: one process with a batch of four, one process accumulating four batches of one, and two DDP
 processes accumulating two batches of one each. All three updates must be equal (float32, 1e-5); with the
-per-micro-batch mean averaged with equal weight they differ by far more.
+per-micro-batch mean averaged with equal weight they differ by far more. Packed batches (rows dealt to ranks in
+turn) give the same update on two ranks with one row each as on one process with both rows.
 """
 
 from __future__ import annotations
@@ -75,4 +76,20 @@ def test_batch_accumulation_and_ranks_give_one_token_mean_update(tiny_replica, t
     assert moved > 1e-3  # the step did change the weights
     for name, reference in one_batch.items():
         torch.testing.assert_close(accumulated[name], reference, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(ddp[name], reference, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_packed_rows_on_two_ranks_give_the_one_process_update(tiny_replica, tmp_path: Path) -> None:  # noqa: ANN001
+    """Packed batches are rows dealt to ranks in turn: 2 ranks x 1 row == 1 process x 2 rows, to 1e-5."""
+    data = write_receipt_dataset(tmp_path / "data", n_train=8)
+    model = tiny_replica("qwen2_vl")
+    packed = ("--data.packing", "true", "--data.max_tokens_per_row", "400")
+    one = _fit(model, data, tmp_path / "one", *packed, "--data.batch_size", "2")
+    ddp = _fit(
+        model, data, tmp_path / "ddp", *packed, "--data.batch_size", "1", "--trainer.devices", "2",
+        "--trainer.strategy", "ddp",
+    )  # fmt: skip
+    assert one.keys() == ddp.keys()
+    assert max(float(v.abs().max()) for k, v in one.items() if "lora_B" in k) > 1e-3
+    for name, reference in one.items():
         torch.testing.assert_close(ddp[name], reference, rtol=1e-5, atol=1e-6, msg=name)
