@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from vlm_lightning.data.datamodule import RecordDataset
@@ -87,3 +89,27 @@ def test_a_filler_is_its_sample_marked(tmp_path) -> None:  # noqa: ANN001
     assert not real[0].meta.get(FILLER) and filler[0].meta[FILLER] is True
     assert filler[0].id == "a" and filler[1][0].size == real[1][0].size
     assert FILLER not in record.meta  # the stored record is untouched
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "paligemma"])
+def test_the_collators_give_a_filler_no_labels(family: str, tiny_replica, tmp_path) -> None:  # noqa: ANN001
+    from PIL import Image
+
+    from vlm_lightning.models.loading import family_of, load_processor, make_collator
+
+    path = str(tiny_replica(family))
+    collator = make_collator(load_processor(path, image_max_tokens=16), family_of(path), max_length=300)
+    image = Image.new("RGB", (32, 32), "white")
+    records = [
+        Record(
+            str(i),
+            ["x"],
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": "an answer"}],
+            ["an answer"],
+        )
+        for i in range(2)
+    ]
+    records[1] = dataclasses.replace(records[1], meta={FILLER: True})
+    labels = collator([(r, [image]) for r in records])["labels"]
+    assert (labels[0] != -100).any()  # the real sample learns its answer
+    assert (labels[1] == -100).all()  # the filler: no loss, whatever the strategy

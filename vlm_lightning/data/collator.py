@@ -19,6 +19,7 @@ from vlm_lightning.data.masking import MaskStrategy, labels_from_segments, segme
 from vlm_lightning.data.packing import pack_rows, packed_tensors
 from vlm_lightning.data.patch_padding import trim_patch_padding
 from vlm_lightning.data.records import Record
+from vlm_lightning.data.sampling import FILLER
 from vlm_lightning.errors import UserError
 from vlm_lightning.models.families import FamilyFacts
 
@@ -159,6 +160,8 @@ class ChatCollator:
             labels = labels_from_segments(
                 [[0] * n, *later], [seg.learn for seg in conv.segments], IGNORE_INDEX
             )
+            if record.meta.get(FILLER):  # an evaluation filler (sharded ranks in step): no loss, no score
+                labels = [IGNORE_INDEX] * len(labels)
             # the generation prompt ends where segment ``generation_cut`` starts
             prompt_len = n + sum(len(seg_ids) for seg_ids in later[: max(conv.generation_cut - 1, 0)])
             extras = {k: v[i, :n].tolist() + [0] * (len(ids) - n) for k, v in token_extras.items()}

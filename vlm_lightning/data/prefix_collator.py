@@ -14,6 +14,7 @@ from PIL import Image
 
 from vlm_lightning.data.collator import IGNORE_INDEX, SampleTooLongError, too_long_message
 from vlm_lightning.data.records import Record
+from vlm_lightning.data.sampling import FILLER
 from vlm_lightning.errors import SettingError
 from vlm_lightning.models.families import FamilyFacts
 
@@ -157,6 +158,9 @@ class PrefixSuffixCollator:
         self._check(records, lengths, _prompt_mask(batch).sum(1).tolist(), None)
         labels = batch.pop("labels")
         labels[batch["attention_mask"] == 0] = IGNORE_INDEX
+        for i, record in enumerate(records):
+            if record.meta.get(FILLER):  # an evaluation filler (sharded ranks in step): no loss, no score
+                labels[i] = IGNORE_INDEX
         if batch["input_ids"].shape[1] > self.max_length:
             batch = {
                 k: (

@@ -15,7 +15,6 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from vlm_lightning.data.sampling import FILLER
 from vlm_lightning.generation import end_of_turn_ids
 from vlm_lightning.metrics import build_metrics
 from vlm_lightning.models.acceleration import (
@@ -41,7 +40,6 @@ from vlm_lightning.training.loss import (
 from vlm_lightning.training.sharding import full_value, is_sharded, shard_model
 
 log = logging.getLogger(__name__)
-IGNORE_INDEX = -100
 
 
 def compile_by_default(mode: str = "lora") -> bool:
@@ -154,10 +152,6 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
     # --- batches on the device without host syncs -----------------------------------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Find the labelled positions and rows on the CPU copy (on the GPU each is a sync: ``nonzero``)."""
-        if isinstance(batch, dict) and torch.is_tensor(batch.get("labels")):
-            for i, meta in enumerate(batch.get("meta") or []):
-                if meta.get(FILLER):  # an evaluation filler (sharded ranks in step): no loss, no score
-                    batch["labels"][i] = IGNORE_INDEX
         if (
             isinstance(batch, dict)
             and torch.is_tensor(batch.get("labels"))
