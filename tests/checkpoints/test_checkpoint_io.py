@@ -283,7 +283,9 @@ def test_a_sharded_folder_reads_whole_or_as_settings_only(tmp_path) -> None:  # 
     metadata and skips that work."""
     folder = tmp_path / "last.ckpt"
     weight = torch.arange(6.0).reshape(2, 3)
-    dcp.save({"state_dict": {"model.lora_A.weight": weight}}, checkpoint_id=str(folder))
+    moments = {"exp_avg": torch.ones(2, 3), "exp_avg_sq": torch.ones(2, 3)}
+    dcp.save({"state_dict": {"model.lora_A.weight": weight}, "optimizer_0": {"state": {"0": moments}}},
+             checkpoint_id=str(folder))  # fmt: skip
     torch.save(
         {"global_step": 4, "pytorch-lightning_version": "2.6.6", "vlm_lightning": {"family": "qwen2_vl"}},
         folder / "meta.pt",
@@ -292,5 +294,6 @@ def test_a_sharded_folder_reads_whole_or_as_settings_only(tmp_path) -> None:  # 
     whole = validate_checkpoint(folder)
     torch.testing.assert_close(whole["state_dict"]["model.lora_A.weight"], weight)
     assert whole["global_step"] == 4
+    assert list(whole["state_dict"]) == ["model.lora_A.weight"] and whole["optimizer_states"] == []  # weights only
     settings = validate_checkpoint(folder, weights=False)
     assert settings["vlm_lightning"] == {"family": "qwen2_vl"} and "state_dict" not in settings

@@ -16,19 +16,22 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
+from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from vlm_lightning.errors import UserError
+from vlm_lightning.models.peft_setup import LoraSettings
 
 LIGHTNING_KEYS = ("state_dict", "global_step", "pytorch-lightning_version")
 OUR_KEY = "vlm_lightning"
@@ -46,14 +49,10 @@ def allow_vlm_lightning_types() -> None:
     ``torch.load(weights_only=True)`` (torch's default since 2.6, used by ``fit --ckpt_path``) refuses
     checkpoints of runs that set any ``model.lora.*`` option.
     """
-    from vlm_lightning.models.peft_setup import LoraSettings
-
     torch.serialization.add_safe_globals([LoraSettings])
 
 
 def _is_local(path: _PATH) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
-
     return isinstance(get_filesystem(path), LocalFileSystem)
 
 
@@ -160,23 +159,33 @@ def _sharded_metadata(folder: Path) -> dict[str, Any]:
 def consolidated_checkpoint(folder: _PATH) -> dict[str, Any]:
     """A sharded checkpoint folder as one Lightning checkpoint dict, read in this process.
 
-    The trained weights come back whole (``state_dict``); the sharded optimizer state does not (resume a
-    sharded run with ``--trainer.strategy fsdp``, any number of processes). Uses torch's own converter.
+    Only the trained weights are read, whole (``state_dict``): the sharded optimizer state stays on disk
+    (resume a sharded run with ``--trainer.strategy fsdp``, any number of processes). Empty tensors shaped
+    from the folder's metadata are filled by torch's own reader (``dcp.load`` without a process group).
     """
     folder = Path(folder)
     meta = _sharded_metadata(folder)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            whole = Path(tmp) / "whole.pt"
-            dcp_to_torch_save(folder, whole)
-            shards = torch.load(whole, weights_only=True, map_location="cpu")
+        reader = FileSystemReader(folder)
+        prefix = "state_dict."
+        template = {
+            key[len(prefix) :]: torch.empty(tuple(item.size), dtype=item.properties.dtype)
+            for key, item in reader.read_metadata().state_dict_metadata.items()
+            if key.startswith(prefix) and isinstance(item, TensorStorageMetadata)
+        }
+        if not template:
+            raise CheckpointError(
+                f"{folder} is not a sharded Lightning checkpoint (no state_dict in its shards)"
+            )
+        weights = {"state_dict": template}
+        dcp.load(weights, storage_reader=reader, no_dist=True)
+    except CheckpointError:
+        raise
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
         raise CheckpointError(
             f"sharded checkpoint {folder} is incomplete or corrupt: {type(exc).__name__}: {exc}"
         ) from None
-    if "state_dict" not in shards:
-        raise CheckpointError(f"{folder} is not a sharded Lightning checkpoint (no state_dict in its shards)")
-    meta["state_dict"] = shards["state_dict"]
+    meta["state_dict"] = weights["state_dict"]
     meta.setdefault("optimizer_states", [])
     return meta
 
