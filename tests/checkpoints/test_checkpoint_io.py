@@ -294,6 +294,8 @@ def test_a_sharded_folder_reads_whole_or_as_settings_only(tmp_path) -> None:  # 
     whole = validate_checkpoint(folder)
     torch.testing.assert_close(whole["state_dict"]["model.lora_A.weight"], weight)
     assert whole["global_step"] == 4
-    assert list(whole["state_dict"]) == ["model.lora_A.weight"] and whole["optimizer_states"] == []  # weights only
+    assert (
+        list(whole["state_dict"]) == ["model.lora_A.weight"] and whole["optimizer_states"] == []
+    )  # weights only
     settings = validate_checkpoint(folder, weights=False)
     assert settings["vlm_lightning"] == {"family": "qwen2_vl"} and "state_dict" not in settings

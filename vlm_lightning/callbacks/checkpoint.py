@@ -10,6 +10,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
+from vlm_lightning.callbacks.predictions import run_dir
+
 
 class RunCheckpoint(ModelCheckpoint):
     """Keeps the best checkpoint as ``<run>/best.ckpt`` and the latest state as ``<run>/last.ckpt``.
@@ -46,8 +48,6 @@ class RunCheckpoint(ModelCheckpoint):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.dirpath is None:
-            from vlm_lightning.callbacks.predictions import run_dir
-
             self.dirpath = str(run_dir(trainer))
         with warnings.catch_warnings():
             # the run folder always holds config.yaml / hparams.yaml: warn only about earlier checkpoints

@@ -22,6 +22,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
+from vlm_lightning.callbacks.predictions import run_dir
+
 Series = dict[str, list[tuple[float, float]]]  # metric name -> [(step, value), ...]
 _Pending = dict[str, list[tuple[float, Any]]]  # values may still be device tensors
 
@@ -78,8 +80,8 @@ def _first(series: Series, keys: tuple[str, ...]) -> tuple[str, list[tuple[float
 
 def plot_curves(series: Series, path: str | Path, monitor: str | None = None, title: str = "") -> Path:
     """Draw the three panels (losses, monitored metric, learning rate) into the PNG ``path``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # optional: matplotlib, only to draw
+    from matplotlib.figure import Figure  # optional: matplotlib
 
     fig = Figure(figsize=(14, 4.2), dpi=100)
     FigureCanvasAgg(fig)
@@ -215,8 +217,6 @@ class TrainingCurves(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if _has_earlier_twin(self, trainer):
             return
-        from vlm_lightning.callbacks.predictions import run_dir
-
         folder = run_dir(trainer)  # a broadcast: every rank takes part, only rank 0 draws
         if trainer.global_rank != 0:
             return

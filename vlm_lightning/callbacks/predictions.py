@@ -9,6 +9,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from vlm_lightning.distributed import gather_lists
+from vlm_lightning.evaluation.report import write_reports
 
 # the model settings that decide what a test run measures, recorded in metrics.json
 EVALUATION_SETTINGS = (
@@ -76,8 +77,6 @@ class PredictionWriter(Callback):
             return
         rows = in_input_order(rows, trainer)
         folder.mkdir(parents=True, exist_ok=True)
-        from vlm_lightning.evaluation.report import write_reports
-
         datamodule = getattr(trainer, "datamodule", None)
         hparams = trainer.lightning_module.hparams
         self.written = write_reports(

@@ -46,6 +46,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
+from vlm_lightning.cli.secrets import redact
 from vlm_lightning.errors import SettingError
 
 _Handler = Any  # callable, signal.SIG_DFL / SIG_IGN or None
@@ -53,8 +54,6 @@ _Handler = Any  # callable, signal.SIG_DFL / SIG_IGN or None
 
 def resume_command(ckpt_path: str | Path, argv: Sequence[str] | None = None) -> str:
     """The command that resumes this run: our argv with ``--ckpt_path`` replaced, secrets redacted."""
-    from vlm_lightning.cli.secrets import redact
-
     argv = list(sys.argv if argv is None else argv)
     program = Path(argv[0]) if argv else Path()
     ours = program.name in ("vlm-lightning", "vlm_lightning") or program.parent.name == "vlm_lightning"

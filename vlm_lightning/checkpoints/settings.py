@@ -15,6 +15,7 @@ from typing import Any
 
 from vlm_lightning.errors import UserError
 from vlm_lightning.models.peft_setup import LoraSettings
+from vlm_lightning.training.module import VLMFineTuner
 
 STRUCTURE_KEYS = ("mode", "train_vision", "train_projector")
 LORA_STRUCTURE_KEYS = ("r", "alpha", "targets", "vision", "use_rslora", "extra_modules_to_save")
@@ -36,8 +37,6 @@ def _as_dict(value: Any) -> dict[str, Any]:
 
 def trained_structure(model_settings: Any) -> dict[str, Any]:
     """``{"mode": ..., "lora.r": ..., ...}``: the settings that shape the trained weights (defaults filled)."""
-    from vlm_lightning.training.module import VLMFineTuner
-
     settings = _as_dict(model_settings)
     signature = inspect.signature(VLMFineTuner.__init__).parameters
     structure = {key: settings.get(key, signature[key].default) for key in STRUCTURE_KEYS}

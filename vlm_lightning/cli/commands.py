@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.argv[0] = f"python -m vlm_lightning {args[0]}"  # the tool's usage line names this command
         result = importlib.import_module(module).main(args[1:])
         raise SystemExit(result if isinstance(result, int) else 0)
-    from vlm_lightning.cli.lightning_cli import main as trainer_main
+    from vlm_lightning.cli.lightning_cli import main as trainer_main  # lazy: --help stays free of torch
 
     trainer_main(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,8 +23,13 @@ from vlm_lightning.callbacks.progress import StepProgressBar
 from vlm_lightning.callbacks.run_log import ResumedCSVLogger, run_folder_of
 from vlm_lightning.callbacks.run_summary import RunSummary
 from vlm_lightning.callbacks.throughput import Throughput
-from vlm_lightning.checkpoints.io import AtomicCheckpointIO
-from vlm_lightning.checkpoints.settings import CheckpointSettingsError
+from vlm_lightning.checkpoints.io import (
+    OUR_KEY,
+    AtomicCheckpointIO,
+    is_sharded_checkpoint,
+    validate_checkpoint,
+)
+from vlm_lightning.checkpoints.settings import CheckpointSettingsError, settings_from_checkpoint
 from vlm_lightning.cli.library_noise import quiet_libraries
 from vlm_lightning.cli.parser import ConciseArgumentParser, parser_kwargs
 from vlm_lightning.cli.secrets import RedactingSaveConfigCallback, load_env_file
@@ -38,6 +44,7 @@ from vlm_lightning.data.datamodule import DocumentDataModule
 from vlm_lightning.distributed import forward_is_collective
 from vlm_lightning.errors import UserError, missing_package_message, setting_error_in
 from vlm_lightning.metrics import build_metrics
+from vlm_lightning.models.loading import family_of
 from vlm_lightning.training.module import VLMFineTuner
 from vlm_lightning.training.sharding import check_strategy, resolve_strategy
 
@@ -137,11 +144,6 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         a base model of another family is refused before it loads. The file is validated first, so a
         truncated, corrupt or unsafe checkpoint ends with ``CheckpointError``'s message.
         """
-        from pathlib import Path
-
-        from vlm_lightning.checkpoints.io import OUR_KEY, is_sharded_checkpoint, validate_checkpoint
-        from vlm_lightning.checkpoints.settings import settings_from_checkpoint
-
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not (ckpt_path and (Path(ckpt_path).is_file() or is_sharded_checkpoint(ckpt_path))):
@@ -235,8 +237,6 @@ def with_default_callbacks(callbacks: list[Callback], **kwargs: bool) -> list[Ca
 
 def _check_base_model(ckpt_path: str, info: dict[str, Any], model_cfg: dict[str, Any]) -> None:
     """Refuse a base model of another family than the checkpoint's, before the model loads."""
-    from vlm_lightning.models.loading import family_of
-
     trained_family, trained_base = info.get("family"), info.get("name_or_path")
     base = model_cfg.get("name_or_path")
     if not (trained_family and base):

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from dotenv import dotenv_values
+
 SECRET_NAMES: tuple[str, ...] = ("HF_TOKEN", "WANDB_API_KEY", "HUGGING_FACE_HUB_TOKEN")
 # config keys whose string values are credentials (``pad_token``, ``image_max_tokens``... are not)
 SECRET_KEY_PATTERN = re.compile(
@@ -44,8 +46,6 @@ def load_env_file(path: str | os.PathLike[str] = ".env", override: bool = False)
     file = Path(path)
     if not file.is_file():
         return []
-    from dotenv import dotenv_values
-
     loaded: list[str] = []
     for key, value in dotenv_values(file).items():
         if value is None or (key in os.environ and not override):

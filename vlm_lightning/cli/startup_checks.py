@@ -16,6 +16,7 @@ from pathlib import Path
 
 from vlm_lightning.data.records import Record
 from vlm_lightning.errors import SettingError
+from vlm_lightning.metrics import METRICS, build_metrics
 
 LORA_PRESETS = ("attention", "attention_mlp", "all_linear")
 #: keys the module logs whatever the metrics (``VLMFineTuner``)
@@ -56,8 +57,6 @@ def check_run_folder(root: str) -> None:
 
 def check_metrics_fit_answers(metric_names: Sequence[str], splits: Mapping[str, list[Record]]) -> None:
     """Refuse JSON metrics (``json``, ``receipt``, ``tree``) on splits whose answers are not JSON."""
-    from vlm_lightning.metrics import METRICS
-
     needing = [name for name in metric_names if getattr(METRICS.get(name), "needs_json_references", False)]
     if not needing:
         return
@@ -81,8 +80,6 @@ def check_metrics_fit_answers(metric_names: Sequence[str], splits: Mapping[str, 
 
 def logged_metric_keys(metric_names: Sequence[str], answers: Sequence[Sequence[str]]) -> list[str]:
     """The keys the chosen metrics log for this data (``val/<key>``), found by scoring the answers."""
-    from vlm_lightning.metrics import build_metrics
-
     metrics = build_metrics(list(metric_names), sync_on_compute=False)
     if answers:
         metrics.update([a[0] for a in answers], [list(a) for a in answers])

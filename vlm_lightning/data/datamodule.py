@@ -288,7 +288,10 @@ class DocumentDataModule(L.LightningDataModule):
     def _augment(self, records: list[Record]) -> tuple[list[Record], Any]:
         if not self.hparams.augment:
             return records, None
-        from vlm_lightning.data.augment import build_augmentation, expand_with_copies
+        from vlm_lightning.data.augment import (  # optional: albumentations/cv2
+            build_augmentation,
+            expand_with_copies,
+        )
 
         augmenter = build_augmentation(self.hparams.augment, seed=self.hparams.seed)
         if self.hparams.augment_copies < 1:

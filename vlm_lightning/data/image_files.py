@@ -14,7 +14,7 @@ from PIL import Image
 from vlm_lightning.data.image_modes import UnsupportedImageError, check_convertible, to_rgb
 
 if TYPE_CHECKING:
-    from vlm_lightning.data.records import ImageLike
+    from vlm_lightning.data.records import ImageLike  # types only: records imports this module
 
 
 def escape_problem(value: str | Path, root: Path) -> str | None:

@@ -8,14 +8,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from vlm_lightning.metrics import build_metrics
+from vlm_lightning.metrics.functional import extract_json
+
 FAILURE_KINDS = ("empty_output", "invalid_json", "missing_field", "extra_field", "wrong_value", "correct")
 
 
 def _parse(text: Any) -> Any:
     if not isinstance(text, str):
         return text
-    from vlm_lightning.metrics.functional import extract_json
-
     return extract_json(text)
 
 
@@ -89,8 +90,6 @@ def per_document_type(
 
 
 def _group_metrics(metric_names: Sequence[str], rows: list[dict[str, Any]]) -> dict[str, float]:
-    from vlm_lightning.metrics import build_metrics
-
     metrics = build_metrics(list(metric_names), sync_on_compute=False)  # rank 0 alone writes reports
     references = [r["target"] if isinstance(r["target"], list) else [r["target"]] for r in rows]
     metrics.update([r["prediction"] for r in rows], references)

@@ -8,6 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vlm_lightning.evaluation.breakdown import (
+    failure_breakdown,
+    latency_summary,
+    markdown_report,
+    per_document_type,
+    per_field_accuracy,
+)
+from vlm_lightning.metrics.functional import extract_json
+
 
 def write_reports(
     folder: Path,
@@ -22,19 +31,9 @@ def write_reports(
 
     ``metric_names`` (the run's metrics) score each document type with the split's own definitions.
     """
-    from vlm_lightning.evaluation.breakdown import (
-        failure_breakdown,
-        latency_summary,
-        markdown_report,
-        per_document_type,
-        per_field_accuracy,
-    )
-
     written: dict[str, Path] = {}
     for row in rows:
         if isinstance(row.get("target"), str) and row["target"].lstrip().startswith(("{", "[")):
-            from vlm_lightning.metrics.functional import extract_json
-
             row["parsed"] = extract_json(row["prediction"])
     pred_path = folder / "predictions.jsonl"
     with pred_path.open("w", encoding="utf-8") as fh:

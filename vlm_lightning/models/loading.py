@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+from vlm_lightning.data.collator import ChatCollator
+from vlm_lightning.data.prefix_collator import PrefixSuffixCollator
 from vlm_lightning.errors import SettingError, UserError
 from vlm_lightning.models.families import FamilyFacts, family_for_model_type
 
@@ -44,8 +47,6 @@ def _explain(name_or_path: str, exc: Exception) -> ModelLoadError:
 def _check_remote_code(name_or_path: str, trust_remote_code: bool) -> None:
     if trust_remote_code:
         return
-    from transformers import AutoConfig
-
     try:
         AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
     except OSError as exc:
@@ -70,8 +71,6 @@ def family_of(name_or_path: str, trust_remote_code: bool = False) -> FamilyFacts
 @functools.lru_cache(maxsize=32)
 def _model_type(name_or_path: str, trust_remote_code: bool, stamp: int | None) -> str:
     """``config.model_type``; ``stamp`` (the local config's mtime) keys the cache, so a rewritten file is re-read."""
-    from transformers import AutoConfig
-
     _check_remote_code(name_or_path, trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -88,8 +87,6 @@ def load_processor(
     trust_remote_code: bool = False,
 ) -> Any:
     """Load the processor and apply an image-token budget through the family's own knobs."""
-    from transformers import AutoProcessor
-
     facts = family_of(name_or_path, trust_remote_code)
     try:
         processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -145,12 +142,8 @@ def make_collator(processor: Any, facts: FamilyFacts, **kwargs: Any) -> Any:
     """The collator adapter for the family's prompt style."""
     facts = with_template_end_of_turn(facts, processor)
     if facts.prompt_style == "chat":
-        from vlm_lightning.data.collator import ChatCollator
-
         return ChatCollator(processor, facts, **kwargs)
     if facts.prompt_style == "prefix_suffix":
-        from vlm_lightning.data.prefix_collator import PrefixSuffixCollator
-
         return PrefixSuffixCollator(processor, facts, **kwargs)
     raise ValueError(f"unknown prompt style {facts.prompt_style!r} for family {facts.name}")
 
@@ -164,8 +157,6 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> torch.nn.Module:
     """Load an image-text-to-text model by hub id or folder."""
-    from transformers import AutoModelForImageTextToText
-
     _check_remote_code(name_or_path, trust_remote_code)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype == "auto":

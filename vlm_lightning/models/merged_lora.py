@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def _mergeable(module: torch.nn.Module) -> bool:
     """A PEFT LoRA ``Linear`` over a plain ``nn.Linear`` whose active adapters fold into one weight."""
-    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import Linear as LoraLinear  # heavy: peft adds ~0.5 s to CLI start
 
     if not isinstance(module, LoraLinear) or module.merged or module.disable_adapters:
         return False

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from vlm_lightning.models.families import FamilyFacts
+    from vlm_lightning.models.families import FamilyFacts  # types only: families imports this module
 
 log = logging.getLogger(__name__)
 

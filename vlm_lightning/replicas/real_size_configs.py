@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedTokenizerFast
+from transformers import (
+    Lfm2VlConfig,
+    Lfm2VlImageProcessor,
+    Lfm2VlProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2VLConfig,
+    Qwen2VLProcessor,
+)
 
 from vlm_lightning.replicas.common import byte_level_tokenizer, padded_vocab_size
 from vlm_lightning.replicas.qwen_common import (
@@ -187,8 +194,6 @@ def _qwen2_vl_7b(out_dir: Path, shrink: bool) -> Any:
 
 def _qwen2_vl(out_dir: Path, shrink: bool, text_dims: dict, vision_dims: dict, tie: bool) -> Any:
     """A Qwen2-VL processor written to ``out_dir`` and the config of the given dimensions."""
-    from transformers import Qwen2VLConfig, Qwen2VLProcessor
-
     tokenizer = byte_level_tokenizer(QWEN_SPECIAL_TOKENS, eos="<|im_end|>", pad="<|endoftext|>")
     tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
     shrunk_text = {
@@ -219,8 +224,6 @@ def _qwen2_vl(out_dir: Path, shrink: bool, text_dims: dict, vision_dims: dict, t
 
 def _lfm2_vl_1_6b(out_dir: Path, shrink: bool) -> Any:
     """Write the LFM2-VL-1.6B processor; return its config (real or shrunk dims)."""
-    from transformers import Lfm2VlConfig, Lfm2VlImageProcessor, Lfm2VlProcessor
-
     tokenizer = byte_level_tokenizer(LFM2_VL_SPECIALS, bos="<|startoftext|>", eos="<|im_end|>", pad="<|pad|>")
     tokenizer.chat_template = LFM2_VL_CHAT_TEMPLATE
     shrunk_text = {

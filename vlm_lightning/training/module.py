@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from vlm_lightning.callbacks.nonfinite import NonFiniteGuard
 from vlm_lightning.generation import end_of_turn_ids
 from vlm_lightning.metrics import build_metrics
 from vlm_lightning.models.acceleration import (
@@ -212,8 +213,6 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
 
     def _nonfinite_guarded(self) -> bool:
         """Whether a ``NonFiniteGuard`` callback handles non-finite losses (it names step and batch ids)."""
-        from vlm_lightning.callbacks.nonfinite import NonFiniteGuard
-
         return self._trainer is not None and any(
             isinstance(c, NonFiniteGuard) for c in self.trainer.callbacks
         )
@@ -325,7 +324,7 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
             and not optimizer.defaults["fused"]
         ):
             optimizer = self.optimizer_factory(params, fused=True)  # fused kernel, set at construction
-        from transformers import get_scheduler
+        from transformers import get_scheduler  # heavy: transformers.optimization imports peft (~0.5 s)
 
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = self.hparams.warmup_steps or int(self.hparams.warmup_ratio * total)

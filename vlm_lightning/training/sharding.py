@@ -17,8 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.strategies.fsdp import _is_sharded_checkpoint
 from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.distributed.checkpoint import load
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 
 from vlm_lightning.errors import SettingError
 from vlm_lightning.models.acceleration import repeated_layers
@@ -27,15 +36,11 @@ from vlm_lightning.models.families import FamilyFacts
 
 def is_sharded(model: torch.nn.Module) -> bool:
     """Whether any parameter of ``model`` is a DTensor shard (FSDP2 / tensor parallel)."""
-    from torch.distributed.tensor import DTensor
-
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def full_value(value: torch.Tensor) -> torch.Tensor:
     """A DTensor's whole value (a collective: every rank calls it), or the tensor itself."""
-    from torch.distributed.tensor import DTensor
-
     return value.full_tensor() if isinstance(value, DTensor) else value
 
 
@@ -96,8 +101,6 @@ def _submodule(model: torch.nn.Module, path: str) -> torch.nn.Module:
 
 def _to_device_except_shards(module: torch.nn.Module, device: torch.device) -> None:
     """Move buffers and plain parameters of ``module`` to ``device``; DTensor shards stay where they are."""
-    from torch.distributed.tensor import DTensor
-
     for sub in module.modules():
         for name, param in sub.named_parameters(recurse=False):
             if not isinstance(param, DTensor):
@@ -151,15 +154,6 @@ class FSDP2Strategy(ModelParallelStrategy):
 
         Lightning's own sharded load asks the folder for every weight, frozen base included, and fails.
         """
-        from lightning.fabric.strategies.fsdp import _is_sharded_checkpoint
-        from torch.distributed.checkpoint import load
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_optimizer_state_dict,
-            set_optimizer_state_dict,
-        )
-
         path = Path(self.broadcast(checkpoint_path))
         if not _is_sharded_checkpoint(path):
             return super().load_checkpoint(path, weights_only=weights_only)

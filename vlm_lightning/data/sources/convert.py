@@ -50,8 +50,8 @@ def _resolve_prompt(
 def _undecoded_images(dataset: Any, column: str) -> Any:
     """Turn off datasets' image decoding for ``column`` (images are decoded row by row, with errors
     reported per row instead of stopping the whole load)."""
-    from datasets import Image as ImageFeature
-    from datasets import List, Sequence
+    from datasets import Image as ImageFeature  # heavy: datasets (~0.5 s at CLI start)
+    from datasets import List, Sequence  # heavy: datasets
 
     feature = dataset.features[column]
     if isinstance(feature, ImageFeature):
@@ -63,7 +63,7 @@ def _undecoded_images(dataset: Any, column: str) -> Any:
 
 def _label_decoders(features: Mapping[str, Any], resolved: Mapping[str, str]) -> dict[str, Callable]:
     """ClassLabel columns (e.g. ChartQA's human_or_machine) are turned into their names."""
-    from datasets import ClassLabel
+    from datasets import ClassLabel  # heavy: datasets
 
     return {
         logical: features[col].int2str

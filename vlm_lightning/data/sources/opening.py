@@ -24,16 +24,16 @@ class HubUnreachableError(UserError, ConnectionError):
 
 
 def _hub_offline() -> bool:
-    import datasets.config
-    from huggingface_hub import constants
+    import datasets.config  # heavy: datasets adds ~0.5 s to CLI start
+    from huggingface_hub import constants  # hub path only
 
     return bool(datasets.config.HF_HUB_OFFLINE or constants.HF_HUB_OFFLINE)
 
 
 def _check_hub(path: str) -> None:
     """Fail fast (a few seconds at most) when the hub cannot be reached or has no such dataset."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub import HfApi, constants  # online path: hub API
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError  # online path
 
     hint = (
         "(There is no local file or folder of that name either.) Download it where the hub is reachable "
@@ -60,7 +60,7 @@ def _check_hub(path: str) -> None:
 
 
 def _load_hub(path: str, name: str | None, split: str, data_files: Any) -> Any:
-    from datasets import load_dataset
+    from datasets import load_dataset  # heavy: datasets
 
     _check_hub(path)
     try:
@@ -77,7 +77,7 @@ def _load_hub(path: str, name: str | None, split: str, data_files: Any) -> Any:
 
 
 def _pick_split(data: Any, split: str, path: str) -> Any:
-    from datasets import DatasetDict
+    from datasets import DatasetDict  # heavy: datasets
 
     if not isinstance(data, DatasetDict):
         return data
@@ -103,7 +103,7 @@ def open_dataset(
     path: str, *, name: str | None = None, split: str = "train", data_files: DataFiles | None = None
 ) -> Any:
     """Open one split as a ``datasets.Dataset``: hub, saved folder, data files or image folder."""
-    from datasets import load_dataset, load_from_disk
+    from datasets import load_dataset, load_from_disk  # heavy: datasets
 
     files = data_files if data_files is None or isinstance(data_files, Mapping) else {split: data_files}
     local = Path(path).expanduser()

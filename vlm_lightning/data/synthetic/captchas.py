@@ -56,7 +56,7 @@ class _SeededSecrets:
 
 @contextmanager
 def _seeded_captcha_module(rng: random.Random) -> Iterator[None]:
-    import captcha.image as captcha_image
+    import captcha.image as captcha_image  # optional: captcha
 
     shim = _SeededSecrets(random.Random(rng.getrandbits(64)))
     with _PATCH_LOCK:
@@ -76,7 +76,7 @@ def _seeded_captcha_module(rng: random.Random) -> Iterator[None]:
 
 @lru_cache(maxsize=8)
 def _captcha_drawer(width: int, height: int, fonts: tuple[str, ...] | None) -> Any:
-    from captcha.image import ImageCaptcha
+    from captcha.image import ImageCaptcha  # optional: captcha
 
     return ImageCaptcha(width=width, height=height, fonts=list(fonts) if fonts else None)
 

@@ -140,9 +140,9 @@ def render_formula(
 
     Raises :class:`FormulaRenderError` if mathtext cannot parse or draw it.
     """
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    import matplotlib  # optional: matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # optional: matplotlib
+    from matplotlib.figure import Figure  # optional: matplotlib
 
     with matplotlib.rc_context({"mathtext.fontset": fontset, "text.usetex": False}):
         fig = Figure(figsize=(6, 1.5), dpi=dpi, facecolor="white")

@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ._common import write_samples
@@ -129,7 +130,7 @@ def receipt_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     if _covers(default, symbols):
         return default
     try:
-        import matplotlib
+        import matplotlib  # optional: matplotlib (its DejaVu font)
 
         return ImageFont.truetype(
             os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"), size
@@ -316,8 +317,6 @@ def _rule(draw: ImageDraw.ImageDraw, left: int, right: int, y: int, ink: tuple[i
 
 
 def _add_noise(image: Image.Image, rng: random.Random) -> Image.Image:
-    import numpy as np
-
     background = tuple(rng.randint(150, 210) for _ in range(3))
     image = image.rotate(rng.uniform(-2.5, 2.5), resample=Image.Resampling.BICUBIC, fillcolor=background)
     pixels = np.asarray(image, dtype=np.float32)
