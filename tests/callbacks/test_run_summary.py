@@ -39,3 +39,20 @@ def test_early_stopping_says_the_monitored_values(tmp_path: Path, capsys: pytest
     out = _fit(tmp_path, capsys, max_epochs=10, callbacks=[stop])
     assert "training stopped: early stopping at step 16: Monitored metric val/loss did not improve" in out
     assert "Best score: 1.000" in out
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_tokens_per_step_are_an_epochs_tokens_over_its_steps(packing: bool) -> None:
+    from types import SimpleNamespace
+
+    from vlm_lightning.callbacks.run_summary import start_summary
+
+    trainer = SimpleNamespace(
+        accumulate_grad_batches=2, num_training_batches=4, max_steps=-1, max_epochs=1, world_size=1
+    )
+    train = SimpleNamespace(records=[SimpleNamespace(meta={})] * 12, lengths=[100] * 12)
+    datamodule = SimpleNamespace(datasets={"train": train}, batch_size=3, hparams={"packing": packing})
+    line = start_summary(trainer, datamodule)
+    # 12 samples of 100 tokens in 2 optimizer steps: 600 tokens per step (a packed step holds 6 samples)
+    expected = "~600 tokens, ~6.0 samples per optimizer step" if packing else "~600 tokens per optimizer step"
+    assert "2 optimizer steps per epoch" in line and expected in line, line

@@ -86,3 +86,31 @@ def test_resumed_stream_continues_with_the_next_unseen_batch() -> None:
     assert [[i for row in b for i in row] for b in first_epoch] == [
         [data[i] for row in b for i in row] for b in PackedBatchSampler(lengths, 400, rows=2, seed=3)
     ]
+
+
+def test_a_mid_epoch_position_in_another_layout_is_refused() -> None:
+    from vlm_lightning.data.sampling import EPOCH_BATCHES, layout_change
+
+    saved = {"data.batch_size": 2, "data.packing": False, "processes": 1, EPOCH_BATCHES: 10}
+    now = {"data.batch_size": 4, "data.packing": True, "processes": 1, EPOCH_BATCHES: 5}
+    message = layout_change(saved, now, {"epoch": 0, "batch": 3})
+    assert message and "data.batch_size 2 -> 4" in message and "data.packing False -> True" in message
+    assert "3 batches into an epoch" in message and "processes" not in message
+    assert layout_change(saved, dict(saved), {"epoch": 0, "batch": 3}) is None  # same layout: continue
+    assert layout_change(saved, now, {"epoch": 1, "batch": 0}) is None  # epoch boundary: a fresh epoch
+    assert layout_change(saved, now, {"epoch": 0, "batch": 10}) is None  # a finished epoch: the same
+    assert layout_change(None, now, {"epoch": 0, "batch": 3}) is None  # older checkpoints: not known
+
+
+def test_the_datamodule_refuses_to_resume_mid_epoch_with_another_batch_size() -> None:
+    from vlm_lightning.data.datamodule import DocumentDataModule
+    from vlm_lightning.errors import SettingError
+
+    saved = DocumentDataModule(train="t.jsonl", batch_size=2)
+    saved.train_position.batch = 3
+    state = saved.state_dict()
+    with pytest.raises(SettingError, match=r"data.batch_size 2 -> 4.*Resume with the checkpoint's settings"):
+        DocumentDataModule(train="t.jsonl", batch_size=4).load_state_dict(state)
+    same = DocumentDataModule(train="t.jsonl", batch_size=2)
+    same.load_state_dict(state)
+    assert same.train_position.batch == 3

@@ -84,6 +84,14 @@ CASES = {
         ["fit", "--data.max_tokens_per_row", "512"],
         "data.max_tokens_per_row is set but data.packing is false: set --data.packing true",
     ),
+    "packing without lengths": (
+        ["fit", "--data.packing", "true", "--data.check_lengths", "false"],
+        "data.packing needs the sample lengths to fill its rows: keep data.check_lengths true",
+    ),
+    "length grouping without lengths": (
+        ["fit", "--data.group_by_length", "true", "--data.check_lengths", "false"],
+        "data.group_by_length needs the sample lengths: keep data.check_lengths true",
+    ),
     "row budget below the longest sample": (
         ["fit", "--data.packing", "true", "--data.max_tokens_per_row", "20", "--data.max_length", "400",
          "--data.image_max_tokens", "16"],

@@ -29,6 +29,7 @@ def start_summary(trainer: L.Trainer, datamodule: Any) -> str:
             parts.append(f"{split} {len(records)} samples{extra}")
     accumulate = max(1, trainer.accumulate_grad_batches)
     batches = trainer.num_training_batches
+    per_epoch = None
     if isinstance(batches, int | float) and math.isfinite(batches) and batches > 0:
         per_epoch = math.ceil(batches / accumulate)
         total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
@@ -37,7 +38,11 @@ def start_summary(trainer: L.Trainer, datamodule: Any) -> str:
         parts.append(f"{per_epoch} optimizer steps per epoch" + (f", {total} in all" if total else ""))
     train = datasets.get("train")
     lengths = getattr(train, "lengths", None)
-    if lengths:
+    if lengths and per_epoch:  # an epoch's tokens over its optimizer steps (all ranks): packed or not
+        packed = (getattr(datamodule, "hparams", None) or {}).get("packing")
+        samples = f", ~{len(lengths) / per_epoch:.1f} samples" if packed else ""
+        parts.append(f"~{round(sum(lengths) / per_epoch):,} tokens{samples} per optimizer step")
+    elif lengths:
         batch = getattr(datamodule, "batch_size", 1) * accumulate * trainer.world_size
         parts.append(f"~{round(statistics.fmean(lengths) * batch):,} tokens per optimizer step")
     return "fit: " + ", ".join(parts)

@@ -47,16 +47,13 @@ def usage() -> str:
 def top_level_help() -> str:
     """``python -m vlm_lightning --help`` without importing the trainer (torch, Lightning: seconds).
 
-    The same options as LightningCLI's top-level parser; each command's ``--help`` lists its own settings.
+    Each command's ``--help`` (LightningCLI's) lists its own settings, ``--config`` and ``--print_config``.
     """
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=usage())
-    parser.add_argument(
-        "-c", "--config", metavar="CONFIG", help="Path to a configuration file in json or yaml format."
-    )
-    parser.add_argument(
-        "--print_config",
-        metavar="[=flags]",
-        help="Print the configuration after applying all other arguments and exit (flags: skip_default, skip_unset).",
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=f"{DESCRIPTION} Settings go after the command: {PROG} fit --config C.yaml "
+        "[--data.batch_size 8 ...]; --print_config after them prints the resolved configuration.",
+        epilog=usage(),
     )
     commands = parser.add_subparsers(
         title="subcommands",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -71,15 +71,28 @@ def _answer_text(message: dict) -> str:
     return "".join(p.get("text", "") for p in message["content"] if p.get("type") == "text")
 
 
-class ChatCollator:
-    """Turn Records with loaded images into model batches for chat-template families."""
+def record_fields(records: Sequence[Record]) -> dict[str, list]:
+    """What every batch carries of its records, besides the tensors: ids, answers, prompts and meta."""
+    return {
+        "ids": [r.id for r in records],
+        "answers": [list(r.answers) for r in records],
+        "prompts": [r.prompt_text for r in records],
+        "meta": [dict(r.meta) for r in records],
+    }
+
+
+class CollatorBase:
+    """What every collator keeps: the processor and its tokenizer, the family's facts, the length, mask and
+    padding settings, the pad id, and ``cut_samples``. ``mask`` left out is the class's ``default_mask``."""
+
+    default_mask: ClassVar[MaskStrategy] = "assistant"
 
     def __init__(
         self,
         processor: Any,
         facts: FamilyFacts,
         max_length: int = 2048,
-        mask: MaskStrategy = "assistant",
+        mask: MaskStrategy | None = None,
         pad_to_multiple_of: int | None = None,
         truncate_answers: bool = True,
     ) -> None:
@@ -87,12 +100,22 @@ class ChatCollator:
         self.tokenizer = processor.tokenizer
         self.facts = facts
         self.max_length = max_length
-        self.mask = mask
+        self.mask = self.default_mask if mask is None else mask
         self.pad_to_multiple_of = pad_to_multiple_of
         self.truncate_answers = truncate_answers
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.image_token_ids = self._image_token_ids()
         self.cut_samples: list[tuple[str, int, int]] = []  # (id, tokens, kept): answer tails cut
+        self._read_processor()
+
+    def _read_processor(self) -> None:
+        """What a collator reads from the processor once, at construction (nothing here)."""
+
+
+class ChatCollator(CollatorBase):
+    """Turn Records with loaded images into model batches for chat-template families."""
+
+    def _read_processor(self) -> None:
+        self.image_token_ids = self._image_token_ids()
 
     def _image_token_ids(self) -> set[int]:
         """Every id an image expands to (Gemma 3: the soft tokens, not only ``<start_of_image>``)."""
@@ -228,10 +251,7 @@ class ChatCollator:
             "inputs": inputs,
             "labels": labels,
             "generation_inputs": self._left_padded_prompts(samples, image_tensors),
-            "ids": [r.id for r in records],
-            "answers": [list(r.answers) for r in records],
-            "prompts": [r.prompt_text for r in records],
-            "meta": [dict(r.meta) for r in records],
+            **record_fields(records),
         }
 
     def pack(
@@ -263,10 +283,7 @@ class ChatCollator:
             "labels": labels,
             "packed_segments": segments,
             "real_tokens": sum(len(s.input_ids) for s in samples),  # host number: no row padding
-            "ids": [r.id for r in records],
-            "answers": [list(r.answers) for r in records],
-            "prompts": [r.prompt_text for r in records],
-            "meta": [dict(r.meta) for r in records],
+            **record_fields(records),
         }
 
     def _left_padded_prompts(self, samples: Sequence[EncodedSample], image_tensors: dict) -> dict[str, Any]:

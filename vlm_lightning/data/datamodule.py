@@ -18,7 +18,7 @@ from vlm_lightning.data.length_check import check_lengths, length_to_fit, length
 from vlm_lightning.data.loaders import build_loader, plan_loader
 from vlm_lightning.data.masking import MaskStrategy
 from vlm_lightning.data.records import Record, RowProblem
-from vlm_lightning.data.sampling import StreamPosition
+from vlm_lightning.data.sampling import EPOCH_BATCHES, StreamPosition, layout_change
 from vlm_lightning.data.splits import hold_out, read_split
 from vlm_lightning.errors import SettingError
 from vlm_lightning.models.loading import family_of, load_processor, make_collator
@@ -43,7 +43,8 @@ class DocumentDataModule(L.LightningDataModule):
         max_length: token limit per sample; a sample that would lose image or prompt tokens is an error.
         packing: pack training samples (with their images) into rows with no padding between them, each
             sample attending only to itself (exact: tested per family); validation / test stay unpacked.
-            Refused, with the reason, for a family that cannot keep samples apart (PaliGemma's prefix-LM mask).
+            Refused, with the reason, for a family that cannot keep samples apart (PaliGemma, Gemma 3 / 4,
+            Qwen3.5).
         max_tokens_per_row: token budget of a packed row (``None``: ``max_length``); with packing a batch is
             ``batch_size`` rows, each filled with as many samples as fit; it must hold the longest sample.
         max_cut_fraction: largest share of the training samples whose answer tail (and with it the
@@ -122,7 +123,17 @@ class DocumentDataModule(L.LightningDataModule):
             raise SettingError(f"data.max_tokens_per_row must be >= 1, got {max_tokens_per_row}")
         if max_tokens_per_row is not None and not packing:
             raise SettingError(
-                "data.max_tokens_per_row is set but data.packing is false: set --data.packing true"
+                "data.max_tokens_per_row is set but data.packing is false: set --data.packing true "
+                "(or remove data.max_tokens_per_row)"
+            )
+        if packing and not check_lengths:
+            raise SettingError(
+                "data.packing needs the sample lengths to fill its rows: keep data.check_lengths true"
+            )
+        if group_by_length and not check_lengths:
+            raise SettingError(
+                "data.group_by_length needs the sample lengths: keep data.check_lengths true "
+                "(or set data.group_by_length false)"
             )
         if not 0.0 <= max_cut_fraction <= 1.0:
             raise SettingError(f"data.max_cut_fraction must be within [0, 1], got {max_cut_fraction}")
@@ -353,14 +364,31 @@ class DocumentDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", shuffle=False)
 
+    def train_layout(self) -> dict[str, Any]:
+        """The settings that decide which samples make each training batch (saved with the position)."""
+        train, trainer = self.datasets.get("train"), self.trainer
+        return {
+            "data.batch_size": self.batch_size,
+            "data.packing": bool(self.hparams.packing),
+            "data.max_tokens_per_row": self.row_budget if self.hparams.packing else None,
+            "data.seed": self.hparams.seed,
+            "training samples": len(train) if train is not None else None,
+            "processes": trainer.world_size if trainer is not None else 1,
+            EPOCH_BATCHES: trainer.num_training_batches if trainer is not None else None,
+        }
+
     def state_dict(self) -> dict[str, Any]:
-        """Saved in checkpoints: where training is in the sample stream."""
-        return {"train_position": self.train_position.state_dict()}
+        """Saved in checkpoints: where training is in the sample stream, and the batch layout it is in."""
+        return {"train_position": self.train_position.state_dict(), "train_layout": self.train_layout()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restored by ``fit --ckpt_path`` before the train dataloader is built."""
+        """Restored by ``fit --ckpt_path``; a mid-epoch position in another layout is refused."""
         if "train_position" in state_dict:
-            self.train_position.load_state_dict(state_dict["train_position"])
+            position = state_dict["train_position"]
+            change = layout_change(state_dict.get("train_layout"), self.train_layout(), position)
+            if change:
+                raise SettingError(change)
+            self.train_position.load_state_dict(position)
 
     def write_skipped(self, run_dir: str | Path) -> Path | None:
         """Write the list of skipped rows next to the run (``on_bad_row: skip``)."""

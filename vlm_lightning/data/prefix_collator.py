@@ -7,16 +7,22 @@ The processor builds ``<image>... <bos>prompt\\n`` + ``suffix<eos>`` and marks s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 
-from vlm_lightning.data.collator import IGNORE_INDEX, SampleTooLongError, too_long_message
+from vlm_lightning.data.collator import (
+    IGNORE_INDEX,
+    CollatorBase,
+    SampleTooLongError,
+    record_fields,
+    too_long_message,
+)
+from vlm_lightning.data.masking import MaskStrategy
 from vlm_lightning.data.records import Record
 from vlm_lightning.data.sampling import FILLER
 from vlm_lightning.errors import SettingError
-from vlm_lightning.models.families import FamilyFacts
 
 
 def prefix_prompt(record: Record, image_token: str = "<image>") -> str:
@@ -39,28 +45,14 @@ def unlearnable_turns(record: Record, mask: str) -> str | None:
     return None
 
 
-class PrefixSuffixCollator:
+class PrefixSuffixCollator(CollatorBase):
     """Batches for PaliGemma-style models: labels from ``suffix=``, prompts left-padded for generation."""
 
-    def __init__(
-        self,
-        processor: Any,
-        facts: FamilyFacts,
-        max_length: int = 2048,
-        mask: str = "last",
-        pad_to_multiple_of: int | None = None,
-        truncate_answers: bool = True,
-    ) -> None:
-        self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.facts = facts
-        self.max_length = max_length
-        self.mask = mask
-        self.pad_to_multiple_of = pad_to_multiple_of
-        self.truncate_answers = truncate_answers
-        self.image_tokens = int(getattr(processor, "image_seq_length", 0))
-        self.image_token = getattr(processor, "image_token", "<image>")
-        self.cut_samples: list[tuple[str, int, int]] = []  # (id, tokens, kept): answer tails cut
+    default_mask: ClassVar[MaskStrategy] = "last"
+
+    def _read_processor(self) -> None:
+        self.image_tokens = int(getattr(self.processor, "image_seq_length", 0))
+        self.image_token = getattr(self.processor, "image_token", "<image>")
 
     def _check(
         self,
@@ -106,8 +98,7 @@ class PrefixSuffixCollator:
         prompt = _prompt_mask(batch)
         lengths = prompt.sum(1).tolist()
         width, bsz = max(lengths), len(lengths)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((bsz, width), pad, dtype=batch["input_ids"].dtype)
+        input_ids = torch.full((bsz, width), self.pad_id, dtype=batch["input_ids"].dtype)
         attention = torch.zeros((bsz, width), dtype=batch["attention_mask"].dtype)
         for i, n in enumerate(lengths):
             input_ids[i, width - n :] = batch["input_ids"][i][prompt[i]]
@@ -129,12 +120,7 @@ class PrefixSuffixCollator:
             raise SettingError(reason)
         prompts = [prefix_prompt(r, self.image_token) for r in records]
         images = self._images(items)
-        out: dict[str, Any] = {
-            "ids": [r.id for r in records],
-            "answers": [list(r.answers) for r in records],
-            "prompts": [r.prompt_text for r in records],
-            "meta": [dict(r.meta) for r in records],
-        }
+        out: dict[str, Any] = record_fields(records)
         if not all(r.answers for r in records):
             gen = self.processor(
                 text=prompts, images=images, return_tensors="pt", padding="longest", padding_side="left"

@@ -219,6 +219,37 @@ class StreamDataLoader(DataLoader):
             yield batch
 
 
+#: ``train_layout`` key of the epoch's batch count (a position there is an epoch boundary, not compared)
+EPOCH_BATCHES = "batches per epoch"
+
+
+def layout_change(saved: dict[str, Any] | None, now: dict[str, Any], position: dict[str, Any]) -> str | None:
+    """Why a saved stream ``position`` cannot continue under the ``now`` batch layout, or None.
+
+    A position mid-epoch counts batches of the checkpoint's layout (batch size, packing, row budget, seed,
+    training set, processes): in another layout it would repeat or skip samples of that epoch. At an epoch
+    boundary (no batch served yet, or all of them) the next epoch starts afresh in the new layout.
+    """
+    batch = int(position.get("batch", 0))
+    if not saved or batch == 0 or batch >= (saved.get(EPOCH_BATCHES) or float("inf")):
+        return None
+    changed = [
+        f"{key} {saved[key]} -> {now[key]}"
+        for key in saved
+        if key != EPOCH_BATCHES
+        and saved[key] is not None
+        and now.get(key) is not None
+        and saved[key] != now[key]
+    ]
+    if not changed:
+        return None
+    return (
+        f"the checkpoint stopped {batch} batches into an epoch with other data settings ({'; '.join(changed)}): "
+        "its position would repeat or skip samples. Resume with the checkpoint's settings, or start a new fit "
+        "without --ckpt_path"
+    )
+
+
 #: ``meta`` key of an evaluation filler: a repeated sample that keeps sharded ranks in step, never scored
 FILLER = "filler"
 

@@ -93,8 +93,13 @@ def set_internvl_tiles(processor: Any, min_tokens: int | None, max_tokens: int |
     no thumbnail) when fewer than three fit. ``min_tokens`` sets ``min_patches`` the same way, capped at
     ``max_patches``.
     """
-    ip = processor.image_processor
-    per_tile = int(processor.image_seq_length)
+    _set_tile_range(processor.image_processor, int(processor.image_seq_length), min_tokens, max_tokens)
+
+
+def _set_tile_range(ip: Any, per_tile: int, min_tokens: int | None, max_tokens: int | None) -> None:
+    """``min_patches`` / ``max_patches`` of a tiler that adds a thumbnail to grids of two tiles or more
+    (InternVL, GraniteDocling): ``max_tokens // per_tile`` tiles allowed, ``max_patches`` that minus the
+    thumbnail, or 1 when fewer than three fit; ``min_patches`` likewise, capped at ``max_patches``."""
     if max_tokens is not None:
         tiles = int(max_tokens) // per_tile
         if tiles < 1:
@@ -154,19 +159,9 @@ def set_granite_docling_tiles(processor: Any, min_tokens: int | None, max_tokens
     """
     ip = processor.image_processor
     per_tile = int(processor.image_seq_len) * (4 if getattr(ip, "fine_route", False) else 1)
-    if max_tokens is not None:
-        tiles = int(max_tokens) // per_tile
-        if tiles < 1:
-            raise ValueError(
-                f"max image tokens {max_tokens} is below one tile ({per_tile} tokens) for this processor"
-            )
-        ip.max_patches = tiles - 1 if tiles >= 3 else 1
-        if getattr(ip, "dense_max_patches", 0):
-            ip.dense_max_patches = min(ip.dense_max_patches, ip.max_patches)
-    if min_tokens is not None:
-        tiles = -(-int(min_tokens) // per_tile)
-        ip.min_patches = max(tiles - 1, 2) if tiles >= 2 else 1
-    ip.min_patches = min(ip.min_patches, ip.max_patches)
+    _set_tile_range(ip, per_tile, min_tokens, max_tokens)
+    if max_tokens is not None and getattr(ip, "dense_max_patches", 0):
+        ip.dense_max_patches = min(ip.dense_max_patches, ip.max_patches)
 
 
 GEMMA4_SOFT_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)  # the only values Gemma4ImageProcessor accepts

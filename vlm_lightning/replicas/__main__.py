@@ -5,7 +5,7 @@ config, with a byte-level BPE tokenizer made by the ``tokenizers`` library plus 
 special tokens and a chat template mirroring the real checkpoint's, and saves them to a folder
 that loads through the same ``from_pretrained`` path as a hub checkpoint.
 
-    python -m vlm_lightning.replicas qwen2_vl artifacts/tiny-qwen2-vl
+    python -m vlm_lightning tiny qwen2_vl artifacts/tiny-qwen2-vl
 """
 
 from __future__ import annotations

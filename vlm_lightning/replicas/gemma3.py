@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -13,13 +14,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from vlm_lightning.replicas.common import (
-    byte_level_tokenizer,
-    padded_vocab_size,
-    save_replica,
-    set_generation_ids,
-    tiny_text_config,
-)
+from vlm_lightning.replicas import common
 
 # google/gemma-3-4b-it and -12b-it (tokenizer.chat_template, as printed from the checkpoint's tokenizer
 # in unslothai/unsloth's chat_templates.py; the same text is in ggml-org/gemma-3-*-it-GGUF metadata):
@@ -78,6 +73,12 @@ GEMMA3_PROJECTION_STD = 0.05
 GEMMA3_MIN_CROP = 16
 
 
+def gemma_byte_tokenizer(specials: list[str], **named: Any) -> PreTrainedTokenizerFast:
+    """The byte-level tokenizer with the Gemma tokenizers' bos / eos / pad / unk tokens (Gemma 3 and 4,
+    PaliGemma); ``specials`` hold them and the family's own tokens; ``named`` as ``byte_level_tokenizer``."""
+    return common.byte_level_tokenizer(specials, bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>", **named)
+
+
 def _gemma3_tokenizer() -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
     specials = [
         "<pad>",
@@ -90,23 +91,18 @@ def _gemma3_tokenizer() -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
         "<end_of_image>",
         "<image_soft_token>",
     ]
-    base = byte_level_tokenizer(specials, bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>")
     # Gemma3Processor reads tokenizer.boi_token / eoi_token / image_token (the real tokenizer_config's
     # extra special tokens)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=base.backend_tokenizer,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
+    tokenizer = gemma_byte_tokenizer(
+        specials,
+        chat_template=GEMMA3_CHAT_TEMPLATE,
         extra_special_tokens={
             "image_token": "<image_soft_token>",
             "boi_token": "<start_of_image>",
             "eoi_token": "<end_of_image>",
         },
     )
-    tokenizer.chat_template = GEMMA3_CHAT_TEMPLATE
-    return tokenizer, {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    return tokenizer, common.token_ids(tokenizer, specials)
 
 
 def build_gemma3(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
@@ -124,8 +120,8 @@ def build_gemma3(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed:
         "full_attention" if i % 2 or i == layers - 1 else "sliding_attention" for i in range(layers)
     ]
     config = Gemma3Config(
-        text_config=tiny_text_config(
-            padded_vocab_size(tokenizer),
+        text_config=common.tiny_text_config(
+            common.padded_vocab_size(tokenizer),
             hidden_size,
             layers,
             model_type="gemma3_text",
@@ -138,34 +134,27 @@ def build_gemma3(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed:
             eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]],
             pad_token_id=ids["<pad>"],
         ),
-        vision_config={
-            "model_type": "siglip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": GEMMA3_IMAGE_SIZE,
-            "patch_size": GEMMA3_PATCH,
-            "vision_use_head": False,
-        },
+        vision_config=common.tiny_vision_config(
+            model_type="siglip_vision_model",
+            image_size=GEMMA3_IMAGE_SIZE,
+            patch_size=GEMMA3_PATCH,
+            vision_use_head=False,
+        ),
         mm_tokens_per_image=GEMMA3_TOKENS_PER_IMAGE,
         boi_token_index=ids["<start_of_image>"],
         eoi_token_index=ids["<end_of_image>"],
         image_token_index=ids["<image_soft_token>"],
     )
-    torch.manual_seed(seed)
-    model = Gemma3ForConditionalGeneration(config)
+    model = common.random_model(Gemma3ForConditionalGeneration, config, seed=seed)
+    common.set_generation_ids(model, eos=ids["<end_of_turn>"], pad=ids["<pad>"], bos=ids["<bos>"])
     # transformers initializes the projection to zeros (a fresh model's image features are all zero and
     # no gradient reaches the frozen vision side): give it random weights, as a trained checkpoint has
     with torch.no_grad():
         model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=GEMMA3_PROJECTION_STD)
-    set_generation_ids(model, eos=ids["<end_of_turn>"], pad=ids["<pad>"], bos=ids["<bos>"])
-    half = [0.5, 0.5, 0.5]
     image_processor = Gemma3ImageProcessor(
         size={"height": GEMMA3_IMAGE_SIZE, "width": GEMMA3_IMAGE_SIZE},
-        image_mean=half,
-        image_std=half,
         resample=2,
+        **common.half_normalization(),
         pan_and_scan_min_crop_size=GEMMA3_MIN_CROP,
     )
     processor = Gemma3Processor(
@@ -174,4 +163,4 @@ def build_gemma3(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed:
         chat_template=GEMMA3_CHAT_TEMPLATE,
         image_seq_length=GEMMA3_TOKENS_PER_IMAGE,
     )
-    return save_replica(model, processor, out_dir)
+    return common.save_replica(model, processor, out_dir)

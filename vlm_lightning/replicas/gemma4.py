@@ -15,13 +15,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from vlm_lightning.replicas.common import (
-    byte_level_tokenizer,
-    padded_vocab_size,
-    save_replica,
-    set_generation_ids,
-    tiny_text_config,
-)
+from vlm_lightning.replicas import common
+from vlm_lightning.replicas.gemma3 import gemma_byte_tokenizer
 
 # google/gemma-4-E2B-it and -E4B-it chat_template.jinja (its message, system and generation-prompt parts;
 # the tool-declaration / tool-call / tool-response branches are left out). Source: the copy of
@@ -107,20 +102,15 @@ GEMMA4_SOFT_TOKENS = 70
 
 def _gemma4_tokenizer() -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *GEMMA4_NAMED_TOKENS.values(), "<|video|>"]
-    base = byte_level_tokenizer(specials, bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>")
     # named tokens (tokenizer.image_token, .boi_token, ...) that Gemma4Processor reads
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=base.backend_tokenizer,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
+    tokenizer = gemma_byte_tokenizer(
+        specials,
+        chat_template=GEMMA4_CHAT_TEMPLATE,
         mask_token="<mask>",
         extra_special_tokens=dict(GEMMA4_NAMED_TOKENS),
         padding_side="left",  # as the real tokenizer
     )
-    tokenizer.chat_template = GEMMA4_CHAT_TEMPLATE
-    return tokenizer, {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    return tokenizer, common.token_ids(tokenizer, specials)
 
 
 def build_gemma4(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
@@ -137,13 +127,13 @@ def build_gemma4(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed:
     with it the loss always takes the unfused lm_head path, which the tests cover by setting it.
     """
     tokenizer, ids = _gemma4_tokenizer()
-    vocab = padded_vocab_size(tokenizer)
+    vocab = common.padded_vocab_size(tokenizer)
     head_dim = hidden_size // 4
     layer_types = [
         "sliding_attention" if i % 2 == 0 and i < layers - 1 else "full_attention" for i in range(layers)
     ]
     config = Gemma4Config(
-        text_config=tiny_text_config(
+        text_config=common.tiny_text_config(
             vocab,
             hidden_size,
             layers,
@@ -159,17 +149,13 @@ def build_gemma4(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed:
             eos_token_id=ids["<eos>"],
             pad_token_id=ids["<pad>"],
         ),
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
-            "patch_size": GEMMA4_PATCH,
-            "pooling_kernel_size": GEMMA4_POOL,
-            "position_embedding_size": 256,  # patches per image side (the real table has 10,240)
-        },
+        vision_config=common.tiny_vision_config(
+            num_key_value_heads=2,
+            head_dim=16,
+            patch_size=GEMMA4_PATCH,
+            pooling_kernel_size=GEMMA4_POOL,
+            position_embedding_size=256,  # patches per image side (the real table has 10,240)
+        ),
         audio_config=None,
         image_token_id=ids["<|image|>"],
         boi_token_id=ids["<|image>"],
@@ -179,14 +165,13 @@ def build_gemma4(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed:
         boa_token_id=ids["<|audio>"],
         eoa_token_index=ids["<audio|>"],
     )
-    torch.manual_seed(seed)
-    model = Gemma4ForConditionalGeneration(config)
+    model = common.random_model(Gemma4ForConditionalGeneration, config, seed=seed)
+    common.set_generation_ids(model, eos=ids["<turn|>"], pad=ids["<pad>"], bos=ids["<bos>"])
     # The library initialises the 2-D patch position table to ones (a checkpoint overwrites it): in a random
     # tower that adds one constant vector to every patch, and the pooled image features differ by colour by
     # ~3% of their norm. A random table, like the trained one not constant, leaves ~70%.
     with torch.no_grad():
         model.model.vision_tower.patch_embedder.position_embedding_table.normal_(std=config.initializer_range)
-    set_generation_ids(model, eos=ids["<turn|>"], pad=ids["<pad>"], bos=ids["<bos>"])
     geometry = {
         "patch_size": GEMMA4_PATCH,
         "pooling_kernel_size": GEMMA4_POOL,
@@ -200,4 +185,4 @@ def build_gemma4(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed:
         chat_template=GEMMA4_CHAT_TEMPLATE,
         image_seq_length=GEMMA4_SOFT_TOKENS,
     )
-    return save_replica(model, processor, out_dir)
+    return common.save_replica(model, processor, out_dir)

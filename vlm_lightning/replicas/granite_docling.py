@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import (
     GraniteDoclingConfig,
     GraniteDoclingForConditionalGeneration,
@@ -23,13 +22,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from vlm_lightning.replicas.common import (
-    byte_level_tokenizer,
-    padded_vocab_size,
-    save_replica,
-    set_generation_ids,
-    tiny_text_config,
-)
+from vlm_lightning.replicas import common
 
 # The chat_template.jinja of ibm-granite/granite-docling-258M (read from a public mirror of the hub repo,
 # github.com/pgadet-wq/granite-docling-258M, commit 587b823): Granite roles
@@ -79,11 +72,15 @@ def _granite_docling_tokenizer() -> tuple[PreTrainedTokenizerFast, dict[str, int
         *grid,
     ]
     # transformers' GraniteDocling text config defaults: pad <|pad|> (100256), bos = eos = <|end_of_text|>
-    tokenizer = byte_level_tokenizer(
-        specials, bos="<|end_of_text|>", eos="<|end_of_text|>", pad="<|pad|>", unk="<|unk|>"
+    tokenizer = common.byte_level_tokenizer(
+        specials,
+        bos="<|end_of_text|>",
+        eos="<|end_of_text|>",
+        pad="<|pad|>",
+        unk="<|unk|>",
+        chat_template=GRANITE_DOCLING_CHAT_TEMPLATE,
     )
-    tokenizer.chat_template = GRANITE_DOCLING_CHAT_TEMPLATE
-    return tokenizer, {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    return tokenizer, common.token_ids(tokenizer, specials)
 
 
 def build_granite_docling(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
@@ -97,8 +94,8 @@ def build_granite_docling(out_dir: Path, *, hidden_size: int = 64, layers: int =
     tokenizer, ids = _granite_docling_tokenizer()
     heads = 4
     config = GraniteDoclingConfig(
-        text_config=tiny_text_config(
-            padded_vocab_size(tokenizer),
+        text_config=common.tiny_text_config(
+            common.padded_vocab_size(tokenizer),
             hidden_size,
             layers,
             num_attention_heads=heads,
@@ -110,24 +107,21 @@ def build_granite_docling(out_dir: Path, *, hidden_size: int = 64, layers: int =
             bos_token_id=ids["<|end_of_text|>"],
             eos_token_id=ids["<|end_of_text|>"],
         ),
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": GRANITE_DOCLING_TILE,
-            "patch_size": 8,
-            "scale_factor": 2,
-            "out_hidden_size": hidden_size,
-            "deepstack_visual_indexes": [0],
-            "use_fine_route": True,
-        },
+        vision_config=common.tiny_vision_config(
+            image_size=GRANITE_DOCLING_TILE,
+            patch_size=8,
+            scale_factor=2,
+            out_hidden_size=hidden_size,
+            deepstack_visual_indexes=[0],
+            use_fine_route=True,
+        ),
         image_token_id=ids["<image>"],
         pad_token_id=ids["<|pad|>"],
     )
-    torch.manual_seed(seed)
-    model = GraniteDoclingForConditionalGeneration(config)
-    set_generation_ids(model, eos=ids["<|end_of_text|>"], pad=ids["<|pad|>"], bos=ids["<|end_of_text|>"])
+    model = common.random_model(GraniteDoclingForConditionalGeneration, config, seed=seed)
+    common.set_generation_ids(
+        model, eos=ids["<|end_of_text|>"], pad=ids["<|pad|>"], bos=ids["<|end_of_text|>"]
+    )
     image_processor = GraniteDoclingImageProcessor(
         size={"height": GRANITE_DOCLING_TILE, "width": GRANITE_DOCLING_TILE},
         max_patches=GRANITE_DOCLING_MAX_TILES,
@@ -138,4 +132,4 @@ def build_granite_docling(out_dir: Path, *, hidden_size: int = 64, layers: int =
         image_seq_len=GRANITE_DOCLING_IMAGE_SEQ_LEN,
         chat_template=GRANITE_DOCLING_CHAT_TEMPLATE,
     )
-    return save_replica(model, processor, out_dir)
+    return common.save_replica(model, processor, out_dir)

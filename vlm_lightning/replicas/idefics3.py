@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import torch
 from transformers import (
     Idefics3Config,
     Idefics3ForConditionalGeneration,
@@ -18,13 +18,7 @@ from transformers import (
     SmolVLMVideoProcessor,
 )
 
-from vlm_lightning.replicas.common import (
-    byte_level_tokenizer,
-    padded_vocab_size,
-    save_replica,
-    set_generation_ids,
-    tiny_text_config,
-)
+from vlm_lightning.replicas import common
 
 # HuggingFaceTB/SmolVLM-256M-Instruct (model_type idefics3): capitalised roles, "User:<image>..." when the
 # turn starts with an image, "User: text" otherwise, <end_of_utterance> closes every turn, and the
@@ -60,18 +54,22 @@ def _idefics3_tokenizer(template: str) -> tuple[PreTrainedTokenizerFast, dict[st
         "<global-img>",
         *grid,
     ]
-    tokenizer = byte_level_tokenizer(
-        specials, bos="<|im_start|>", eos="<end_of_utterance>", pad="<|im_end|>", unk="<|endoftext|>"
+    tokenizer = common.byte_level_tokenizer(
+        specials,
+        bos="<|im_start|>",
+        eos="<end_of_utterance>",
+        pad="<|im_end|>",
+        unk="<|endoftext|>",
+        chat_template=template,
     )
-    tokenizer.chat_template = template
-    return tokenizer, {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    return tokenizer, common.token_ids(tokenizer, specials)
 
 
 def _idefics3_configs(tokenizer, ids: dict[str, int], hidden_size: int, layers: int) -> dict:
     # image_seq_len = (image_size / patch)^2 / scale_factor^2 = (64 / 8)^2 / 4^2 = 4 tokens per tile
     return {
-        "text_config": tiny_text_config(
-            padded_vocab_size(tokenizer),
+        "text_config": common.tiny_text_config(
+            common.padded_vocab_size(tokenizer),
             hidden_size,
             layers,
             model_type="llama",
@@ -80,14 +78,7 @@ def _idefics3_configs(tokenizer, ids: dict[str, int], hidden_size: int, layers: 
             eos_token_id=ids["<end_of_utterance>"],
             pad_token_id=ids["<|im_end|>"],
         ),
-        "vision_config": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": IDEFICS3_TILE,
-            "patch_size": 8,
-        },
+        "vision_config": common.tiny_vision_config(image_size=IDEFICS3_TILE, patch_size=8),
         "scale_factor": 4,
         "image_token_id": ids["<image>"],
         "pad_token_id": ids["<|im_end|>"],
@@ -98,6 +89,29 @@ IDEFICS3_TILE = 64
 IDEFICS3_IMAGE_SEQ_LEN = 4
 
 
+def _idefics3_model(
+    config_cls: Any, model_cls: Any, template: str, hidden_size: int, layers: int, seed: int
+) -> tuple[PreTrainedTokenizerFast, Any]:
+    """The tokenizer of ``template`` and a seeded random ``model_cls`` of the shared Idefics3 / SmolVLM config."""
+    tokenizer, ids = _idefics3_tokenizer(template)
+    config = config_cls(**_idefics3_configs(tokenizer, ids, hidden_size, layers))
+    model = common.random_model(model_cls, config, seed=seed)
+    common.set_generation_ids(
+        model, eos=ids["<end_of_utterance>"], pad=ids["<|im_end|>"], bos=ids["<|im_start|>"]
+    )
+    return tokenizer, model
+
+
+def _image_processor_kwargs() -> dict[str, Any]:
+    """Idefics3 / SmolVLM image processor settings: 128 px longest edge, split into 64 px tiles."""
+    return {
+        "size": {"longest_edge": 2 * IDEFICS3_TILE},
+        "max_image_size": {"longest_edge": IDEFICS3_TILE},
+        "do_image_splitting": True,
+        **common.half_normalization(),
+    }
+
+
 def build_idefics3(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
     """Tiny Idefics3 (SmolVLM-256M-Instruct style): Idefics3ForConditionalGeneration + Idefics3Processor.
 
@@ -105,26 +119,16 @@ def build_idefics3(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, see
     edge and split into at most 2x2 tiles plus a global tile (<= 20 image tokens).
     """
 
-    tokenizer, ids = _idefics3_tokenizer(IDEFICS3_CHAT_TEMPLATE)
-    config = Idefics3Config(**_idefics3_configs(tokenizer, ids, hidden_size, layers))
-    torch.manual_seed(seed)
-    model = Idefics3ForConditionalGeneration(config)
-    set_generation_ids(model, eos=ids["<end_of_utterance>"], pad=ids["<|im_end|>"], bos=ids["<|im_start|>"])
-    half = [0.5, 0.5, 0.5]
-    image_processor = Idefics3ImageProcessor(
-        size={"longest_edge": 2 * IDEFICS3_TILE},
-        max_image_size={"longest_edge": IDEFICS3_TILE},
-        do_image_splitting=True,
-        image_mean=half,
-        image_std=half,
+    tokenizer, model = _idefics3_model(
+        Idefics3Config, Idefics3ForConditionalGeneration, IDEFICS3_CHAT_TEMPLATE, hidden_size, layers, seed
     )
     processor = Idefics3Processor(
-        image_processor=image_processor,
+        image_processor=Idefics3ImageProcessor(**_image_processor_kwargs()),
         tokenizer=tokenizer,
         image_seq_len=IDEFICS3_IMAGE_SEQ_LEN,
         chat_template=IDEFICS3_CHAT_TEMPLATE,
     )
-    return save_replica(model, processor, out_dir)
+    return common.save_replica(model, processor, out_dir)
 
 
 def build_smolvlm(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
@@ -133,30 +137,19 @@ def build_smolvlm(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed
     Same image geometry as the Idefics3 replica (<= 20 image tokens per image); needs ``num2words``.
     """
 
-    tokenizer, ids = _idefics3_tokenizer(SMOLVLM_CHAT_TEMPLATE)
-    config = SmolVLMConfig(**_idefics3_configs(tokenizer, ids, hidden_size, layers))
-    torch.manual_seed(seed)
-    model = SmolVLMForConditionalGeneration(config)
-    set_generation_ids(model, eos=ids["<end_of_utterance>"], pad=ids["<|im_end|>"], bos=ids["<|im_start|>"])
-    half = [0.5, 0.5, 0.5]
-    image_processor = SmolVLMImageProcessor(
-        size={"longest_edge": 2 * IDEFICS3_TILE},
-        max_image_size={"longest_edge": IDEFICS3_TILE},
-        do_image_splitting=True,
-        image_mean=half,
-        image_std=half,
+    tokenizer, model = _idefics3_model(
+        SmolVLMConfig, SmolVLMForConditionalGeneration, SMOLVLM_CHAT_TEMPLATE, hidden_size, layers, seed
     )
     video_processor = SmolVLMVideoProcessor(
         size={"longest_edge": IDEFICS3_TILE},
         max_image_size={"longest_edge": IDEFICS3_TILE},
-        image_mean=half,
-        image_std=half,
+        **common.half_normalization(),
     )
     processor = SmolVLMProcessor(
-        image_processor=image_processor,
+        image_processor=SmolVLMImageProcessor(**_image_processor_kwargs()),
         tokenizer=tokenizer,
         video_processor=video_processor,
         image_seq_len=IDEFICS3_IMAGE_SEQ_LEN,
         chat_template=SMOLVLM_CHAT_TEMPLATE,
     )
-    return save_replica(model, processor, out_dir)
+    return common.save_replica(model, processor, out_dir)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import (
     GotOcr2ImageProcessor,
     InternVLConfig,
@@ -14,13 +13,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from vlm_lightning.replicas.common import (
-    byte_level_tokenizer,
-    padded_vocab_size,
-    save_replica,
-    set_generation_ids,
-    tiny_text_config,
-)
+from vlm_lightning.replicas import common
 
 # OpenGVLab/InternVL3-1B-hf (and the other -hf / -HF conversions): the template written by transformers'
 # src/transformers/models/internvl/convert_internvl_weights_to_hf.py — ChatML with no default system prompt,
@@ -70,8 +63,9 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 def _internvl_tokenizer() -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
-    base = byte_level_tokenizer(INTERNVL_SPECIAL_TOKENS, eos="<|im_end|>", pad="<|endoftext|>")
-    # wrapped again to declare the named image tokens (saved in tokenizer_config.json as in the real one)
+    base = common.byte_level_tokenizer(INTERNVL_SPECIAL_TOKENS, eos="<|im_end|>", pad="<|endoftext|>")
+    # wrapped again to declare the named image tokens (saved in tokenizer_config.json as in the real one); the
+    # second wrap also keeps null bos / unk entries out of tokenizer_config.json
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=base.backend_tokenizer,
         eos_token="<|im_end|>",
@@ -79,7 +73,7 @@ def _internvl_tokenizer() -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
         extra_special_tokens=dict(INTERNVL_NAMED_TOKENS),
     )
     tokenizer.chat_template = INTERNVL_CHAT_TEMPLATE
-    return tokenizer, {t: tokenizer.convert_tokens_to_ids(t) for t in INTERNVL_SPECIAL_TOKENS}
+    return tokenizer, common.token_ids(tokenizer, INTERNVL_SPECIAL_TOKENS)
 
 
 def build_internvl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
@@ -93,8 +87,8 @@ def build_internvl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, see
 
     tokenizer, ids = _internvl_tokenizer()
     config = InternVLConfig(
-        text_config=tiny_text_config(
-            padded_vocab_size(tokenizer),
+        text_config=common.tiny_text_config(
+            common.padded_vocab_size(tokenizer),
             hidden_size,
             layers,
             model_type="qwen2",
@@ -104,23 +98,18 @@ def build_internvl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, see
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
         ),
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": INTERNVL_TILE,
-            "patch_size": INTERNVL_PATCH,
-            "attention_bias": True,
-        },
+        vision_config=common.tiny_vision_config(
+            image_size=INTERNVL_TILE, patch_size=INTERNVL_PATCH, attention_bias=True
+        ),
         image_token_id=ids["<IMG_CONTEXT>"],
         image_seq_length=INTERNVL_IMAGE_SEQ_LEN,
         downsample_ratio=0.5,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = InternVLForConditionalGeneration(config)
-    set_generation_ids(model, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"], bos=ids["<|endoftext|>"])
+    model = common.random_model(InternVLForConditionalGeneration, config, seed=seed)
+    common.set_generation_ids(
+        model, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"], bos=ids["<|endoftext|>"]
+    )
     tile = {"height": INTERNVL_TILE, "width": INTERNVL_TILE}
     image_processor = GotOcr2ImageProcessor(
         size=tile,
@@ -138,4 +127,4 @@ def build_internvl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, see
         image_seq_length=INTERNVL_IMAGE_SEQ_LEN,
         chat_template=INTERNVL_CHAT_TEMPLATE,
     )
-    return save_replica(model, processor, out_dir)
+    return common.save_replica(model, processor, out_dir)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import (
     Lfm2VlConfig,
     Lfm2VlForConditionalGeneration,
@@ -12,13 +11,7 @@ from transformers import (
     Lfm2VlProcessor,
 )
 
-from vlm_lightning.replicas.common import (
-    byte_level_tokenizer,
-    padded_vocab_size,
-    save_replica,
-    set_generation_ids,
-    tiny_text_config,
-)
+from vlm_lightning.replicas import common
 
 # LiquidAI/LFM2-VL-450M and -1.6B: ChatML-like with a leading bos, one <image> per image part,
 # no default system prompt.
@@ -54,13 +47,14 @@ def build_lfm2_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed
         "<|image_end|>",
         "<|image_split|>",
     ]
-    tokenizer = byte_level_tokenizer(specials, bos="<|startoftext|>", eos="<|im_end|>", pad="<|pad|>")
-    tokenizer.chat_template = LFM2_VL_CHAT_TEMPLATE
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    tokenizer = common.byte_level_tokenizer(
+        specials, bos="<|startoftext|>", eos="<|im_end|>", pad="<|pad|>", chat_template=LFM2_VL_CHAT_TEMPLATE
+    )
+    ids = common.token_ids(tokenizer, specials)
     layer_types = ["full_attention" if i % 2 or i == layers - 1 else "conv" for i in range(layers)]
     config = Lfm2VlConfig(
-        text_config=tiny_text_config(
-            padded_vocab_size(tokenizer),
+        text_config=common.tiny_text_config(
+            common.padded_vocab_size(tokenizer),
             hidden_size,
             layers,
             model_type="lfm2",
@@ -70,24 +64,15 @@ def build_lfm2_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|pad|>"],
         ),
-        vision_config={
-            "model_type": "siglip2_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "patch_size": 16,
-            "num_patches": 64,
-            "vision_use_head": False,
-        },
+        vision_config=common.tiny_vision_config(
+            model_type="siglip2_vision_model", patch_size=16, num_patches=64, vision_use_head=False
+        ),
         image_token_id=ids["<image>"],
         projector_hidden_size=hidden_size * 2,
         downsample_factor=2,
     )
-    torch.manual_seed(seed)
-    model = Lfm2VlForConditionalGeneration(config)
-    set_generation_ids(model, eos=ids["<|im_end|>"], pad=ids["<|pad|>"], bos=ids["<|startoftext|>"])
-    half = [0.5, 0.5, 0.5]
+    model = common.random_model(Lfm2VlForConditionalGeneration, config, seed=seed)
+    common.set_generation_ids(model, eos=ids["<|im_end|>"], pad=ids["<|pad|>"], bos=ids["<|startoftext|>"])
     image_processor = Lfm2VlImageProcessor(
         downsample_factor=2,
         encoder_patch_size=16,
@@ -99,10 +84,9 @@ def build_lfm2_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed
         min_image_tokens=4,
         max_image_tokens=16,
         max_pixels_tolerance=2.0,
-        image_mean=half,
-        image_std=half,
+        **common.half_normalization(),
     )
     processor = Lfm2VlProcessor(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=LFM2_VL_CHAT_TEMPLATE
     )
-    return save_replica(model, processor, out_dir)
+    return common.save_replica(model, processor, out_dir)

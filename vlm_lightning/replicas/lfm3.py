@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import (
     Lfm3VlConfig,
     Lfm3VlForConditionalGeneration,
     Lfm3VlProcessor,
 )
 
-from vlm_lightning.replicas.common import (
-    byte_level_tokenizer,
-    padded_vocab_size,
-    save_replica,
-    set_generation_ids,
-    tiny_text_config,
-)
+from vlm_lightning.replicas import common
 from vlm_lightning.replicas.qwen_common import (
     QWEN_SPECIAL_TOKENS,
     qwen3_style_image_processors,
@@ -68,13 +61,14 @@ def build_lfm3_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed
     """
 
     specials = LFM3_SPECIAL_TOKENS
-    tokenizer = byte_level_tokenizer(specials, bos="<|startoftext|>", eos="<|im_end|>", pad="<|pad|>")
-    tokenizer.chat_template = LFM3_VL_CHAT_TEMPLATE
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    tokenizer = common.byte_level_tokenizer(
+        specials, bos="<|startoftext|>", eos="<|im_end|>", pad="<|pad|>", chat_template=LFM3_VL_CHAT_TEMPLATE
+    )
+    ids = common.token_ids(tokenizer, specials)
     heads = 4
     config = Lfm3VlConfig(
-        text_config=tiny_text_config(
-            padded_vocab_size(tokenizer),
+        text_config=common.tiny_text_config(
+            common.padded_vocab_size(tokenizer),
             hidden_size,
             len(_text_layer_types(layers)),
             model_type="lfm3",
@@ -86,28 +80,24 @@ def build_lfm3_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|pad|>"],
         ),
-        vision_config={
-            "model_type": "lfm3_vl_vision",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "layer_types": ["conv", "full_attention"],
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
+        vision_config=common.tiny_vision_config(
+            model_type="lfm3_vl_vision",
+            num_hidden_layers=2,
+            layer_types=["conv", "full_attention"],
+            num_key_value_heads=1,
+            patch_size=16,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
         **qwen_vision_token_ids(ids),
         projector_hidden_size=hidden_size * 2,
         tie_word_embeddings=True,
     )
-    torch.manual_seed(seed)
-    model = Lfm3VlForConditionalGeneration(config)
-    set_generation_ids(model, eos=ids["<|im_end|>"], pad=ids["<|pad|>"], bos=ids["<|startoftext|>"])
+    model = common.random_model(Lfm3VlForConditionalGeneration, config, seed=seed)
+    common.set_generation_ids(model, eos=ids["<|im_end|>"], pad=ids["<|pad|>"], bos=ids["<|startoftext|>"])
     unit = 32 * 32  # pixels per image token: (patch 16 x merge 2)^2
     size = {"shortest_edge": 4 * unit, "longest_edge": 16 * unit}
     processor = Lfm3VlProcessor(
         tokenizer=tokenizer, chat_template=LFM3_VL_CHAT_TEMPLATE, **qwen3_style_image_processors(size)
     )
-    return save_replica(model, processor, out_dir)
+    return common.save_replica(model, processor, out_dir)

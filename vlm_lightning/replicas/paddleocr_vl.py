@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import (
     PaddleOCRVLConfig,
     PaddleOCRVLForConditionalGeneration,
@@ -13,13 +12,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from vlm_lightning.replicas.common import (
-    byte_level_tokenizer,
-    padded_vocab_size,
-    save_replica,
-    set_generation_ids,
-    tiny_text_config,
-)
+from vlm_lightning.replicas import common
 
 # PaddlePaddle/PaddleOCR-VL chat_template.jinja, the revision for transformers' native PaddleOCRVLProcessor
 # (as copied in public tiny-checkpoint scripts and GGUF ports): ERNIE envelope "<|begin_of_sentence|>User: "
@@ -89,13 +82,12 @@ PADDLEOCR_VL_SPECIAL_TOKENS = [
 
 def _paddleocr_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level tokenizer with the real named tokens; ``image_token`` (read by the processor) is saved."""
-    base = byte_level_tokenizer(PADDLEOCR_VL_SPECIAL_TOKENS, bos="<s>", eos="</s>", pad="<unk>", unk="<unk>")
-    return PreTrainedTokenizerFast(
-        tokenizer_object=base.backend_tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<unk>",
-        unk_token="<unk>",
+    return common.byte_level_tokenizer(
+        PADDLEOCR_VL_SPECIAL_TOKENS,
+        bos="<s>",
+        eos="</s>",
+        pad="<unk>",
+        unk="<unk>",
         cls_token="<|begin_of_sentence|>",
         sep_token="<|end_of_sentence|>",
         extra_special_tokens={"image_token": "<|IMAGE_PLACEHOLDER|>"},
@@ -112,13 +104,13 @@ def build_paddleocr_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2,
     the checkpoint's preprocessor. Untied output layer (tie_word_embeddings false in the real config).
     """
     tokenizer = _paddleocr_tokenizer()
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in PADDLEOCR_VL_SPECIAL_TOKENS}
+    ids = common.token_ids(tokenizer, PADDLEOCR_VL_SPECIAL_TOKENS)
     heads, head_dim = 4, 2 * hidden_size // 4
     half = head_dim // 2
     mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]  # real: [16, 24, 24] of 64
     config = PaddleOCRVLConfig(
-        text_config=tiny_text_config(
-            padded_vocab_size(tokenizer),
+        text_config=common.tiny_text_config(
+            common.padded_vocab_size(tokenizer),
             hidden_size,
             layers,
             num_attention_heads=heads,
@@ -129,34 +121,23 @@ def build_paddleocr_vl(out_dir: Path, *, hidden_size: int = 64, layers: int = 2,
             bos_token_id=ids["<s>"],
             eos_token_id=ids["</s>"],
         ),
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 56,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-        },
+        vision_config=common.tiny_vision_config(image_size=56, patch_size=14, spatial_merge_size=2),
         image_token_id=ids["<|IMAGE_PLACEHOLDER|>"],
         video_token_id=ids["<|VIDEO_PLACEHOLDER|>"],
         vision_start_token_id=ids["<|IMAGE_START|>"],
         vision_end_token_id=ids["<|IMAGE_END|>"],
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = PaddleOCRVLForConditionalGeneration(config)
-    set_generation_ids(model, eos=ids["</s>"], pad=ids["<unk>"], bos=ids["<s>"])
-    half_std = [0.5, 0.5, 0.5]
+    model = common.random_model(PaddleOCRVLForConditionalGeneration, config, seed=seed)
+    common.set_generation_ids(model, eos=ids["</s>"], pad=ids["<unk>"], bos=ids["<s>"])
     image_processor = PaddleOCRVLImageProcessor(
         size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112},
         patch_size=14,
         merge_size=2,
         temporal_patch_size=1,
-        image_mean=half_std,
-        image_std=half_std,
+        **common.half_normalization(),
     )
     processor = PaddleOCRVLProcessor(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=PADDLEOCR_VL_CHAT_TEMPLATE
     )
-    return save_replica(model, processor, out_dir)
+    return common.save_replica(model, processor, out_dir)

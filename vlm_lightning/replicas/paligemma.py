@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import (
     PaliGemmaConfig,
     PaliGemmaForConditionalGeneration,
@@ -12,13 +11,8 @@ from transformers import (
     SiglipImageProcessor,
 )
 
-from vlm_lightning.replicas.common import (
-    byte_level_tokenizer,
-    padded_vocab_size,
-    save_replica,
-    set_generation_ids,
-    tiny_text_config,
-)
+from vlm_lightning.replicas import common
+from vlm_lightning.replicas.gemma3 import gemma_byte_tokenizer
 
 
 def build_paligemma(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
@@ -30,21 +24,19 @@ def build_paligemma(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, se
     """
 
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
-    tokenizer = byte_level_tokenizer(specials, bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>")
+    tokenizer = gemma_byte_tokenizer(specials)
     image_size, patch = 32, 8
-    half = [0.5, 0.5, 0.5]
     image_processor = SiglipImageProcessor(
         size={"height": image_size, "width": image_size},
         image_seq_length=(image_size // patch) ** 2,
-        image_mean=half,
-        image_std=half,
         resample=3,
+        **common.half_normalization(),
     )
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
-    vocab = padded_vocab_size(tokenizer)
+    ids = common.token_ids(tokenizer, specials)
+    vocab = common.padded_vocab_size(tokenizer)
     config = PaliGemmaConfig(
-        text_config=tiny_text_config(
+        text_config=common.tiny_text_config(
             vocab,
             hidden_size,
             layers,
@@ -55,22 +47,14 @@ def build_paligemma(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, se
             eos_token_id=ids["<eos>"],
             pad_token_id=ids["<pad>"],
         ),
-        vision_config={
-            "model_type": "siglip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": image_size,
-            "patch_size": patch,
-            "vision_use_head": False,
-        },
+        vision_config=common.tiny_vision_config(
+            model_type="siglip_vision_model", image_size=image_size, patch_size=patch, vision_use_head=False
+        ),
         image_token_index=ids["<image>"],
         vocab_size=vocab,
         projection_dim=hidden_size,
         hidden_size=hidden_size,
     )
-    torch.manual_seed(seed)
-    model = PaliGemmaForConditionalGeneration(config)
-    set_generation_ids(model, eos=ids["<eos>"], pad=ids["<pad>"], bos=ids["<bos>"])
-    return save_replica(model, processor, out_dir)
+    model = common.random_model(PaliGemmaForConditionalGeneration, config, seed=seed)
+    common.set_generation_ids(model, eos=ids["<eos>"], pad=ids["<pad>"], bos=ids["<bos>"])
+    return common.save_replica(model, processor, out_dir)

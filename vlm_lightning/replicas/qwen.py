@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import (
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
@@ -24,13 +23,7 @@ from transformers import (
     Qwen3VLProcessor,
 )
 
-from vlm_lightning.replicas.common import (
-    byte_level_tokenizer,
-    padded_vocab_size,
-    save_replica,
-    set_generation_ids,
-    tiny_text_config,
-)
+from vlm_lightning.replicas import common
 from vlm_lightning.replicas.qwen_bpe import QWEN_EMBEDDING_ROWS, qwen_tokenizer
 from vlm_lightning.replicas.qwen_common import (
     QWEN_SPECIAL_TOKENS,
@@ -72,10 +65,11 @@ def _qwen_tokenizer(kind: str, family: str, template: str) -> _QwenTokenizer:
     Instruct checkpoints' ``generation_config.json`` do (``eos_token_id: [151645, 151643]``).
     """
     if kind == "byte":
-        tokenizer = byte_level_tokenizer(QWEN_SPECIAL_TOKENS, eos="<|im_end|>", pad="<|endoftext|>")
-        tokenizer.chat_template = template
+        tokenizer = common.byte_level_tokenizer(
+            QWEN_SPECIAL_TOKENS, eos="<|im_end|>", pad="<|endoftext|>", chat_template=template
+        )
         eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        vocab_size, tie = padded_vocab_size(tokenizer), False
+        vocab_size, tie = common.padded_vocab_size(tokenizer), False
     elif kind == "qwen":
         tokenizer = qwen_tokenizer(family, chat_template=template)
         eos = [
@@ -87,7 +81,7 @@ def _qwen_tokenizer(kind: str, family: str, template: str) -> _QwenTokenizer:
         raise ValueError(
             f"unknown tokenizer '{kind}' for a Qwen replica; known: {', '.join(QWEN_TOKENIZERS)}"
         )
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    ids = common.token_ids(tokenizer, QWEN_SPECIAL_TOKENS)
     return _QwenTokenizer(tokenizer, ids, vocab_size, tie, eos)
 
 
@@ -104,11 +98,10 @@ def _save(
     model_cls: Any, config: Any, processor: Any, out_dir: Path, *, seed: int, tok: _QwenTokenizer, bos: bool
 ) -> Path:
     """Seeded random weights of ``config``, the generation ids (bos only when ``bos``), saved with ``processor``."""
-    torch.manual_seed(seed)
-    model = model_cls(config)
     endoftext = tok.ids["<|endoftext|>"]
-    set_generation_ids(model, eos=tok.generation_eos, pad=endoftext, bos=endoftext if bos else None)
-    return save_replica(model, processor, out_dir)
+    model = common.random_model(model_cls, config, seed=seed)
+    common.set_generation_ids(model, eos=tok.generation_eos, pad=endoftext, bos=endoftext if bos else None)
+    return common.save_replica(model, processor, out_dir)
 
 
 def build_qwen2_vl(
@@ -125,7 +118,7 @@ def build_qwen2_vl(
         "rope_theta": 10000.0,
     }
     config = Qwen2VLConfig(
-        text_config=tiny_text_config(
+        text_config=common.tiny_text_config(
             tok.vocab_size, hidden_size, layers, rope_parameters=rope, **_special_ids(tok)
         ),
         vision_config={
@@ -164,7 +157,7 @@ def build_qwen2_5_vl(
         "rope_theta": 1000000.0,
     }
     config = Qwen2_5_VLConfig(
-        text_config=tiny_text_config(
+        text_config=common.tiny_text_config(
             tok.vocab_size,
             hidden_size,
             layers,
@@ -203,7 +196,7 @@ def build_qwen3_vl(
         "rope_theta": 5000000.0,
     }
     config = Qwen3VLConfig(
-        text_config=tiny_text_config(
+        text_config=common.tiny_text_config(
             tok.vocab_size,
             hidden_size,
             layers,

@@ -12,20 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import (
     Qwen3_5Config,
     Qwen3_5ForConditionalGeneration,
     Qwen3VLProcessor,
 )
 
-from vlm_lightning.replicas.common import (
-    byte_level_tokenizer,
-    padded_vocab_size,
-    save_replica,
-    set_generation_ids,
-    tiny_text_config,
-)
+from vlm_lightning.replicas import common
 from vlm_lightning.replicas.qwen_common import (
     QWEN_SPECIAL_TOKENS,
     qwen3_style_image_processors,
@@ -219,15 +212,16 @@ def build_qwen3_5(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed
     patch 16, merge 2 (32 px per image token), 4..64 image tokens, mean/std 0.5 as in the real processor.
     """
 
-    tokenizer = byte_level_tokenizer(QWEN_SPECIAL_TOKENS, eos="<|im_end|>", pad="<|endoftext|>")
+    tokenizer = common.byte_level_tokenizer(
+        QWEN_SPECIAL_TOKENS, eos="<|im_end|>", pad="<|endoftext|>", chat_template=QWEN3_5_CHAT_TEMPLATE
+    )
     tokenizer.add_tokens(QWEN3_5_THINK_TOKENS)
-    tokenizer.chat_template = QWEN3_5_CHAT_TEMPLATE
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    ids = common.token_ids(tokenizer, QWEN_SPECIAL_TOKENS)
     head_dim = 32
     partial_rotary = 0.25
     config = Qwen3_5Config(
-        text_config=tiny_text_config(
-            padded_vocab_size(tokenizer),
+        text_config=common.tiny_text_config(
+            common.padded_vocab_size(tokenizer),
             hidden_size,
             layers,
             layer_types=_layer_types(layers),
@@ -251,11 +245,12 @@ def build_qwen3_5(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed
         **qwen_vision_token_ids(ids),
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = Qwen3_5ForConditionalGeneration(config)
-    set_generation_ids(model, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"], bos=ids["<|endoftext|>"])
+    model = common.random_model(Qwen3_5ForConditionalGeneration, config, seed=seed)
+    common.set_generation_ids(
+        model, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"], bos=ids["<|endoftext|>"]
+    )
     size = {"shortest_edge": 64 * 64, "longest_edge": 256 * 256}
     processor = Qwen3VLProcessor(
         tokenizer=tokenizer, chat_template=QWEN3_5_CHAT_TEMPLATE, **qwen3_style_image_processors(size)
     )
-    return save_replica(model, processor, out_dir)
+    return common.save_replica(model, processor, out_dir)

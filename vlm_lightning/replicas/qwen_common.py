@@ -11,6 +11,8 @@ from typing import Any
 
 from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3VLVideoProcessor
 
+from vlm_lightning.replicas import common
+
 QWEN_SPECIAL_TOKENS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -63,10 +65,9 @@ def qwen2_style_processors(size: dict[str, int]) -> dict[str, Any]:
 
 def qwen3_style_image_processors(size: dict[str, int]) -> dict[str, Any]:
     """Image and video processors of Qwen3-style vision (patch 16, merge 2: 32 px per token, mean/std 0.5)."""
-    half = [0.5, 0.5, 0.5]
     return {
         "image_processor": Qwen2VLImageProcessor(
-            size=size, patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=half, image_std=half
+            size=size, patch_size=16, merge_size=2, temporal_patch_size=2, **common.half_normalization()
         ),
         "video_processor": Qwen3VLVideoProcessor(
             size=size, patch_size=16, merge_size=2, temporal_patch_size=2

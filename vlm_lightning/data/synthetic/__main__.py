@@ -1,4 +1,4 @@
-"""``python -m vlm_lightning.data.synthetic {receipts,captchas,formulas,boxes} --out DIR --n N [--split ...]``."""
+"""``python -m vlm_lightning synthetic {receipts,captchas,formulas,boxes} --out DIR --n N [--split ...]``."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _split(text: str) -> dict[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the generator script."""
     parser = argparse.ArgumentParser(
-        prog="python -m vlm_lightning.data.synthetic",
+        prog="python -m vlm_lightning synthetic",
         description="Write a deterministic synthetic dataset: JSONL rows + PNGs under OUT/images/.",
     )
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="{receipts,captchas,formulas,boxes}")
