@@ -158,11 +158,8 @@ def test_measuring_lengths_records_each_cut_answer_but_collating_does_not(
     short = Record(
         "short", ["x"], [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], ["A"]
     )
-    qwen_collator.cut_samples.clear()
-    problems: list[str] = []
-    lengths = qwen_collator.lengths([(long, [_image()]), (short, [_image()])], problems)
-    assert not problems and lengths[0] == 400 and lengths[1] < 400
-    assert [(rid, kept) for rid, _, kept in qwen_collator.cut_samples] == [("long", 400)]
-    assert qwen_collator.cut_samples[0][1] > 400  # the uncut length, for the warning
-    qwen_collator([(long, [_image()])])  # training batches do not grow the list
-    assert len(qwen_collator.cut_samples) == 1
+    report = qwen_collator.lengths([(long, [_image()]), (short, [_image()])])
+    assert not report.problems and report.tokens[0] == 400 and report.tokens[1] < 400
+    assert [(rid, kept) for rid, _, kept in report.cut] == [("long", 400)]
+    assert report.cut[0][1] > 400  # the uncut length, for the warning
+    assert not hasattr(qwen_collator, "cut_samples")  # no side channel: the report is the answer

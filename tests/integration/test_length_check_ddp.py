@@ -44,9 +44,7 @@ def _worker(rank: int, world: int, port: int, processor: str, data: dict[str, st
         module = _module(processor, data, max_length=400, cache=str(Path(out, f"cache{rank}")))
         measured: list[int] = []
         lengths_of = module.collator.lengths
-        module.collator.lengths = lambda items, problems: (
-            measured.append(len(items)) or lengths_of(items, problems)
-        )
+        module.collator.lengths = lambda items: measured.append(len(items)) or lengths_of(items)
         module.setup("fit")
         lengths = {split: module.datasets[split].lengths for split in ("train", "val")}
         try:  # a budget some samples exceed: every rank must raise the same, complete report

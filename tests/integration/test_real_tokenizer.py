@@ -439,9 +439,9 @@ def test_length_check_counts_real_tokens(family) -> None:  # noqa: ANN001
     long_answer = "The total amount due on this receipt is twelve euros and fifty cents. " * 6
     records = [single(k, a) for k, a in ANSWERS.items()] + [single("long", long_answer)]
     items = [(r, [image(i)]) for i, r in enumerate(records)]
-    problems: list[str] = []
-    lengths = collator.lengths(items, problems)
-    assert not problems
+    report = collator.lengths(items)
+    lengths = report.tokens
+    assert not report.problems
     batch = collator(items)
     assert lengths == batch["inputs"]["attention_mask"].sum(1).tolist()
     for (record, imgs), length in zip(items, lengths):
@@ -459,22 +459,19 @@ def test_max_length_cuts_at_the_real_token_count(family) -> None:  # noqa: ANN00
     tok = processor.tokenizer
     record = single("cut", ANSWERS["cjk"])
     items = [(record, [image()])]
-    length = collator.lengths(items, [])[0]
+    length = collator.lengths(items).tokens[0]
     saved = collator.max_length
     try:
         collator.max_length = length
-        collator.cut_samples.clear()
-        collator.lengths(items, [])
-        assert collator.cut_samples == []
+        assert collator.lengths(items).cut == []
         collator.max_length = length - 2  # drops the trailing "\n" and <|im_end|>
-        problems: list[str] = []
-        assert collator.lengths(items, problems) == [length - 2] and not problems
-        assert collator.cut_samples == [("cut", length, length - 2)]
+        report = collator.lengths(items)
+        assert report.tokens == [length - 2] and not report.problems
+        assert report.cut == [("cut", length, length - 2)]
         labels = collator(items)["labels"][0]
         assert labels[labels != IGNORE_INDEX].tolist() == enc(tok, ANSWERS["cjk"]), name
     finally:
         collator.max_length = saved
-        collator.cut_samples.clear()
 
 
 # --- generation ------------------------------------------------------------------------------------------

@@ -81,9 +81,19 @@ def record_fields(records: Sequence[Record]) -> dict[str, list]:
     }
 
 
+@dataclass
+class LengthReport:
+    """What ``Collator.lengths`` measured for some samples: their token lengths (after cutting answer tails),
+    the samples that cannot fit (messages), and the answer tails cut: ``(id, tokens, kept)``."""
+
+    tokens: list[int]
+    problems: list[str]
+    cut: list[tuple[str, int, int]]
+
+
 class CollatorBase:
     """What every collator keeps: the processor and its tokenizer, the family's facts, the length, mask and
-    padding settings, the pad id, and ``cut_samples``. ``mask`` left out is the class's ``default_mask``."""
+    padding settings, and the pad id. ``mask`` left out is the class's ``default_mask``."""
 
     default_mask: ClassVar[MaskStrategy] = "assistant"
 
@@ -104,7 +114,6 @@ class CollatorBase:
         self.pad_to_multiple_of = pad_to_multiple_of
         self.truncate_answers = truncate_answers
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.cut_samples: list[tuple[str, int, int]] = []  # (id, tokens, kept): answer tails cut
         self._read_processor()
 
     def _read_processor(self) -> None:
@@ -146,11 +155,13 @@ class ChatCollator(CollatorBase):
         records: Sequence[Record],
         images: Sequence[list[Image.Image]],
         problems: list[str] | None = None,
+        cut: list[tuple[str, int, int]] | None = None,
     ) -> tuple[list[EncodedSample], dict]:
         """Encode samples; return per-sample encodings and the batched image tensors.
 
         A sample too long for ``max_length`` raises ``SampleTooLongError``, or, when a ``problems`` list is
-        given, is reported there (and still returned, cut) so a whole dataset can be checked at once.
+        given, is reported there (and still returned, cut) so a whole dataset can be checked at once. A
+        ``cut`` list receives the samples whose answer tail was cut.
         """
         convs = [
             segment_conversation(
@@ -190,7 +201,7 @@ class ChatCollator(CollatorBase):
             extras = {k: v[i, :n].tolist() + [0] * (len(ids) - n) for k, v in token_extras.items()}
             sample = EncodedSample(ids, labels, extras, prompt_len)
             try:
-                samples.append(self._fit_length(record, sample, measuring=problems is not None))
+                samples.append(self._fit_length(record, sample, cut))
             except SampleTooLongError as exc:
                 if problems is None:
                     raise
@@ -198,7 +209,9 @@ class ChatCollator(CollatorBase):
                 samples.append(sample)
         return samples, trim_patch_padding(dict(batch))
 
-    def _fit_length(self, record: Record, sample: EncodedSample, measuring: bool = False) -> EncodedSample:
+    def _fit_length(
+        self, record: Record, sample: EncodedSample, cut: list[tuple[str, int, int]] | None = None
+    ) -> EncodedSample:
         """Refuse to cut image or prompt tokens; cut the answer's tail if allowed."""
         length = len(sample.input_ids)
         if length <= self.max_length:
@@ -212,16 +225,19 @@ class ChatCollator(CollatorBase):
                 too_long_message(record, length, sample.prompt_len, self.max_length, what)
             )
         m = self.max_length
-        if measuring:  # ``lengths`` (the length check), not a training batch
-            self.cut_samples.append((record.id, length, m))
+        if cut is not None:  # ``lengths`` (the length check), not a training batch
+            cut.append((record.id, length, m))
         extras = {k: v[:m] for k, v in sample.extras.items()}
         return EncodedSample(sample.input_ids[:m], sample.labels[:m], extras, sample.prompt_len)
 
-    def lengths(self, items: Sequence[tuple[Record, list[Image.Image]]], problems: list[str]) -> list[int]:
-        """Token lengths of samples (after cutting answer tails, recorded in ``cut_samples``); samples that
-        cannot fit are added to ``problems``."""
-        samples, _ = self.encode([r for r, _ in items], [imgs for _, imgs in items], problems=problems)
-        return [len(s.input_ids) for s in samples]
+    def lengths(self, items: Sequence[tuple[Record, list[Image.Image]]]) -> LengthReport:
+        """Token lengths of samples after cutting answer tails, what cannot fit, and what was cut."""
+        problems: list[str] = []
+        cut: list[tuple[str, int, int]] = []
+        samples, _ = self.encode(
+            [r for r, _ in items], [imgs for _, imgs in items], problems=problems, cut=cut
+        )
+        return LengthReport([len(s.input_ids) for s in samples], problems, cut)
 
     def _pad_len(self, longest: int) -> int:
         if self.pad_to_multiple_of:

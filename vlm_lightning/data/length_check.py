@@ -115,25 +115,30 @@ def lengths_key(
     )
 
 
-def measure_lengths(dataset: RecordDataset, collator: ChatCollator) -> tuple[list[int], list[str]]:
-    """Token lengths (and too-long problems) of every sample; under an initialised process group each
-    rank measures every world_size-th sample and the shares are gathered, so all ranks hold the same
-    full list and startup work is divided by the number of ranks."""
+def measure_lengths(
+    dataset: RecordDataset, collator: ChatCollator
+) -> tuple[list[int], list[str], list[tuple[str, int, int]]]:
+    """Token lengths (and too-long problems) of every sample, and this rank's cut answers; under an
+    initialised process group each rank measures every world_size-th sample and the shares are gathered,
+    so all ranks hold the same full list and startup work is divided by the number of ranks."""
     rank, world = 0, 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     indices = list(range(rank, len(dataset), world))
     lengths: list[int] = []
     problems: list[str] = []
+    cut: list[tuple[str, int, int]] = []
     chunk = 16
     for start in range(0, len(indices), chunk):
-        items = [dataset[i] for i in indices[start : start + chunk]]
-        lengths.extend(collator.lengths(items, problems))
+        report = collator.lengths([dataset[i] for i in indices[start : start + chunk]])
+        lengths.extend(report.tokens)
+        problems.extend(report.problems)
+        cut.extend(report.cut)
     if world == 1:
-        return lengths, problems
+        return lengths, problems, cut
     shares: list[Any] = [None] * world
     torch.distributed.all_gather_object(shares, (indices, lengths, problems))
-    return merge_length_shares(len(dataset), shares)
+    return (*merge_length_shares(len(dataset), shares), cut)
 
 
 def check_row_budget(lengths: list[int], records: list[Record], budget: int, packing: bool) -> None:
@@ -167,10 +172,9 @@ def check_lengths(
         if all_ranks(cached is not None):  # ranks must agree: a rank that measures waits for the others
             dataset.lengths = cached
             continue
-        collator().cut_samples.clear()
-        lengths, split_problems = measure_lengths(dataset, collator())
+        lengths, split_problems, rank_cut = measure_lengths(dataset, collator())
         problems.extend(split_problems)
-        cut = gather_lists(collator().cut_samples)
+        cut = gather_lists(rank_cut)
         if split == "train" and (too_many := too_many_cut(cut, lengths, hparams)):
             problems.append(too_many)
         else:

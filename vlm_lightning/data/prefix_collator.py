@@ -15,6 +15,7 @@ from PIL import Image
 from vlm_lightning.data.collator import (
     IGNORE_INDEX,
     CollatorBase,
+    LengthReport,
     SampleTooLongError,
     record_fields,
     too_long_message,
@@ -60,13 +61,14 @@ class PrefixSuffixCollator(CollatorBase):
         lengths: list[int],
         prompt_lengths: list[int],
         problems: list[str] | None,
+        cut: list[tuple[str, int, int]] | None = None,
     ) -> None:
         for record, length, prompt_len in zip(records, lengths, prompt_lengths):
             if length <= self.max_length:
                 continue
             if self.truncate_answers and prompt_len < self.max_length:
-                if problems is not None:  # measuring (``lengths``), not collating a batch
-                    self.cut_samples.append((record.id, length, self.max_length))
+                if cut is not None:  # measuring (``lengths``), not collating a batch
+                    cut.append((record.id, length, self.max_length))
                 continue
             what = "image tokens" if self.image_tokens >= self.max_length else "the prompt"
             message = too_long_message(record, length, prompt_len, self.max_length, what)
@@ -77,10 +79,11 @@ class PrefixSuffixCollator(CollatorBase):
     def _images(self, items: Sequence[tuple[Record, list[Image.Image]]]) -> list[list[Image.Image]]:
         return [list(imgs) for _, imgs in items]
 
-    def lengths(self, items: Sequence[tuple[Record, list[Image.Image]]], problems: list[str]) -> list[int]:
-        """Token lengths of samples; too-long samples (and ``data.mask`` it cannot honour) go to ``problems``."""
+    def lengths(self, items: Sequence[tuple[Record, list[Image.Image]]]) -> LengthReport:
+        """Token lengths of samples, the too-long ones (and ``data.mask`` it cannot honour), and the cut ones."""
         records = [r for r, _ in items]
-        problems.extend(reason for r in records if (reason := unlearnable_turns(r, self.mask)))
+        problems = [reason for r in records if (reason := unlearnable_turns(r, self.mask))]
+        cut: list[tuple[str, int, int]] = []
         full = self.processor(
             text=[prefix_prompt(r, self.image_token) for r in records],
             images=self._images(items),
@@ -89,8 +92,8 @@ class PrefixSuffixCollator(CollatorBase):
             padding="longest",
         )
         lengths = full["attention_mask"].sum(1).tolist()
-        self._check(records, lengths, _prompt_mask(full).sum(1).tolist(), problems)
-        return lengths
+        self._check(records, lengths, _prompt_mask(full).sum(1).tolist(), problems, cut)
+        return LengthReport(lengths, problems, cut)
 
     def _left_padded_prompts(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Generation inputs cut from a prompt + suffix batch (images processed once): the prefix tokens
