@@ -134,9 +134,9 @@ def test_cache_hits_on_second_run_and_invalidates_on_setting_change(tiny_replica
     calls = {"n": 0}
     original = ChatCollator.lengths
 
-    def counting(self, items, problems):  # noqa: ANN001, ANN202
+    def counting(self, items):  # noqa: ANN001, ANN202
         calls["n"] += 1
-        return original(self, items, problems)
+        return original(self, items)
 
     cache = str(tmp_path / "cache")
     ChatCollator.lengths = counting
