@@ -1,9 +1,9 @@
-"""Why packed rows run eager by default: a compiled Qwen-style vision tower recompiles for every image count.
+"""Why packed rows run the vision tower eager by default: a compiled Qwen-style vision tower recompiles for every image count.
 
 Qwen2-VL's vision attention (transformers) splits queries per image behind a graph break, so the resumed frame
 guards on the number of images. Unpacked batches keep it fixed (one image per sample, ``batch_size`` samples);
 packed batches change it every step. If this test fails, upstream changed that path: re-measure compiled packing
-(docs/benchmarks.md) and revisit ``VLMFineTuner._eager_for_packing``.
+(docs/benchmarks.md) and revisit ``VLMFineTuner._eager_vision_for_packing``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from vlm_lightning.data.collator import ChatCollator
 from vlm_lightning.data.dataset import ImageLoadError, RecordDataset
 from vlm_lightning.data.leakage import check_leakage
 from vlm_lightning.data.length_check import check_lengths, length_to_fit, lengths_key, merge_length_shares
-from vlm_lightning.data.loaders import build_loader, plan_loader
+from vlm_lightning.data.loaders import build_loader, plan_loader, workers_for
 from vlm_lightning.data.masking import MaskStrategy
 from vlm_lightning.data.records import Record, RowProblem
 from vlm_lightning.data.sampling import EPOCH_BATCHES, StreamPosition, layout_change
@@ -50,17 +50,16 @@ class DocumentDataModule(L.LightningDataModule):
         max_cut_fraction: largest share of the training samples whose answer tail (and with it the
             end-of-turn token) ``max_length`` may cut; more stops before training with the length that
             would fit. ``0`` refuses any cut.
-        prompt: instruction used for rows that carry only a ``target`` / ``answer``.
-        system: system prompt added to every conversation (a row's own ``system`` wins).
+        prompt / system: instruction for rows with only a ``target`` / ``answer`` / system prompt of every
+            conversation (a row's own ``system`` wins).
         mask: learn every assistant turn (``assistant``) or only the last one (``last``).
         val_fraction: when ``val`` is not given, hold out this fraction of ``train`` (deterministic by seed).
         val_limit: evaluate on at most this many validation samples (generation is the costly part).
         image_max_tokens / image_min_tokens: image-token budget, translated to the family's processor knobs.
         max_image_side: shrink larger images (longest side, pixels) before the processor sees them.
         enhance_contrast / enhance_sharpness: PIL enhancement factors applied to every split (1.0 = off).
-        cache_dir: keep preprocessed (enhanced, and for augmented copies augmented) images and token
-            lengths here, keyed by the source files and every setting that changes them; reused by later runs.
-        clear_cache: empty ``cache_dir`` before use.
+        cache_dir / clear_cache: keep preprocessed images and token lengths here (keyed by the source files
+            and every setting that changes them; reused by later runs) / empty it first.
         augment: albumentations pipeline for training only (``"default"`` or a list of transforms).
         augment_copies / augment_p: augmented copies added per training sample, and per-copy probability.
         leakage: overlap of ids, images or (image, question) pairs between splits is an ``error`` (default),
@@ -74,10 +73,10 @@ class DocumentDataModule(L.LightningDataModule):
         pad_to_multiple_of: pad batches to a multiple of this length (static shapes for compiled kernels);
             ``auto`` (the default): 64 when CUDA is available (where layers are compiled by default), else none.
         group_by_length: ``None`` (the default): on when CUDA is available. Draw each training step's batches
-            (all ranks together) from samples of similar
-            length: less padding, and under DDP no rank waits for one with longer samples. Uses the
-            lengths of ``check_lengths``; the order stays random between groups and resumable.
-        num_workers: dataloader workers (processor work happens in them).
+            (all ranks together) from samples of similar length: less padding, and under DDP no rank waits
+            for one with longer samples; uses ``check_lengths``' lengths; random between groups, resumable.
+        num_workers: dataloader workers (image decoding and processor work happen in them). ``None`` (the
+            default): on CUDA up to 8 per process (the CPUs this process may use / processes per node), else 0.
     """
 
     def __init__(
@@ -114,7 +113,7 @@ class DocumentDataModule(L.LightningDataModule):
         restrict_image_paths: bool = False,
         pad_to_multiple_of: int | Literal["auto"] | None = "auto",
         group_by_length: bool | None = None,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         trust_remote_code: bool = False,
         seed: int = 0,
     ) -> None:
@@ -325,7 +324,8 @@ class DocumentDataModule(L.LightningDataModule):
             seed=self.hparams.seed,
         )
         collate = self._packed_collate if split == "train" and self.hparams.packing else self.collator
-        return build_loader(plan, collate, self.num_workers, self.hparams.seed, self.train_position)
+        workers = workers_for(self.num_workers, self.trainer)
+        return build_loader(plan, collate, workers, self.hparams.seed, self.train_position)
 
     @property
     def row_budget(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -20,6 +21,22 @@ from vlm_lightning.data.sampling import (
 )
 from vlm_lightning.distributed import forward_is_collective
 from vlm_lightning.errors import SettingError
+
+#: most dataloader workers a process gets by default (image decoding + the processor keep up with a step)
+DEFAULT_MAX_WORKERS = 8
+
+
+def workers_for(num_workers: int | None, trainer: Any = None) -> int:
+    """``data.num_workers`` with ``None`` resolved: on CUDA, the CPUs this process may use shared by the
+    processes of its node, at most ``DEFAULT_MAX_WORKERS`` (0 workers would decode images and run the
+    processor between training steps); on the CPU 0 (workers would compete with training for the cores)."""
+    if num_workers is not None:
+        return num_workers
+    if not torch.cuda.is_available():
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_node = max(1, getattr(trainer, "num_devices", 1) or 1) if trainer is not None else 1
+    return max(1, min(DEFAULT_MAX_WORKERS, cpus // per_node - 1))
 
 
 class LoaderPlan(NamedTuple):

@@ -16,6 +16,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from vlm_lightning.callbacks.nonfinite import NonFiniteGuard
+from vlm_lightning.errors import SettingError
 from vlm_lightning.generation import end_of_turn_ids
 from vlm_lightning.metrics import build_metrics
 from vlm_lightning.models.acceleration import (
@@ -24,6 +25,7 @@ from vlm_lightning.models.acceleration import (
     skip_lora_input_cast,
 )
 from vlm_lightning.models.build import build_model
+from vlm_lightning.models.compile_support import compile_problem
 from vlm_lightning.models.families import FamilyFacts
 from vlm_lightning.models.loading import Dtype
 from vlm_lightning.models.packed_positions import packed_inputs
@@ -117,6 +119,7 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
         self.compiled_vision = (
             compile_vision_tower if compile_vision_tower is not None else self.compiled_layers
         )
+        self._check_compile_support(compile_language_model, compile_vision_tower)
         if os.path.isdir(name_or_path):  # checkpoints name their base model wherever they are used from
             self.hparams["name_or_path"] = os.path.abspath(name_or_path)
         self.lora = lora or LoraSettings()
@@ -149,6 +152,28 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
         self.step_loss = StepTokenMean()
         self.val_token_acc = TokenMean()
         self.last_val_samples: list[dict[str, Any]] = []  # first val batch, for tracking.PredictionTable
+
+    def _check_compile_support(self, language_model: bool | None, vision_tower: bool | None) -> None:
+        """Compilation asked for on a platform that cannot compile stops here, before the model loads;
+        the ``null`` default falls back to eager layers with a warning."""
+        problem = (
+            compile_problem(torch.cuda.is_available())
+            if self.compiled_layers or self.compiled_vision
+            else None
+        )
+        if problem is None:
+            return
+        asked = [
+            f"model.{n}"
+            for n, v in (("compile_language_model", language_model), ("compile_vision_tower", vision_tower))
+            if v
+        ]
+        if asked:
+            raise SettingError(
+                f"{' and '.join(asked)}: true, but {problem}. Set it to false (or null: compiled where possible)"
+            )
+        log.warning("the layers run eager (model.compile_language_model: null): %s", problem)
+        self.compiled_layers = self.compiled_vision = False
 
     # --- batches on the device without host syncs -----------------------------------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -232,38 +257,35 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
         clip = self._trainer is not None and self.trainer.gradient_clip_val
         if clip and self.trainer.gradient_clip_algorithm != "value":
             return  # configure_gradient_clipping logs the norm it computes anyway
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if grads:  # one foreach kernel per dtype/device group, not one norm per parameter
             self.log("train/grad_norm", full_value(torch.nn.utils.get_total_norm(grads, foreach=True)))
 
     # --- model set-up: mixed-precision casts, compilation, FSDP2 ------------------------------------
-    def _eager_for_packing(self) -> None:
-        """Packed training rows run eager unless compilation was asked for (measured: 2.69x unpacked on
-        Qwen2-VL-2B; compiled, 0.11x eager). Packed batches hold a different number of images every step,
-        and the vision attention of the Qwen family splits per image behind a graph break, so its compiled
-        layers recompile for each new image count (``test_packed_compile.py``); the language model's layers
-        do not, but compiled-LM + eager-vision packing is not measured on a GPU yet."""
+    def _eager_vision_for_packing(self) -> None:
+        """Packed training rows keep the compiled language model but run the vision tower eager unless its
+        compilation was asked for. Packed batches hold a different number of images every step, and the
+        Qwen family's vision attention splits per image behind a graph break, so compiled vision layers
+        recompile for each new image count (``test_packed_compile.py``; measured 0.11x eager); the decoder
+        layers do not. Measured on Qwen2-VL-2B, 8 rows x 1,024 tokens: compiled LM + eager vision 114
+        samples/s at 6.8 GiB, all eager 119 samples/s at 27.7 GiB (docs/benchmarks.md)."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         hparams = getattr(datamodule, "hparams", None) or {}
-        if not hparams.get("packing", False) or getattr(self, "_compiled", False):
+        if not hparams.get("packing", False) or getattr(self, "_vision_compiled", False):
             return
-        was = (self.compiled_layers, self.compiled_vision)
-        if self.hparams.compile_language_model is None:
-            self.compiled_layers = False
-        if self.hparams.compile_vision_tower is None:  # follows the language model's setting
-            self.compiled_vision = self.compiled_layers
-        if was != (self.compiled_layers, self.compiled_vision) and self.trainer.is_global_zero:
-            print(
-                "[vlm_lightning] data.packing: the layers run eager (compiled layers are slower on packed "
-                "rows); --model.compile_language_model true compiles them anyway"
-            )
+        if self.hparams.compile_vision_tower is None and self.compiled_vision:
+            self.compiled_vision = False
+            if self.trainer.is_global_zero:
+                print(
+                    "[vlm_lightning] data.packing: the vision tower runs eager (its compiled layers recompile "
+                    "for every image count); --model.compile_vision_tower true compiles it anyway"
+                )
 
     def configure_model(self) -> None:
         precision = str(getattr(self._trainer, "precision", "")) if self._trainer is not None else ""
         if precision.endswith("-mixed") and not getattr(self, "_lora_cast_skipped", False):
             skip_lora_input_cast(self.model)
             self._lora_cast_skipped = True
-        self._eager_for_packing()
+        self._eager_vision_for_packing()
         if self.compiled_layers and not getattr(self, "_compiled", False):
             n = compile_decoder_layers(
                 self.model, self.facts, recompute_activations=self.hparams.gradient_checkpointing
