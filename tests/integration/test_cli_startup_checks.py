@@ -97,6 +97,10 @@ CASES = {
          "--data.image_max_tokens", "16"],
         "data.max_tokens_per_row 20 is smaller than sample 'train-",
     ),
+    "packing with flash attention": (  # transformers' flash path splits samples only in a batch of one row
+        ["fit", "--data.packing", "true", "--model.attn_implementation", "flash_attention_2"],
+        "model.attn_implementation 'flash_attention_2' does not keep packed samples apart",
+    ),
     "option typo": (["fit", "--data.bach_size", "2"], "--data.bach_size 2 (did you mean data.batch_size?)"),
     "unknown nested option": (
         ["fit", "--model.lora.rank", "8"],

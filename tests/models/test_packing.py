@@ -195,3 +195,39 @@ def test_lfm2_short_conv_patch_matches_the_library_and_respects_boundaries() -> 
     alone = torch.cat([library(hidden[:, :4]), library(hidden[:, 4:])], dim=1)
     torch.testing.assert_close(packed, alone, rtol=1e-6, atol=1e-6)  # each sample as if it were alone
     assert not torch.allclose(library(hidden)[:, 4:6], alone[:, 4:6])  # the unpatched conv leaks
+
+
+def test_packing_accepts_only_attention_kernels_that_keep_samples_apart() -> None:
+    from vlm_lightning.models.packed_positions import packing_attention_problem
+
+    assert packing_attention_problem(None) is None  # the model's default: sdpa (or eager)
+    assert packing_attention_problem("sdpa") is None and packing_attention_problem("eager") is None
+    for kernel in ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn"):
+        assert "--model.attn_implementation sdpa" in packing_attention_problem(kernel)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "lfm2_vl"])
+def test_packed_rows_are_exact_with_the_eager_kernel_too(family: str, tiny_replica) -> None:  # noqa: ANN001
+    """The two kernels packing accepts both build the per-sample mask from the restarting positions."""
+    from vlm_lightning.models.build import build_model
+    from vlm_lightning.models.peft_setup import LoraSettings
+
+    path = str(tiny_replica(family))
+    torch.manual_seed(0)
+    model = build_model(
+        path, lora=LoraSettings(r=4, dropout=0.0), dtype="float32", attn_implementation="eager"
+    )
+    model = model.model.eval()
+    assert model.config._attn_implementation == "eager"
+    collator = make_collator(load_processor(path, image_max_tokens=16), family_of(path), max_length=400)
+    with torch.no_grad():
+        logits, batch = _packed_logits(model, collator, ANSWERS)
+        changed, batch2 = _packed_logits(model, collator, [ANSWERS[0], "Another shop entirely", ANSWERS[2]])
+    before = _sample_losses(logits, batch["labels"], batch["packed_segments"])
+    after = _sample_losses(changed, batch2["labels"], batch2["packed_segments"])
+    torch.testing.assert_close(before[2], after[2], rtol=1e-5, atol=1e-5)  # the sample after the changed one
+    with torch.no_grad():
+        single = collator([_items(ANSWERS)[0]])
+        alone = model(**single["inputs"], use_cache=False).logits
+    first = _sample_losses(alone, single["labels"], [[single["labels"].shape[1]]])[0]
+    torch.testing.assert_close(before[0], first, rtol=1e-5, atol=1e-5)

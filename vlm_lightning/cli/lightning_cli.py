@@ -42,9 +42,10 @@ from vlm_lightning.cli.startup_checks import (
 )
 from vlm_lightning.data.datamodule import DocumentDataModule
 from vlm_lightning.distributed import forward_is_collective
-from vlm_lightning.errors import UserError, missing_package_message, setting_error_in
+from vlm_lightning.errors import SettingError, UserError, missing_package_message, setting_error_in
 from vlm_lightning.metrics import build_metrics
 from vlm_lightning.models.loading import family_of
+from vlm_lightning.models.packed_positions import packing_attention_problem
 from vlm_lightning.training.module import VLMFineTuner
 from vlm_lightning.training.sharding import check_strategy, resolve_strategy
 
@@ -86,6 +87,10 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         build_metrics(names)  # an unknown name is a SettingError listing the known ones
         data = DocumentDataModule(**(_plain(section.get("data")) or {}))
         data.prepare(subcommand)  # rows validated now, not after the model has loaded
+        if subcommand == "fit" and data.hparams.packing:
+            problem = packing_attention_problem(model.get("attn_implementation"))
+            if problem:
+                raise SettingError(problem)
         self._prepared_data = data
         scored = {"fit": "val", "validate": "val", "test": "test"}.get(subcommand)
         records = data.datasets[scored].records if scored in data.datasets else []

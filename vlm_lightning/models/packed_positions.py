@@ -67,6 +67,24 @@ def packed_position_ids(
     return torch.cat([text.unsqueeze(0), planes], dim=0)
 
 
+#: attention kernels that keep packed samples apart in rows of any count: transformers builds their block mask
+#: from the restarting positions (``masking_utils.find_packed_sequence_indices``; tested per family on both)
+PACKING_ATTENTION = ("sdpa", "eager")
+
+
+def packing_attention_problem(attn_implementation: str | None) -> str | None:
+    """Why ``data.packing`` cannot use this attention kernel (``None``: it can; ``None`` in = the model's
+    default, sdpa or eager). transformers' flash-attention path reads sample boundaries from the positions
+    only for a batch of one row (``_is_packed_sequence``): with more rows samples would attend to each other."""
+    if attn_implementation is None or attn_implementation in PACKING_ATTENTION:
+        return None
+    return (
+        f"model.attn_implementation {attn_implementation!r} does not keep packed samples apart in transformers "
+        f"(only {' and '.join(PACKING_ATTENTION)} build the per-sample mask for every row). Set "
+        "--model.attn_implementation sdpa, or --data.packing false"
+    )
+
+
 def packed_inputs(
     model: torch.nn.Module, facts: FamilyFacts, inputs: dict[str, Any], segments: Sequence[Sequence[int]]
 ) -> dict[str, torch.Tensor]:
@@ -77,4 +95,4 @@ def packed_inputs(
     return added
 
 
-__all__ = ["packed_inputs", "packed_position_ids"]
+__all__ = ["PACKING_ATTENTION", "packed_inputs", "packed_position_ids", "packing_attention_problem"]

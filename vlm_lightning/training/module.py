@@ -28,7 +28,7 @@ from vlm_lightning.models.build import build_model
 from vlm_lightning.models.compile_support import compile_problem
 from vlm_lightning.models.families import FamilyFacts
 from vlm_lightning.models.loading import Dtype
-from vlm_lightning.models.packed_positions import packed_inputs
+from vlm_lightning.models.packed_positions import packed_inputs, packing_attention_problem
 from vlm_lightning.models.peft_setup import LoraSettings, Mode, parameter_report
 from vlm_lightning.models.sync_free import split_host_inputs
 from vlm_lightning.training.checkpoint_state import CheckpointHooks, CheckpointMismatchError
@@ -261,6 +261,11 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
             self.log("train/grad_norm", full_value(torch.nn.utils.get_total_norm(grads, foreach=True)))
 
     # --- model set-up: mixed-precision casts, compilation, FSDP2 ------------------------------------
+    def _trains_packed(self) -> bool:
+        """Whether the trainer's data module packs training rows (``data.packing``)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return bool((getattr(datamodule, "hparams", None) or {}).get("packing", False))
+
     def _eager_vision_for_packing(self) -> None:
         """Packed training rows keep the compiled language model but run the vision tower eager unless its
         compilation was asked for. Packed batches hold a different number of images every step, and the
@@ -268,9 +273,7 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
         recompile for each new image count (``test_packed_compile.py``; measured 0.11x eager); the decoder
         layers do not. Measured on Qwen2-VL-2B, 8 rows x 1,024 tokens: compiled LM + eager vision 114
         samples/s at 6.8 GiB, all eager 119 samples/s at 27.7 GiB (docs/benchmarks.md)."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        hparams = getattr(datamodule, "hparams", None) or {}
-        if not hparams.get("packing", False) or getattr(self, "_vision_compiled", False):
+        if not self._trains_packed() or getattr(self, "_vision_compiled", False):
             return
         if self.hparams.compile_vision_tower is None and self.compiled_vision:
             self.compiled_vision = False
@@ -285,6 +288,10 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
         if precision.endswith("-mixed") and not getattr(self, "_lora_cast_skipped", False):
             skip_lora_input_cast(self.model)
             self._lora_cast_skipped = True
+        if self._trains_packed():  # the kernel the model loaded with (the CLI checked the setting already)
+            problem = packing_attention_problem(getattr(self.model.config, "_attn_implementation", None))
+            if problem:
+                raise SettingError(problem)
         self._eager_vision_for_packing()
         if self.compiled_layers and not getattr(self, "_compiled", False):
             n = compile_decoder_layers(
