@@ -34,3 +34,16 @@ def test_data_loading_does_not_import_training() -> None:
         for p in (PACKAGE / "data").rglob("*.py")
     }
     assert not {k: v for k, v in offenders.items() if v}, offenders
+
+
+def test_patches_import_no_other_stage() -> None:
+    """``patches/`` (every swap of a library attribute) is a leaf: the stages import it, never the reverse."""
+    offenders = {
+        str(p.relative_to(PACKAGE)): sorted(
+            m
+            for m in _imports(p)
+            if m.startswith("vlm_lightning") and not m.startswith("vlm_lightning.patches")
+        )
+        for p in (PACKAGE / "patches").rglob("*.py")
+    }
+    assert not {k: v for k, v in offenders.items() if v}, offenders

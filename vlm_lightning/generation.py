@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from vlm_lightning.models.merged_lora import merged_lora
+from vlm_lightning.patches.merged_lora import merged_lora
 
 
 def end_of_turn_ids(tokenizer: Any, end_of_turn: str) -> list[int]:
@@ -42,7 +42,7 @@ def generate_batch(
     """Generate for a left-padded batch; return decoded texts (special tokens removed) and new token ids.
 
     With ``merge_lora`` each LoRA projection runs as one merged linear layer while generating
-    (``models.merged_lora``: the stored weights are untouched; costs one copy of the merged weights).
+    (``patches.merged_lora``: the stored weights are untouched; costs one copy of the merged weights).
     """
     stops = with_checkpoint_stops(model, stop_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]

@@ -41,7 +41,7 @@ def ours_step(model: Any, optimizer: Any, params: list[Any], batch: dict[str, An
     """
     import torch
 
-    from vlm_lightning.models.sync_free import split_host_inputs
+    from vlm_lightning.models.host_inputs import split_host_inputs
     from vlm_lightning.training.loss import causal_lm_loss, labelled_positions
 
     moved, host = split_host_inputs(batch["inputs"], ctx.facts)

@@ -46,8 +46,14 @@ def test_counts_sync_sites_of_the_window_only(tmp_path: Path, monkeypatch: pytes
         callbacks=[report],
     )
     data = torch.utils.data.TensorDataset(torch.randn(16, 2))
-    with pytest.warns(UserWarning):  # the steps outside the window warn as usual
+    filters, handler = list(warnings.filters), warnings.showwarning
+    with pytest.warns(UserWarning) as shown:  # the steps outside the window warn as usual
         trainer.fit(_Syncing(), torch.utils.data.DataLoader(data, batch_size=2))
+    assert warnings.filters == filters and warnings.showwarning is handler  # the warning state as before
+    assert (
+        sum("unrelated" in str(w.message) for w in shown) == 8
+    )  # other warnings: shown inside the window too
+    assert sum("synchronizing" in str(w.message) for w in shown) == 2 * (8 - 3)  # counted, not shown, inside
     assert modes == ["warn", "default"]
     text = report.report_path.read_text()
     assert text.startswith("steps 2..5: 2.0 host syncs per optimizer step")

@@ -174,29 +174,6 @@ def test_families_that_cannot_pack_say_why(family: str) -> None:
     assert reason and len(reason) > 40
 
 
-def test_lfm2_short_conv_patch_matches_the_library_and_respects_boundaries() -> None:
-    from transformers import Lfm2Config
-    from transformers.models.lfm2.modeling_lfm2 import Lfm2ShortConv
-
-    from vlm_lightning.models.packed_conv import bind_lfm2_packed_conv
-
-    torch.manual_seed(0)
-    config = Lfm2Config(hidden_size=16, conv_L_cache=3, layer_types=["conv"], num_hidden_layers=1)
-    library = Lfm2ShortConv(config, layer_idx=0)
-    patched = Lfm2ShortConv(config, layer_idx=0)
-    patched.load_state_dict(library.state_dict())
-    assert bind_lfm2_packed_conv(torch.nn.Sequential(patched)) == 1  # the upstream class is still found
-    hidden = torch.randn(1, 9, 16)
-    torch.testing.assert_close(patched(hidden), library(hidden))  # no seq_idx: the library's own forward
-    one_segment = torch.zeros(1, 9, dtype=torch.int32)
-    torch.testing.assert_close(patched(hidden, seq_idx=one_segment), library(hidden), rtol=1e-6, atol=1e-6)
-    seq_idx = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 1]], dtype=torch.int32)
-    packed = patched(hidden, seq_idx=seq_idx)
-    alone = torch.cat([library(hidden[:, :4]), library(hidden[:, 4:])], dim=1)
-    torch.testing.assert_close(packed, alone, rtol=1e-6, atol=1e-6)  # each sample as if it were alone
-    assert not torch.allclose(library(hidden)[:, 4:6], alone[:, 4:6])  # the unpatched conv leaks
-
-
 def test_packing_accepts_only_attention_kernels_that_keep_samples_apart() -> None:
     from vlm_lightning.models.packed_positions import packing_attention_problem
 

@@ -49,8 +49,8 @@ class RunCheckpoint(ModelCheckpoint):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = str(run_dir(trainer))
+        # scoped: the run folder always holds config.yaml / hparams.yaml: warn only about earlier checkpoints
         with warnings.catch_warnings():
-            # the run folder always holds config.yaml / hparams.yaml: warn only about earlier checkpoints
             if not any(Path(self.dirpath).glob("*.ckpt")):
                 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
             super().setup(trainer, pl_module, stage)

@@ -10,11 +10,15 @@ costs host time + GPU time instead of the larger of the two. For the chosen opti
 turns on ``torch.cuda.set_sync_debug_mode("warn")`` and writes ``<run>/host_syncs.txt``: each Python
 line that synchronised, how often per step, and the operation, on rank 0. CUDA only (nothing to find
 on the CPU).
+
+torch reports the syncs through Python's ``warnings`` and no Lightning hook encloses a whole step, so from the
+first recorded step's ``on_train_batch_start`` to the last one's ``on_train_batch_end`` the sync warnings are
+counted by ``patches/host_sync_warnings.py`` (one filter and ``warnings.showwarning`` changed, every other
+warning shown as usual; restored at the end of the window, of training, or on an exception).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,8 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from vlm_lightning.errors import SettingError
-
-SYNC_MESSAGE = "synchronizing CUDA operation"
+from vlm_lightning.patches.host_sync_warnings import SyncWarningRecorder
 
 
 def _cuda() -> bool:
@@ -53,8 +56,7 @@ class HostSyncReport(Callback):
         self.steps = steps
         self.sites: Counter[tuple[str, int, str]] = Counter()
         self.report_path: Path | None = None
-        self._catcher: warnings.catch_warnings | None = None
-        self._caught: list[warnings.WarningMessage] | None = None
+        self._recorder = SyncWarningRecorder()
         self._first_step = -1
 
     def _active(self, trainer: L.Trainer) -> bool:
@@ -63,44 +65,38 @@ class HostSyncReport(Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._catcher is not None or not self._active(trainer) or trainer.global_step < self.start_step:
+        if self._recorder.recording or not self._active(trainer) or trainer.global_step < self.start_step:
             return
-        self._catcher = warnings.catch_warnings(record=True)
-        self._caught = self._catcher.__enter__()
-        warnings.simplefilter("always")
+        self._recorder.start()
         self._first_step = trainer.global_step
         _set_sync_debug_mode("warn")
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._catcher is not None and trainer.global_step - self._first_step >= self.steps:
+        if self._recorder.recording and trainer.global_step - self._first_step >= self.steps:
             self._finish(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._catcher is not None:
+        if self._recorder.recording:
             self._finish(trainer)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if self._catcher is not None:
+        if self._recorder.recording:
             self._stop_recording()
 
-    def _stop_recording(self) -> list[warnings.WarningMessage]:
-        """Sync debugging off, warnings back to normal; the warnings caught meanwhile."""
+    def _stop_recording(self) -> list[tuple[str, int, str]]:
+        """Sync debugging off, warnings back to normal; the (file, line, message) of each sync meanwhile."""
         _set_sync_debug_mode("default")
-        assert self._catcher is not None and self._caught is not None
-        self._catcher.__exit__(None, None, None)
-        self._catcher, caught, self._caught = None, self._caught, None
-        return caught
+        return self._recorder.stop()
 
     def _finish(self, trainer: L.Trainer) -> None:
         caught = self._stop_recording()
         steps = max(1, trainer.global_step - self._first_step)
-        for w in caught:
-            if SYNC_MESSAGE in str(w.message):
-                self.sites[(w.filename, w.lineno, str(w.message).splitlines()[0][:120])] += 1
+        for filename, lineno, message in caught:
+            self.sites[(filename, lineno, message.splitlines()[0][:120])] += 1
         total = sum(self.sites.values())
         lines = [
             f"steps {self._first_step}..{trainer.global_step}: {total / steps:.1f} host syncs per optimizer step",

@@ -57,7 +57,8 @@ class ResumedCSVLogger(CSVLogger):
             return self._experiment
         metrics_file = Path(self.log_dir) / METRICS_FILE
         header, rows = rows_before(metrics_file, self.resume_step)
-        with warnings.catch_warnings():  # "exists and is not empty ... will be deleted": kept below
+        # scoped: the resumed run folder exists by design; its rows up to the step are kept below
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
             experiment = super().experiment
         if header:

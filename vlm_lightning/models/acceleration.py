@@ -1,8 +1,8 @@
-"""Speed levers on a loaded (PEFT) model: LoRA without input casts, regional ``torch.compile``.
+"""Regional ``torch.compile`` of a loaded (PEFT) model's repeated layers.
 
-Both keep results: skipping PEFT's input cast removes a bf16 -> fp32 -> bf16 round trip under autocast
-(lossless; with LoRA dropout only its 1/(1-p) scaling is rounded in bf16), and compiling decoder layers
-changes kernels, not the computation (loss curves compared in docs/benchmarks.md).
+Compiling decoder layers changes kernels, not the computation (loss curves compared in docs/benchmarks.md).
+The other speed lever, LoRA without input casts, patches PEFT: ``patches/peft_lora_cast.py``. Compilation
+raises process-wide dynamo limits (listed in the ``vlm_lightning.patches`` docstring).
 """
 
 from __future__ import annotations
@@ -14,24 +14,6 @@ import torch
 from vlm_lightning.models.families import FamilyFacts
 
 log = logging.getLogger(__name__)
-
-
-def skip_lora_input_cast(model: torch.nn.Module) -> int:
-    """Stop PEFT LoRA layers casting their input to the adapter dtype; return how many layers changed.
-
-    PEFT keeps adapters in float32 and casts every bf16 activation to float32 before the adapter
-    (``_cast_input_dtype``); under bf16 autocast the adapter matmul casts it straight back to bf16.
-    Each LoRA projection thus writes two full-size activation copies per step (and keeps the float32
-    one for backward). Only valid while autocast runs the adapters: call it for mixed precision only.
-    """
-    from peft.tuners.tuners_utils import BaseTunerLayer  # heavy: peft adds ~0.5 s to CLI start
-
-    changed = 0
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer) and getattr(module, "cast_input_dtype_enabled", False):
-            module.cast_input_dtype_enabled = False
-            changed += 1
-    return changed
 
 
 def repeated_layers(model: torch.nn.Module, path: str) -> torch.nn.ModuleList:

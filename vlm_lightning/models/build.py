@@ -4,6 +4,9 @@ Training (``VLMFineTuner``), export (``export.rebuild_model``) and inference (``
 ``build_model``, so the same settings give the same module tree everywhere. What happens after it is
 each caller's own: Lightning's precision plugin and compilation (``VLMFineTuner.configure_model``),
 loading trained weights (export), moving to a device (inference).
+
+The model-build patches of library methods (``vlm_lightning.patches``: LFM2 host shapes, packed short
+convolutions, the frozen tower under ``no_grad``) are applied here, to this model instance only.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 import torch
 
 from vlm_lightning.models.families import FamilyFacts
+from vlm_lightning.models.host_inputs import use_host_shapes
 from vlm_lightning.models.loading import (
     Dtype,
     family_of,
@@ -22,7 +26,6 @@ from vlm_lightning.models.loading import (
     with_template_end_of_turn,
 )
 from vlm_lightning.models.peft_setup import LoraSettings, Mode, apply_training_mode, qlora_config
-from vlm_lightning.models.sync_free import use_host_shapes
 
 
 @dataclass

@@ -21,8 +21,8 @@ from vlm_lightning.models.image_tokens import (
     set_lfm2_tokens,
     set_qwen_pixels,
 )
-from vlm_lightning.models.packed_conv import bind_lfm2_packed_conv
-from vlm_lightning.models.sync_free import bind_lfm2_vl_host_shapes
+from vlm_lightning.patches.lfm2_host_shapes import bind_lfm2_vl_host_shapes
+from vlm_lightning.patches.lfm2_packed_conv import bind_lfm2_packed_conv
 
 LoraScope = Literal["attention", "attention_mlp", "all_linear"]
 
@@ -51,7 +51,7 @@ class FamilyFacts:
     # model inputs the model only reads as Python numbers (shapes): kept on the CPU when a batch moves to
     # the GPU, so that reading them is no host sync that stalls the queue of launched kernels
     host_inputs: tuple[str, ...] = field(default=())
-    # binds model methods that read those inputs on the CPU (models/sync_free.py); returns how many
+    # binds model methods that read those inputs on the CPU (patches/lfm2_host_shapes.py); returns how many
     bind_host_shape_methods: Callable[[Any], int] | None = None
     # packing (data.packing): how a packed row's positions are built — "text": one arange per sample;
     # "mrope": the model's own 3-D M-RoPE index per sample, with a text plane first — or why it cannot pack
@@ -59,7 +59,7 @@ class FamilyFacts:
     packing_refusal: str | None = None
     # packed batches also carry ``seq_idx`` (each token's sample index) for layers that need boundaries
     packed_seq_idx: bool = False
-    # binds model methods that honour ``seq_idx`` (models/packed_conv.py); returns how many
+    # binds model methods that honour ``seq_idx`` (patches/lfm2_packed_conv.py); returns how many
     bind_packing_methods: Callable[[Any], int] | None = None
     # extra variables every render of the chat template gets, as (name, value) pairs (e.g. Qwen3.5's
     # ("enable_thinking", False): the same non-thinking turns whatever a checkpoint's template defaults to)

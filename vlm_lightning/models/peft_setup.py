@@ -12,6 +12,7 @@ from transformers import BitsAndBytesConfig
 
 from vlm_lightning.errors import SettingError
 from vlm_lightning.models.families import FamilyFacts, LoraScope
+from vlm_lightning.patches.frozen_tower import run_frozen_tower_without_autograd
 
 log = logging.getLogger(__name__)
 Mode = Literal["lora", "qlora", "full"]
@@ -147,10 +148,7 @@ def _run_frozen_tower_without_autograd(model: torch.nn.Module, facts: FamilyFact
         tower = _find(model, facts.vision_tower)
     except ValueError:
         return
-    if any(p.requires_grad for p in tower.parameters()):
-        return
-    original = tower.forward
-    tower.forward = torch.no_grad()(original)
+    run_frozen_tower_without_autograd(tower)  # patches/frozen_tower.py
 
 
 def parameter_report(model: torch.nn.Module) -> tuple[int, int, str]:

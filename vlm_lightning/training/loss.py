@@ -3,14 +3,13 @@ the training loss's definition: the mean over the labelled tokens of an optimize
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
+from vlm_lightning.patches.lm_head_bypass import head_bypassed
 from vlm_lightning.training.linear_cross_entropy import linear_cross_entropy
 
 IGNORE_INDEX = -100
@@ -47,20 +46,6 @@ def fusable_head(model: torch.nn.Module) -> torch.nn.Linear | None:
     if type(weight.data) is not torch.Tensor or weight.shape != (head.out_features, head.in_features):
         return None  # sharded (FSDP / DTensor) or flattened
     return head
-
-
-@contextmanager
-def _head_bypassed(head: torch.nn.Module) -> Iterator[None]:
-    """Make ``head`` return its input (the model then hands back hidden states as ``logits``)."""
-    previous = head.__dict__.get("forward")
-    head.forward = lambda hidden, *args, **kwargs: hidden  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        if previous is None:
-            del head.forward
-        else:
-            head.forward = previous
 
 
 def _softcap(model: torch.nn.Module) -> float | None:
@@ -101,7 +86,7 @@ def causal_lm_loss(
     if head == "auto":
         head = fusable_head(model)
     if head is not None:
-        with _head_bypassed(head):
+        with head_bypassed(head):  # patches/lm_head_bypass.py
             out = model(**inputs, logits_to_keep=keep, use_cache=False)
         hidden = out.logits.reshape(-1, out.logits.shape[-1])  # hidden states at ``keep``
         targets = labels[:, keep + 1].reshape(-1)

@@ -19,18 +19,15 @@ from vlm_lightning.callbacks.nonfinite import NonFiniteGuard
 from vlm_lightning.errors import SettingError
 from vlm_lightning.generation import end_of_turn_ids
 from vlm_lightning.metrics import build_metrics
-from vlm_lightning.models.acceleration import (
-    compile_decoder_layers,
-    compile_vision_layers,
-    skip_lora_input_cast,
-)
+from vlm_lightning.models.acceleration import compile_decoder_layers, compile_vision_layers
 from vlm_lightning.models.build import build_model
 from vlm_lightning.models.compile_support import compile_problem
 from vlm_lightning.models.families import FamilyFacts
+from vlm_lightning.models.host_inputs import split_host_inputs
 from vlm_lightning.models.loading import Dtype
 from vlm_lightning.models.packed_positions import packed_inputs, packing_attention_problem
 from vlm_lightning.models.peft_setup import LoraSettings, Mode, parameter_report
-from vlm_lightning.models.sync_free import split_host_inputs
+from vlm_lightning.patches.peft_lora_cast import skip_lora_input_cast
 from vlm_lightning.training.checkpoint_state import CheckpointHooks, CheckpointMismatchError
 from vlm_lightning.training.evaluation_steps import EvaluationSteps, TokenMean
 from vlm_lightning.training.loss import (
@@ -85,7 +82,7 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
 
     Under mixed precision (``bf16-mixed`` / ``16-mixed``) PEFT's cast of every LoRA input to the float32
     adapter dtype is switched off: autocast runs the adapter matmuls in 16 bit either way, so the cast
-    only costs two activation copies per projection (``models.acceleration.skip_lora_input_cast``).
+    only costs two activation copies per projection (``patches.peft_lora_cast.skip_lora_input_cast``).
     """
 
     def __init__(
@@ -286,7 +283,7 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
     def configure_model(self) -> None:
         precision = str(getattr(self._trainer, "precision", "")) if self._trainer is not None else ""
         if precision.endswith("-mixed") and not getattr(self, "_lora_cast_skipped", False):
-            skip_lora_input_cast(self.model)
+            skip_lora_input_cast(self.model)  # a PEFT patch applied here (registry: vlm_lightning.patches)
             self._lora_cast_skipped = True
         if self._trains_packed():  # the kernel the model loaded with (the CLI checked the setting already)
             problem = packing_attention_problem(getattr(self.model.config, "_attn_implementation", None))

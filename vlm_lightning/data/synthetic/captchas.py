@@ -1,22 +1,22 @@
 """Synthetic captchas drawn with the ``captcha`` package, answer = the characters shown.
 
 ``captcha.image.ImageCaptcha`` draws its randomness from :mod:`secrets` (not seedable); while one
-image is drawn, the module's ``secrets`` (and ``random``, for older releases) name is pointed at a
-generator seeded from the sample's own ``random.Random``, under a lock, and restored afterwards.
+image is drawn, the module's ``secrets`` name is pointed at a generator seeded from the sample's own
+``random.Random`` (``patches/captcha_seed.py``, a patch of the captcha library).
 """
 
 from __future__ import annotations
 
 import random
 import string
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from vlm_lightning.patches.captcha_seed import seeded_captcha_module
 
 from ._common import write_samples
 
@@ -25,53 +25,6 @@ ID_PREFIX = "captcha"
 QUESTION = "What is the text in this captcha?"
 DIGITS = string.digits
 DEFAULT_SIZE = (160, 60)
-
-_PATCH_LOCK = threading.Lock()
-
-
-class _SeededSecrets:
-    """The parts of the :mod:`secrets` / :mod:`random` module APIs that ``captcha`` uses, seeded."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self._rng = rng
-
-    def randbelow(self, n: int) -> int:
-        return self._rng.randrange(n)
-
-    def randbits(self, k: int) -> int:
-        return self._rng.getrandbits(k)
-
-    def choice(self, seq: Sequence[Any]) -> Any:
-        return self._rng.choice(seq)
-
-    def randint(self, a: int, b: int) -> int:
-        return self._rng.randint(a, b)
-
-    def random(self) -> float:
-        return self._rng.random()
-
-    def uniform(self, a: float, b: float) -> float:
-        return self._rng.uniform(a, b)
-
-
-@contextmanager
-def _seeded_captcha_module(rng: random.Random) -> Iterator[None]:
-    import captcha.image as captcha_image  # optional: captcha
-
-    shim = _SeededSecrets(random.Random(rng.getrandbits(64)))
-    with _PATCH_LOCK:
-        saved = {
-            name: getattr(captcha_image, name)
-            for name in ("secrets", "random")
-            if hasattr(captcha_image, name)
-        }
-        for name in saved:
-            setattr(captcha_image, name, shim)
-        try:
-            yield
-        finally:
-            for name, module in saved.items():
-                setattr(captcha_image, name, module)
 
 
 @lru_cache(maxsize=8)
@@ -93,7 +46,7 @@ def render_captcha(
 ) -> Image.Image:
     """Draw ``text`` as a captcha image (RGB); the distortions come from ``rng`` only."""
     drawer = _captcha_drawer(size[0], size[1], tuple(fonts) if fonts else None)
-    with _seeded_captcha_module(rng):
+    with seeded_captcha_module(rng):
         image = drawer.generate_image(text)
     return image.convert("RGB")
 

@@ -5,7 +5,8 @@ empties the queue of launched kernels, so a training step costs host time + GPU 
 larger of the two. The trainer keeps each family's ``FamilyFacts.host_inputs`` on the CPU; the methods
 here use them. Each replacement is bound to one model instance, takes its fast path only when the
 shapes really are on the CPU (else it calls the library's method), and gives identical outputs (tested
-on the replicas). Each family names its binder in ``FamilyFacts.bind_host_shape_methods``.
+on the replicas). Each family names its binder in ``FamilyFacts.bind_host_shape_methods``; the model
+build applies it (``models/host_inputs.py: use_host_shapes``; registry: ``vlm_lightning.patches``).
 
 LFM2-VL (transformers 5.x ``Lfm2VlModel``):
 * ``get_image_features`` cut each image's features to ``pixel_attention_mask.sum()`` (a GPU tensor:
@@ -17,16 +18,10 @@ LFM2-VL (transformers 5.x ``Lfm2VlModel``):
 
 from __future__ import annotations
 
-import logging
 import types
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from vlm_lightning.models.families import FamilyFacts  # types only: families imports this module
-
-log = logging.getLogger(__name__)
 
 
 def _lfm2_image_features(
@@ -65,6 +60,13 @@ def _lfm2_placeholder_mask(
         return type(self).get_placeholder_mask(
             self, input_ids=input_ids, inputs_embeds=inputs_embeds, image_features=image_features
         )
+    return _device_side_placeholder_mask(self, input_ids, inputs_embeds, image_features)
+
+
+def _device_side_placeholder_mask(
+    self: Any, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+) -> torch.Tensor:
+    """The library's mask, its token / feature count check asserted on the device (no host sync)."""
     mask = input_ids == self.config.image_token_id
     torch._assert_async(mask.sum() * inputs_embeds.shape[-1] == image_features.numel())
     return mask.unsqueeze(-1).to(inputs_embeds.device)
@@ -81,16 +83,4 @@ def bind_lfm2_vl_host_shapes(model: torch.nn.Module) -> int:
     return patched
 
 
-def split_host_inputs(inputs: dict[str, Any], facts: FamilyFacts) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``inputs`` split into (what moves to the GPU, the family's ``host_inputs`` that stay on the CPU)."""
-    host = {k: v for k, v in inputs.items() if k in facts.host_inputs}
-    return {k: v for k, v in inputs.items() if k not in host}, host
-
-
-def use_host_shapes(model: torch.nn.Module, facts: FamilyFacts) -> int:
-    """Bind the family's sync-free methods (``FamilyFacts.bind_host_shape_methods``); return the count."""
-    if facts.bind_host_shape_methods is None:
-        return 0
-    patched = facts.bind_host_shape_methods(model)
-    log.info("sync-free image features on %d %s module(s)", patched, facts.name)
-    return patched
+__all__ = ["bind_lfm2_vl_host_shapes"]

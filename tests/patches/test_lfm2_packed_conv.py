@@ -1,12 +1,14 @@
-"""LFM3's short convolutions (7 taps) in packed rows: the bound forward equals the library's per sample."""
+"""LFM2's and LFM3's short convolutions in packed rows (``patches/lfm2_packed_conv.py``): the bound forward
+equals the library's forward of each sample alone (LFM3: 7 taps, samples shorter than a tap window)."""
 
 from __future__ import annotations
 
 import torch
-from transformers import Lfm3Config
+from transformers import Lfm2Config, Lfm3Config
+from transformers.models.lfm2.modeling_lfm2 import Lfm2ShortConv
 from transformers.models.lfm3.modeling_lfm3 import Lfm3ShortConv
 
-from vlm_lightning.models.packed_conv import _segment_causal_conv, bind_lfm2_packed_conv
+from vlm_lightning.patches.lfm2_packed_conv import _segment_causal_conv, bind_lfm2_packed_conv
 
 LENGTHS = [9, 2, 1, 3, 11, 4]  # samples shorter than the 6 taps back, several inside one tap window
 
@@ -57,3 +59,21 @@ def test_lfm3_short_conv_patch_gradients_equal_each_sample_alone() -> None:
     sum(library(part).pow(2).sum() for part in hidden.split(lengths, dim=1)).backward()
     for (name, a), b in zip(patched.named_parameters(), library.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_lfm2_short_conv_patch_matches_the_library_and_respects_boundaries() -> None:
+    torch.manual_seed(0)
+    config = Lfm2Config(hidden_size=16, conv_L_cache=3, layer_types=["conv"], num_hidden_layers=1)
+    library = Lfm2ShortConv(config, layer_idx=0)
+    patched = Lfm2ShortConv(config, layer_idx=0)
+    patched.load_state_dict(library.state_dict())
+    assert bind_lfm2_packed_conv(torch.nn.Sequential(patched)) == 1  # the upstream class is still found
+    hidden = torch.randn(1, 9, 16)
+    torch.testing.assert_close(patched(hidden), library(hidden))  # no seq_idx: the library's own forward
+    one_segment = torch.zeros(1, 9, dtype=torch.int32)
+    torch.testing.assert_close(patched(hidden, seq_idx=one_segment), library(hidden), rtol=1e-6, atol=1e-6)
+    seq_idx = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 1]], dtype=torch.int32)
+    packed = patched(hidden, seq_idx=seq_idx)
+    alone = torch.cat([library(hidden[:, :4]), library(hidden[:, 4:])], dim=1)
+    torch.testing.assert_close(packed, alone, rtol=1e-6, atol=1e-6)  # each sample as if it were alone
+    assert not torch.allclose(library(hidden)[:, 4:6], alone[:, 4:6])  # the unpatched conv leaks

@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from vlm_lightning.models.merged_lora import merged_lora
+from vlm_lightning.patches.merged_lora import merged_lora
 
 
 def toy_lora(dropout: float = 0.0) -> torch.nn.Module:
@@ -117,7 +117,7 @@ def test_sharded_or_flattened_base_weights_are_not_merged() -> None:
 
 
 def test_no_merge_when_the_merged_copies_would_not_fit(monkeypatch, caplog) -> None:  # noqa: ANN001
-    import vlm_lightning.models.merged_lora as merged_module
+    import vlm_lightning.patches.merged_lora as merged_module
 
     model = toy_lora()
     monkeypatch.setattr(merged_module, "_device_room", lambda device: 1024)  # a full GPU

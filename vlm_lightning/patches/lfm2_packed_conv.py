@@ -6,8 +6,9 @@ would read the previous sample's last tokens. transformers passes sequence bound
 the optional ``causal_conv1d`` CUDA kernel (LFM3 has no kernel path at all) and its torch path ignores them.
 The method bound here takes ``seq_idx`` (each token's sample index in its row, given with packed batches)
 and zeroes every tap that reaches into another sample; without ``seq_idx`` or with a cache (generation) it
-calls the library's own forward. Bound per instance at the model build (like the sync-free methods), so
-nothing changes for models built elsewhere; tested against the library's forward.
+calls the library's own forward. Bound per instance at the model build (like the sync-free methods:
+``FamilyFacts.bind_packing_methods``, registry in ``vlm_lightning.patches``), so nothing changes for models
+built elsewhere; tested against the library's forward.
 """
 
 from __future__ import annotations

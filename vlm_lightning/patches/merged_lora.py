@@ -6,7 +6,7 @@ per-call overhead, so generation swaps each LoRA projection for a plain ``nn.Lin
 ``W + scale * B @ A`` (summed in float32, rounded once to the weight dtype) and swaps the original modules
 back afterwards. Unlike PEFT's ``merge_adapter`` / ``unmerge_adapter``, the stored base weights are never
 modified, so training resumes on bit-identical weights; the cost is one extra copy of the merged weights
-while generating.
+while generating. Applied per generate call (``generation.py: generate_batch``, a with-block).
 """
 
 from __future__ import annotations
