@@ -23,10 +23,6 @@ SILENCED_WARNINGS: tuple[tuple[str, str], ...] = (
         "CPU, keeps host shapes on the host)",
     ),
     (
-        r"It is recommended to use `self\.log\('(val|test)/",
-        "val/ and test/ epoch values come from torchmetrics compute(), already synced over all ranks",
-    ),
-    (
         r"`is_gradient_checkpointing` is deprecated",
         "PEFT 0.21 reads transformers' deprecated attribute when it wraps a model",
     ),
