@@ -37,3 +37,24 @@ def test_last_ckpt_holds_the_final_step(
     first_validation = val_check_interval or train_rows
     assert best["global_step"] == first_validation  # best.ckpt still follows the monitored value
     assert checkpoint.last_model_path.endswith("last.ckpt")
+
+
+def test_a_fit_without_validation_keeps_last_ckpt_and_no_best(
+    tmp_path: Path, capsys: pytest.CaptureFixture, recwarn: pytest.WarningsRecorder
+) -> None:
+    """Nothing to rank by: no best.ckpt, no per-epoch "could not find the monitored key" warning."""
+    checkpoint = RunCheckpoint(dirpath=str(tmp_path))
+    trainer = L.Trainer(
+        max_steps=6,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[checkpoint],
+    )
+    trainer.fit(WorseningModule(), tensor_loader(3))
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert not (tmp_path / "best.ckpt").exists()
+    assert "no validation data" in capsys.readouterr().out
+    assert not [w for w in recwarn if "could not find the monitored key" in str(w.message)]

@@ -16,8 +16,9 @@ EXAMPLES = {
     0: "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead.",
     1: "You have overridden `transfer_batch_to_device` in `LightningModule` but have passed in a "
     "`LightningDataModule`. It will use the implementation from `LightningModule` instance.",
-    2: "`is_gradient_checkpointing` is deprecated",
-    3: "The dirpath has changed from 'a' to 'b', therefore `best_model_score`, `kth_best_model_path` ...",
+    2: "Total length of `list` across ranks is zero. Please make sure this was your intention.",
+    3: "`is_gradient_checkpointing` is deprecated",
+    4: "The dirpath has changed from 'a' to 'b', therefore `best_model_score`, `kth_best_model_path` ...",
 }
 
 
@@ -26,6 +27,9 @@ def test_each_entry_matches_its_message_and_not_a_neighbour() -> None:
     for i, (pattern, reason) in enumerate(SILENCED_WARNINGS):
         assert reason and re.match(pattern, EXAMPLES[i]), pattern
     # Lightning's sync_dist advice is not muted: epoch values are logged with sync_dist (evaluation_steps)
+    assert not any(
+        re.match(p, "Total length of `DataLoader` across ranks is zero") for p, _ in SILENCED_WARNINGS
+    )
     assert not any(re.match(p, "It is recommended to use `self.log('val/loss', ..., sync_dist=True)`")
                    for p, _ in SILENCED_WARNINGS)  # fmt: skip
 

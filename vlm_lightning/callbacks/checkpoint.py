@@ -13,6 +13,14 @@ from torch import Tensor
 from vlm_lightning.callbacks.predictions import run_dir
 
 
+def _runs_validation(trainer: L.Trainer) -> bool:
+    """Whether this fit has validation batches (unknown data modules: assumed so)."""
+    if trainer.limit_val_batches == 0:
+        return False
+    datasets = getattr(trainer.datamodule, "datasets", None)
+    return datasets is None or bool(datasets.get("val"))
+
+
 class RunCheckpoint(ModelCheckpoint):
     """Keeps the best checkpoint as ``<run>/best.ckpt`` and the latest state as ``<run>/last.ckpt``.
 
@@ -49,6 +57,14 @@ class RunCheckpoint(ModelCheckpoint):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = str(run_dir(trainer))
+        if stage == "fit" and self.monitor is not None and not _runs_validation(trainer):
+            # nothing to rank by: only last.ckpt (Lightning would warn each epoch that val/ values are missing)
+            self.monitor, self.save_top_k = None, 0
+            if trainer.is_global_zero:
+                print(
+                    "[vlm_lightning] no validation data (data.val / data.val_fraction, "
+                    "trainer.limit_val_batches): no best.ckpt is chosen; last.ckpt holds the latest weights"
+                )
         # scoped: the run folder always holds config.yaml / hparams.yaml: warn only about earlier checkpoints
         with warnings.catch_warnings():
             if not any(Path(self.dirpath).glob("*.ckpt")):

@@ -23,6 +23,11 @@ SILENCED_WARNINGS: tuple[tuple[str, str], ...] = (
         "CPU, keeps host shapes on the host)",
     ),
     (
+        r"Total length of `list` across ranks is zero",
+        "a fit without validation data: the data module returns no validation loader (Lightning's way to "
+        "skip validation); the start line says 'val 0 samples'",
+    ),
+    (
         r"`is_gradient_checkpointing` is deprecated",
         "PEFT 0.21 reads transformers' deprecated attribute when it wraps a model",
     ),
