@@ -1,0 +1,66 @@
+"""Greedy generation with a static cache gives the dynamic cache's tokens in fp32, for every family.
+
+The static cache (``cache_implementation="static"``) is the fast decoding path on CUDA (measured 3.99x / 4.71x
+plain HF ``generate`` in docs/benchmarks.md, where transformers compiles the decoding step); this pins that it
+changes no greedy token on the replicas, through the same ``generate_batch`` that ``test`` / ``infer`` call.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from vlm_lightning.data.records import Record
+from vlm_lightning.generation import end_of_turn_ids, generate_batch
+from vlm_lightning.models.build import build_model
+from vlm_lightning.models.families import FAMILIES
+from vlm_lightning.models.loading import family_of, load_processor, make_collator
+from vlm_lightning.models.peft_setup import LoraSettings
+
+#: the smallest image budget each family accepts (Gemma 4: 70 soft tokens; PaliGemma: a fixed size)
+IMAGE_TOKENS = {"gemma4": 70, "paligemma": None}
+
+
+#: prompts of different lengths: the batch is left-padded
+QUESTIONS = [
+    "Total?",
+    "What is the store name on this receipt?",
+    "Read the date, then the total amount paid.",
+]
+
+
+def _items() -> list:
+    records = [
+        Record(
+            f"s{i}",
+            ["x"],
+            [{"role": "user", "content": question}, {"role": "assistant", "content": "a"}],
+            ["a"],
+        )
+        for i, question in enumerate(QUESTIONS)
+    ]
+    return [(r, [Image.new("RGB", (64 + 16 * i, 80), (40 * i, 200, 100))]) for i, r in enumerate(records)]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_static_cache_greedy_tokens_equal_the_dynamic_cache(family: str, tiny_replica) -> None:  # noqa: ANN001
+    path = str(tiny_replica(family))
+    torch.manual_seed(0)
+    built = build_model(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0), dtype="float32")
+    model = built.model.eval()
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=2.0)  # an adapter that spreads the random logits
+    processor = load_processor(path, image_max_tokens=IMAGE_TOKENS.get(family, 16))
+    facts = family_of(path)
+    inputs = make_collator(processor, facts, max_length=800)(_items())["generation_inputs"]
+    tokenizer = getattr(processor, "tokenizer", processor)
+    stops = end_of_turn_ids(tokenizer, facts.end_of_turn)
+    assert inputs["input_ids"].shape[0] == 3 and (inputs["attention_mask"] == 0).any()  # left padding in play
+    _, dynamic = generate_batch(model, inputs, tokenizer, stops, max_new_tokens=12, min_new_tokens=12)
+    _, static = generate_batch(
+        model, inputs, tokenizer, stops, max_new_tokens=12, min_new_tokens=12, cache_implementation="static"
+    )
+    assert dynamic.shape == (3, 12) and len(set(dynamic.flatten().tolist())) > 1  # real, varied tokens
+    assert torch.equal(static, dynamic)
