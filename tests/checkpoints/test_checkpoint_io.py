@@ -299,3 +299,28 @@ def test_a_sharded_folder_reads_whole_or_as_settings_only(tmp_path) -> None:  # 
     )  # weights only
     settings = validate_checkpoint(folder, weights=False)
     assert settings["vlm_lightning"] == {"family": "qwen2_vl"} and "state_dict" not in settings
+
+
+def test_an_epoch_cut_by_max_steps_is_reopened_and_a_finished_one_is_not() -> None:
+    from vlm_lightning.training.checkpoint_state import reopen_epoch_cut_by_max_steps
+
+    def checkpoint(processed: int, completed: int, last_batch: bool) -> dict:
+        counts = {"ready": 1, "started": 1, "processed": processed, "completed": completed}
+        return {
+            "loops": {
+                "fit_loop": {
+                    "epoch_progress": {"total": dict(counts), "current": dict(counts)},
+                    "epoch_loop.batch_progress": {"is_last_batch": last_batch},
+                }
+            }
+        }
+
+    cut = checkpoint(1, 0, last_batch=False)  # written in on_train_epoch_end after max_steps, 4 of 9 batches
+    assert reopen_epoch_cut_by_max_steps(cut)
+    assert cut["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 0
+    assert cut["loops"]["fit_loop"]["epoch_progress"]["total"]["processed"] == 0
+    finished = checkpoint(1, 0, last_batch=True)  # the epoch's last batch ran: it really ended
+    assert not reopen_epoch_cut_by_max_steps(finished)
+    mid_epoch = checkpoint(0, 0, last_batch=False)  # written at a batch end (preemption, every_n_train_steps)
+    assert not reopen_epoch_cut_by_max_steps(mid_epoch)
+    assert not reopen_epoch_cut_by_max_steps({})  # not a Lightning training checkpoint

@@ -247,6 +247,32 @@ def test_resume_continues_step_optimizer_and_schedule(tiny_replica, data, tmp_pa
     assert state_b[0]["exp_avg_sq"].abs().sum() > 0
 
 
+def test_resuming_an_epoch_that_max_steps_cut_trains_the_rest_of_it(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
+    """max_steps 1 of a 2-step epoch, then max_steps 2 with max_epochs 1: the resume trains step 2 (it used to
+    see the epoch as done, train nothing and exit 0) and ends where one uninterrupted run ends."""
+    model = tiny_replica("qwen2_vl")
+    extra = ["--trainer.limit_val_batches", "0", "--model.lora.dropout", "0.0", "--trainer.max_epochs", "1"]
+    extra += ["--model.scheduler", "constant"]  # the same learning rate whatever max_steps (the horizon) is
+    straight = build_cli(["fit", *base_args(model, data, tmp_path / "a", "--trainer.max_steps", "2", *extra)])
+    assert straight.trainer.global_step == 2  # the epoch has 2 steps
+    first = build_cli(["fit", *base_args(model, data, tmp_path / "b", "--trainer.max_steps", "1", *extra)])
+    assert first.trainer.global_step == 1
+    last = Path(first.trainer.log_dir) / "last.ckpt"
+    resumed = build_cli(
+        [
+            "fit",
+            *base_args(model, data, tmp_path / "b", "--trainer.max_steps", "2", *extra),
+            "--ckpt_path",
+            str(last),
+        ]
+    )
+    assert resumed.trainer.global_step == 2 and resumed.trainer.current_epoch == 1
+    a, b = straight.model.trainable_state_dict(), resumed.model.trainable_state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_offline_run_makes_no_network_call(tiny_replica, data, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError(f"network call attempted: {args}")

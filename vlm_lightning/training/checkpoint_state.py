@@ -89,6 +89,28 @@ class CheckpointHooks:
             )
         if "rng_states" in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
             set_rng_states(checkpoint["rng_states"])
+        reopen_epoch_cut_by_max_steps(checkpoint)
+
+
+def reopen_epoch_cut_by_max_steps(checkpoint: dict[str, Any]) -> bool:
+    """Mark an epoch that ``trainer.max_steps`` ended part-way as unfinished again; returns whether it did.
+
+    Lightning counts the epoch as processed before ``on_train_epoch_end``, where ``last.ckpt`` is written, even
+    when ``max_steps`` stopped it part-way (``is_last_batch`` false). Resumed with a larger ``max_steps``, its
+    fit loop then saw the epoch as done: with ``max_epochs: 1`` it trained nothing and exited successfully, and
+    with more epochs it trained one epoch too few. Reopened, the resume continues the same epoch at the next
+    batch (the data module resumes its order exactly)."""
+    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs = fit_loop.get("epoch_progress")
+    batches = fit_loop.get("epoch_loop.batch_progress")
+    if not epochs or not batches or batches.get("is_last_batch", True):
+        return False
+    current, total = epochs["current"], epochs["total"]
+    if current["processed"] != current["completed"] + 1 or total["processed"] != total["completed"] + 1:
+        return False
+    current["processed"] -= 1
+    total["processed"] -= 1
+    return True
 
 
 def collect_rng_states() -> dict[str, Any]:
@@ -115,4 +137,10 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-__all__ = ["CheckpointHooks", "CheckpointMismatchError", "collect_rng_states", "set_rng_states"]
+__all__ = [
+    "CheckpointHooks",
+    "CheckpointMismatchError",
+    "collect_rng_states",
+    "reopen_epoch_cut_by_max_steps",
+    "set_rng_states",
+]
