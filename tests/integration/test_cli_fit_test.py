@@ -273,6 +273,29 @@ def test_resuming_an_epoch_that_max_steps_cut_trains_the_rest_of_it(tiny_replica
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_a_mid_epoch_resume_with_another_batch_size_stops_before_the_model_loads(
+    tiny_replica, data, tmp_path, monkeypatch
+) -> None:  # noqa: ANN001
+    """Refused before the model loads and before the run folder's config.yaml is rewritten (it used to be
+    rewritten with the refused settings, which the printed `test --config` command then used)."""
+    from vlm_lightning.errors import SettingError
+
+    model = tiny_replica("qwen2_vl")
+    extra = ["--trainer.limit_val_batches", "0", "--trainer.max_epochs", "1"]
+    first = build_cli(["fit", *base_args(model, data, tmp_path, "--trainer.max_steps", "1", *extra)])
+    run = Path(first.trainer.log_dir)
+    saved_config = (run / "config.yaml").read_text()
+
+    def no_model(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the model was loaded before the layout was checked")
+
+    monkeypatch.setattr("vlm_lightning.models.build.load_model", no_model)
+    args = [*base_args(model, data, tmp_path, "--trainer.max_steps", "2", *extra), "--data.batch_size", "2"]
+    with pytest.raises(SettingError, match=r"stopped 1 batches into an epoch .*data\.batch_size 4 -> 2"):
+        build_cli(["fit", *args, "--ckpt_path", str(run / "last.ckpt")])
+    assert (run / "config.yaml").read_text() == saved_config
+
+
 def test_offline_run_makes_no_network_call(tiny_replica, data, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError(f"network call attempted: {args}")

@@ -41,6 +41,7 @@ from vlm_lightning.cli.startup_checks import (
     first_answers,
 )
 from vlm_lightning.data.datamodule import DocumentDataModule
+from vlm_lightning.data.sampling import EPOCH_BATCHES, layout_change
 from vlm_lightning.distributed import forward_is_collective
 from vlm_lightning.errors import SettingError, UserError, missing_package_message, setting_error_in
 from vlm_lightning.metrics import build_metrics
@@ -101,6 +102,7 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
             check_monitor(monitor, names, model.get("val_generate", True), first_answers(records))
         if _single_process(trainer):  # the token lengths too (under DDP: once the ranks' group exists)
             data.setup(subcommand)
+        _check_resume_layout(data, getattr(self, "_ckpt_data_state", None))
 
     def instantiate_classes(self) -> None:
         """As LightningCLI, with the data module whose rows ``before_instantiate_classes`` validated."""
@@ -155,6 +157,7 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
             return  # a missing file is reported when the run needs it
         ckpt = validate_checkpoint(ckpt_path, require_ours=False, weights=False)  # settings only
         folder = run_folder_of(ckpt_path)
+        self._ckpt_data_state = ckpt.get(DocumentDataModule.__qualname__) if subcommand == "fit" else None
         if subcommand == "fit" and folder is not None:
             self._resumed_run = (folder, int(ckpt.get("global_step", 0)))
         hparams = dict(ckpt.get("hyper_parameters") or {})
@@ -238,6 +241,18 @@ def with_default_callbacks(callbacks: list[Callback], **kwargs: bool) -> list[Ca
         if not any(isinstance(c, kind) for c in callbacks):
             chosen.append(default)
     return chosen
+
+
+def _check_resume_layout(data: DocumentDataModule, saved: dict[str, Any] | None) -> None:
+    """A mid-epoch checkpoint resumed with another batch layout stops here, before the model loads and before
+    the run folder's config.yaml is rewritten (the data module checks the rest, processes and epoch length,
+    when Lightning restores it)."""
+    if not saved or "train_position" not in saved:
+        return
+    now = {**data.train_layout(), "processes": None, EPOCH_BATCHES: None}  # known once the trainer exists
+    change = layout_change(saved.get("train_layout"), now, saved["train_position"])
+    if change:
+        raise SettingError(change)
 
 
 def _check_base_model(ckpt_path: str, info: dict[str, Any], model_cfg: dict[str, Any]) -> None:
