@@ -275,7 +275,8 @@ def main() -> None:
             result["profile"] = rank_profiles(root / "profile")
         log_text = (work / f"fit{name}.log").read_text()
         result["recompilations"] = log_text.count("Recompiling function")  # with TORCH_LOGS=recompiles
-        return result, line_value(out, "[vlm_lightning] best checkpoint:")
+        chosen = "best" if "[vlm_lightning] best checkpoint:" in out else "last"  # last: no validation ran
+        return result, line_value(out, f"[vlm_lightning] {chosen} checkpoint:")
 
     runs: dict[int, list[dict]] = {n: [] for n in args.devices}
     ckpt = None

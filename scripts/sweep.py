@@ -51,7 +51,7 @@ ALIASES: dict[str, str] = {
     "alpha_ratio": "alpha_ratio",
 }
 FIXED_COLUMNS = ["point", "status", "r", "alpha", "dropout", "lr", "trainable_params", "trainable_pct"]
-BEST_RE = re.compile(r"\[vlm_lightning\] best checkpoint: (.+)")
+BEST_RE = re.compile(r"\[vlm_lightning\] (?:best|last) checkpoint: (.+)")  # last: no validation ran
 METRICS_RE = re.compile(r"\[vlm_lightning\] metrics: (.+)")
 TRAINABLE_RE = re.compile(
     r"\[vlm_lightning\].*trainable params: ([\d,]+) \|\| all params: ([\d,]+) \|\| trainable%: ([\d.eE+-]+)"

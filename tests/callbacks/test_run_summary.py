@@ -34,6 +34,15 @@ def test_max_epochs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "training stopped: reached trainer.max_epochs 2 (step 16)" in out
 
 
+def test_the_total_is_whichever_limit_ends_the_fit_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = _fit(tmp_path, capsys, max_steps=30, max_epochs=2)  # 2 epochs of 8 steps end it at step 16
+    assert "[vlm_lightning] fit: 8 optimizer steps per epoch, 16 in all" in out
+    out = _fit(tmp_path, capsys, max_steps=3, accumulate_grad_batches=8)
+    assert "[vlm_lightning] fit: 1 optimizer step per epoch, 3 in all" in out
+
+
 def test_early_stopping_says_the_monitored_values(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     stop = EarlyStopping(monitor="val/loss", patience=1, mode="min")
     out = _fit(tmp_path, capsys, max_epochs=10, callbacks=[stop])

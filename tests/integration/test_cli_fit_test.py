@@ -296,6 +296,17 @@ def test_a_mid_epoch_resume_with_another_batch_size_stops_before_the_model_loads
     assert (run / "config.yaml").read_text() == saved_config
 
 
+def test_a_fit_without_validation_or_test_split_prints_a_test_command_that_works(
+    tiny_replica, data, tmp_path, capsys
+) -> None:  # noqa: ANN001
+    args = base_args(tiny_replica("qwen2_vl"), data, tmp_path, "--trainer.max_steps", "1")
+    build_cli(["fit", *args, "--trainer.limit_val_batches", "0", "--data.test", "null"])
+    out = capsys.readouterr().out
+    assert "[vlm_lightning] last checkpoint: " in out and "best checkpoint" not in out  # none was chosen
+    command = out.split("evaluate it with:")[1].strip().splitlines()[0]
+    assert command.endswith("--data.test YOUR_TEST.jsonl")  # the run has no test split to reuse
+
+
 def test_offline_run_makes_no_network_call(tiny_replica, data, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError(f"network call attempted: {args}")

@@ -32,10 +32,12 @@ def start_summary(trainer: L.Trainer, datamodule: Any) -> str:
     per_epoch = None
     if isinstance(batches, int | float) and math.isfinite(batches) and batches > 0:
         per_epoch = math.ceil(batches / accumulate)
-        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-        if total is None and trainer.max_epochs and trainer.max_epochs > 0:
-            total = per_epoch * trainer.max_epochs
-        parts.append(f"{per_epoch} optimizer steps per epoch" + (f", {total} in all" if total else ""))
+        limits = [trainer.max_steps] if trainer.max_steps and trainer.max_steps > 0 else []
+        if trainer.max_epochs and trainer.max_epochs > 0:  # whichever ends the fit first
+            limits.append(per_epoch * trainer.max_epochs)
+        total = min(limits) if limits else None
+        noun = "optimizer step" if per_epoch == 1 else "optimizer steps"
+        parts.append(f"{per_epoch} {noun} per epoch" + (f", {total} in all" if total else ""))
     train = datasets.get("train")
     lengths = getattr(train, "lengths", None)
     if lengths and per_epoch:  # an epoch's tokens over its optimizer steps (all ranks): packed or not

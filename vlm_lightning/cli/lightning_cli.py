@@ -185,7 +185,8 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         skipped = datamodule.write_skipped(folder) if datamodule is not None else None
         if skipped:
             print(f"[vlm_lightning] skipped rows listed in {skipped}")
-        best = getattr(ckpt, "best_model_path", "") or getattr(ckpt, "last_model_path", "")
+        chosen = getattr(ckpt, "best_model_path", "")
+        best = chosen or getattr(ckpt, "last_model_path", "")
         if best:
             # the run's own settings (config file + every command-line override), saved by LightningCLI
             saved = os.path.join(folder, "config.yaml") if folder else ""
@@ -194,9 +195,13 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
                 cfg_arg = f" --config {saved}"
             else:
                 cfg_arg = f" --config {config[0]}" if config else ""
-            print(f"[vlm_lightning] best checkpoint: {best}")
+            # without a chosen best (no validation ran): the last one, named as such
+            print(f"[vlm_lightning] {'best' if chosen else 'last'} checkpoint: {best}")
+            has_test = bool(datamodule is not None and datamodule.paths.get("test"))
+            test_arg = "" if has_test else " --data.test YOUR_TEST.jsonl"  # the run has no test split
             print(
-                f"[vlm_lightning] evaluate it with:\n  python -m vlm_lightning test{cfg_arg} --ckpt_path {best}"
+                "[vlm_lightning] evaluate it with:\n"
+                f"  python -m vlm_lightning test{cfg_arg} --ckpt_path {best}{test_arg}"
             )
 
 

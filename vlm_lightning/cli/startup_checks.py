@@ -81,8 +81,9 @@ def check_metrics_fit_answers(metric_names: Sequence[str], splits: Mapping[str, 
 def logged_metric_keys(metric_names: Sequence[str], answers: Sequence[Sequence[str]]) -> list[str]:
     """The keys the chosen metrics log for this data (``val/<key>``), found by scoring the answers."""
     metrics = build_metrics(list(metric_names), sync_on_compute=False)
-    if answers:
-        metrics.update([a[0] for a in answers], [list(a) for a in answers])
+    if not answers:  # no validation answers: the keys of an empty update (compute() before update() warns)
+        answers = [[""]]
+    metrics.update([a[0] for a in answers], [list(a) for a in answers])
     return sorted(metrics.compute())
 
 
