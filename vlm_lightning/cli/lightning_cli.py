@@ -182,7 +182,7 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         ckpt = trainer.checkpoint_callback
         datamodule = self.datamodule
         folder = trainer.loggers[0].log_dir if trainer.loggers else trainer.default_root_dir
-        skipped = datamodule.write_skipped(folder) if datamodule is not None else None
+        skipped = _write_skipped(datamodule.skipped, folder) if datamodule is not None else None
         if skipped:
             print(f"[vlm_lightning] skipped rows listed in {skipped}")
         chosen = getattr(ckpt, "best_model_path", "")
@@ -246,6 +246,16 @@ def with_default_callbacks(callbacks: list[Callback], **kwargs: bool) -> list[Ca
         if not any(isinstance(c, kind) for c in callbacks):
             chosen.append(default)
     return chosen
+
+
+def _write_skipped(problems: list[Any], run_dir: str | Path) -> Path | None:
+    """Write the list of skipped rows next to the run (``data.on_bad_row: skip``)."""
+    if not problems:
+        return None
+    path = Path(run_dir) / "skipped_rows.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(str(p) for p in problems) + "\n")
+    return path
 
 
 def _check_resume_layout(data: DocumentDataModule, saved: dict[str, Any] | None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -15,7 +14,7 @@ from vlm_lightning.data.collator import ChatCollator
 from vlm_lightning.data.dataset import ImageLoadError, RecordDataset
 from vlm_lightning.data.leakage import check_leakage
 from vlm_lightning.data.length_check import check_lengths, length_to_fit, lengths_key, merge_length_shares
-from vlm_lightning.data.loaders import build_loader, plan_loader, workers_for
+from vlm_lightning.data.loaders import build_loader, check_validation_interval, plan_loader, workers_for
 from vlm_lightning.data.masking import MaskStrategy
 from vlm_lightning.data.records import Record, RowProblem
 from vlm_lightning.data.sampling import EPOCH_BATCHES, StreamPosition, layout_change
@@ -351,7 +350,10 @@ class DocumentDataModule(L.LightningDataModule):
             )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        loader = self._loader("train", shuffle=True)
+        if self.trainer is not None:  # an interval beyond the epoch: refused with its numbers
+            check_validation_interval(self.trainer, len(loader))
+        return loader
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.datasets.get("val") and not self.paths["val"]:
@@ -389,12 +391,3 @@ class DocumentDataModule(L.LightningDataModule):
             if change:
                 raise SettingError(change)
             self.train_position.load_state_dict(position)
-
-    def write_skipped(self, run_dir: str | Path) -> Path | None:
-        """Write the list of skipped rows next to the run (``on_bad_row: skip``)."""
-        if not self.skipped:
-            return None
-        path = Path(run_dir) / "skipped_rows.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(str(p) for p in self.skipped) + "\n")
-        return path

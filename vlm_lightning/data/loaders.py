@@ -39,6 +39,27 @@ def workers_for(num_workers: int | None, trainer: Any = None) -> int:
     return max(1, min(DEFAULT_MAX_WORKERS, cpus // per_node - 1))
 
 
+def check_validation_interval(trainer: Any, batches: int) -> None:
+    """Refuse an integer ``trainer.val_check_interval`` beyond the training batches of an epoch, with the
+    numbers and what to set (Lightning raises the same as a traceback; packing makes epochs shorter)."""
+    interval = getattr(trainer, "val_check_interval", None)
+    if (
+        not isinstance(interval, int)
+        or isinstance(interval, bool)
+        or trainer.check_val_every_n_epoch is None
+        or not trainer.limit_val_batches
+    ):
+        return
+    limit = trainer.limit_train_batches
+    batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+    if interval > batches:
+        raise SettingError(
+            f"trainer.val_check_interval {interval} is more than the {batches} training batches of an epoch: "
+            f"set --trainer.val_check_interval {batches} or less, a fraction of an epoch (e.g. 0.5), or "
+            "--trainer.check_val_every_n_epoch null to count batches across epochs"
+        )
+
+
 class LoaderPlan(NamedTuple):
     """What a split's loader iterates: the dataset (or rows view), its sampler and batch size, and whether
     it streams (resumable training order)."""
