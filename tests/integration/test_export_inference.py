@@ -303,3 +303,23 @@ def test_training_export_and_inference_build_the_same_model(run) -> None:  # noq
     with torch.no_grad():
         logits = [m(**batch["inputs"]).logits for m in (module.model, exported, predictor.model)]
     assert torch.equal(logits[0], logits[1]) and torch.equal(logits[0], logits[2])
+
+
+@pytest.mark.slow
+def test_inference_loads_an_export_in_its_recorded_dtype(run, exported, tmp_path) -> None:  # noqa: ANN001
+    """The adapter and merged routes default to the dtype the export wrote (the --ckpt route uses the run's),
+    so the three routes decode the same weights."""
+    import shutil
+
+    from vlm_lightning.deploy.inference import Predictor
+
+    info = json.loads((exported / "vlm_lightning_export.json").read_text())
+    assert info["dtype"] == "float32"  # this run trained fp32 weights on the CPU
+    assert json.loads((exported / "merged" / "vlm_lightning_export.json").read_text())["dtype"] == "float32"
+    bf16 = tmp_path / "bf16"
+    shutil.copytree(exported, bf16, ignore=shutil.ignore_patterns("merged"))
+    (bf16 / "vlm_lightning_export.json").write_text(json.dumps({**info, "dtype": "bfloat16"}))
+    loaded = Predictor.load(str(run["model"]), adapter=bf16, device="cpu")
+    assert next(loaded.model.parameters()).dtype == torch.bfloat16
+    asked = Predictor.load(str(run["model"]), adapter=bf16, device="cpu", dtype="float32")
+    assert next(asked.model.parameters()).dtype == torch.float32  # an explicit --dtype wins

@@ -225,9 +225,10 @@ def _load_exactly(
     model.load_state_dict(weights, strict=False)
 
 
-def _write_info(folder: Path, info: CheckpointInfo, kind: str, base: str) -> None:
+def _write_info(folder: Path, info: CheckpointInfo, kind: str, base: str, dtype: torch.dtype) -> None:
     payload = {
         "kind": kind,
+        "dtype": str(dtype).removeprefix("torch."),  # inference loads the weights in it by default
         "family": info.family,
         "mode": info.mode,
         "base_model": base,
@@ -289,6 +290,7 @@ def export_checkpoint(
     except ModelLoadError as exc:
         hint = "" if base else " (pass --base to point at the base model if it moved)"
         raise ExportError(f"{exc}{hint}") from exc
+    weight_dtype = next(model.parameters()).dtype
     base_name = base or info.name_or_path
     if Path(base_name).is_dir():  # the adapter config and card name the base wherever they are used from
         base_name = str(Path(base_name).resolve())
@@ -299,14 +301,14 @@ def export_checkpoint(
     if info.mode == "full":
         model.save_pretrained(out)
         processor.save_pretrained(out)
-        _write_info(out, info, "full", base_name)
+        _write_info(out, info, "full", base_name, weight_dtype)
         written["model"] = out
         if merge:
             print("[vlm_lightning] full-mode run: the model folder is already complete, nothing to merge")
     else:
         model.save_pretrained(out)
         processor.save_pretrained(out)
-        _write_info(out, info, "adapter", base_name)
+        _write_info(out, info, "adapter", base_name, weight_dtype)
         written["adapter"] = out
     if zip_archive:
         written["zip"] = zip_folder(out, out.with_name(out.name + ".zip"), exclude=("merged",))
@@ -319,7 +321,7 @@ def export_checkpoint(
         merged = model.merge_and_unload()
         merged.save_pretrained(merged_dir)
         processor.save_pretrained(merged_dir)
-        _write_info(merged_dir, info, "merged", base_name)
+        _write_info(merged_dir, info, "merged", base_name, weight_dtype)
         written["merged"] = merged_dir
     return written
 

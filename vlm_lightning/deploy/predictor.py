@@ -131,6 +131,8 @@ class Predictor:
             if adapter:
                 _check_adapter(Path(adapter), model, family_of(model, trust_remote_code).name)
             defaults = _read_defaults(adapter) or _read_defaults(model if Path(model).is_dir() else None)
+            if dtype == "auto" and defaults.get("dtype"):  # the export's weights: the same outputs as --ckpt
+                dtype = defaults["dtype"]
             built = build_model(
                 model,
                 mode=None,
