@@ -214,3 +214,25 @@ def test_a_clean_run_prints_no_library_warning_and_says_what_it_did(tiny_replica
     assert "train (epoch 2): 100%" in bar and "7/7 [" in bar
     throughput = json.loads((next(tmp_path.glob("version_*")) / "throughput.json").read_text())
     assert "peak_gib_per_device" not in throughput and throughput["peak_rss_gib_per_process"][0] > 0.1
+
+
+def test_32_bit_precision_with_16_bit_weights_is_said_at_start(
+    tiny_replica, data, tmp_path, monkeypatch, capsys
+) -> None:  # noqa: ANN001
+    def no_model(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("stop after the start-up checks")
+
+    monkeypatch.setattr("vlm_lightning.models.build.load_model", no_model)
+    args = _args(
+        tiny_replica("qwen2_vl"),
+        data,
+        tmp_path,
+        "--trainer.precision",
+        "32-true",
+        "--model.dtype",
+        "bfloat16",
+    )
+    with pytest.raises((RuntimeError, SystemExit)):
+        main(["fit", *args])
+    err = capsys.readouterr().err
+    assert "trainer.precision 32-true with model.dtype bfloat16: the base weights stay 16-bit" in err

@@ -55,6 +55,8 @@ class RunCheckpoint(ModelCheckpoint):
         self._step_in_last: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # the run folder (not a given checkpoint.dirpath): checkpoints there are this run's (a resume)
+        self._own_folder = getattr(self, "_own_folder", False) or self.dirpath is None
         if self.dirpath is None:
             self.dirpath = str(run_dir(trainer))
         if stage == "fit" and self.monitor is not None and not _runs_validation(trainer):
@@ -65,9 +67,10 @@ class RunCheckpoint(ModelCheckpoint):
                     "[vlm_lightning] no validation data (data.val / data.val_fraction, "
                     "trainer.limit_val_batches): no best.ckpt is chosen; last.ckpt holds the latest weights"
                 )
-        # scoped: the run folder always holds config.yaml / hparams.yaml: warn only about earlier checkpoints
+        # scoped: the run folder always holds config.yaml / hparams.yaml (and on a resume its own checkpoints):
+        # warn only about other checkpoints in a folder given as checkpoint.dirpath
         with warnings.catch_warnings():
-            if not any(Path(self.dirpath).glob("*.ckpt")):
+            if self._own_folder or not any(Path(self.dirpath).glob("*.ckpt")):
                 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
             super().setup(trainer, pl_module, stage)
 

@@ -81,6 +81,15 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         check_run_folder(trainer.get("default_root_dir") or os.getcwd())
         model = _plain(section.get("model")) or {}
         check_strategy(trainer.get("strategy"), model.get("mode"), trainer.get("accelerator", "auto"))
+        if str(trainer.get("precision")) in ("32", "32-true", "64", "64-true") and model.get("dtype") in (
+            "bfloat16",
+            "float16",
+        ):
+            print(
+                f"[vlm_lightning] trainer.precision {trainer.get('precision')} with model.dtype {model['dtype']}: "
+                "the base weights stay 16-bit (set --model.dtype float32 for 32-bit weights)",
+                file=sys.stderr,
+            )
         lora = model.get("lora") or {}
         if isinstance(lora, dict) and isinstance(lora.get("targets"), str):
             check_lora_targets(lora["targets"])
