@@ -184,3 +184,27 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> su
         cwd=cwd,
         env=env,
     )
+
+
+def lora_module(path: str) -> Any:
+    """A ``VLMFineTuner`` on the replica at ``path`` with r4 LoRA adapters that change the output."""
+    from vlm_lightning.models.peft_setup import LoraSettings
+    from vlm_lightning.training.module import VLMFineTuner
+
+    torch.manual_seed(0)
+    module = VLMFineTuner(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0), metrics=["exact_match"])
+    with torch.no_grad():  # non-zero lora_B so the adapters change the output
+        for name, p in module.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return module
+
+
+def loss_and_grads(module: Any, batch: dict, autocast: bool) -> tuple[float, dict[str, torch.Tensor]]:
+    """One ``model_step`` loss and its gradients (optionally under CPU bf16 autocast)."""
+    module.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss, _, _ = module.model_step(batch)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+    return loss.item(), grads

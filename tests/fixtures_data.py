@@ -39,8 +39,9 @@ def write_receipt_dataset(folder: Path, n_train: int = 8, n_val: int = 3, n_test
     }
 
 
-def chat_batch(path: str, n: int = 3) -> dict:
-    """A collated training batch of ``n`` one-image records (answers ``{"n": 7i}``) for the replica at ``path``."""
+def chat_batch(path: str, n: int = 3, sizes: tuple[tuple[int, int], ...] | None = None) -> dict:
+    """A collated training batch of ``n`` one-image records (answers ``{"n": 7i}``) for the replica at ``path``;
+    ``sizes``: the images' (width, height), one per record (default 64 x 80 each)."""
     from PIL import Image
 
     from vlm_lightning.data.collator import ChatCollator
@@ -55,6 +56,8 @@ def chat_batch(path: str, n: int = 3) -> dict:
             [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f'{{"n": {i * 7}}}'}],
             [f'{{"n": {i * 7}}}'],
         )
-        for i in range(n)
+        for i in range(len(sizes) if sizes else n)
     ]
-    return collator([(r, [Image.new("RGB", (64, 80), (i * 60, 200, 90))]) for i, r in enumerate(records)])
+    sizes = sizes or ((64, 80),) * n
+    images = [Image.new("RGB", size, (i * 60, 200, 90)) for i, size in enumerate(sizes)]
+    return collator([(r, [image]) for r, image in zip(records, images, strict=True)])

@@ -9,51 +9,29 @@ import sys
 import lightning as L
 import pytest
 import torch
+from fit_helpers import lora_module, loss_and_grads
 from fixtures_data import chat_batch
 
 from vlm_lightning.models.acceleration import compile_decoder_layers, compile_vision_layers, decoder_layers
-from vlm_lightning.models.peft_setup import LoraSettings
-from vlm_lightning.training.module import VLMFineTuner
-
-
-def _lora_module(path: str) -> VLMFineTuner:
-    torch.manual_seed(0)
-    module = VLMFineTuner(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0), metrics=["exact_match"])
-    with torch.no_grad():  # non-zero lora_B so the adapters change the output
-        for name, p in module.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
-    return module
-
-
-def _loss_and_grads(
-    module: VLMFineTuner, batch: dict, autocast: bool
-) -> tuple[float, dict[str, torch.Tensor]]:
-    module.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        loss, _, _ = module.model_step(batch)
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
-    return loss.item(), grads
 
 
 def test_decoder_and_vision_layers_are_found_under_peft(tiny_replica) -> None:  # noqa: ANN001
-    module = _lora_module(str(tiny_replica("lfm2_vl")))
+    module = lora_module(str(tiny_replica("lfm2_vl")))
     layers = decoder_layers(module.model, module.facts)
     base = module.model.get_base_model()
     assert layers is base.model.language_model.layers
 
 
-def test_compiled_layers_give_the_eager_loss_and_grads(tiny_replica) -> None:  # noqa: ANN001
+def test_compiled_layers_give_the_eagerloss_and_grads(tiny_replica) -> None:  # noqa: ANN001
     path = str(tiny_replica("lfm2_vl"))
-    eager = _lora_module(path)
+    eager = lora_module(path)
     compiled = copy.deepcopy(eager)
     batch = chat_batch(path, n=3)
     n_lm = compile_decoder_layers(compiled.model, compiled.facts, backend="aot_eager")
     n_vis = compile_vision_layers(compiled.model, compiled.facts, backend="aot_eager")
     assert n_lm == len(decoder_layers(eager.model, eager.facts)) and n_vis >= 1
-    loss_e, grads_e = _loss_and_grads(eager, batch, autocast=False)
-    loss_c, grads_c = _loss_and_grads(compiled, batch, autocast=False)
+    loss_e, grads_e = loss_and_grads(eager, batch, autocast=False)
+    loss_c, grads_c = loss_and_grads(compiled, batch, autocast=False)
     assert loss_c == pytest.approx(loss_e, rel=1e-5)
     assert grads_c.keys() == grads_e.keys()
     for name in grads_e:
@@ -74,7 +52,7 @@ class _Batches(torch.utils.data.Dataset):
 def test_gradient_clipping_works_with_fused_adamw_under_bf16_mixed(tiny_replica) -> None:  # noqa: ANN001
     """Lightning's mixed-precision plugin refuses to clip for fused optimizers; the module clips itself."""
     path = str(tiny_replica("qwen2_vl"))
-    module = _lora_module(path)
+    module = lora_module(path)
     module.optimizer_factory = lambda params, **kw: torch.optim.AdamW(params, lr=1e-3, fused=True)
     norms: list[float] = []
 

@@ -4,26 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image
+from fixtures_data import chat_batch
 
-from vlm_lightning.data.collator import ChatCollator
-from vlm_lightning.data.records import Record
-from vlm_lightning.models.loading import family_of, load_processor
-
-
-def _batch(path: str, sizes: tuple[tuple[int, int], ...] = ((64, 80),) * 3) -> dict:
-    collator = ChatCollator(load_processor(path, image_max_tokens=16), family_of(path), max_length=300)
-    recs = [
-        Record(
-            str(i),
-            ["x"],
-            [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f'{{"n": {i}}}'}],
-            [f'{{"n": {i}}}'],
-        )
-        for i in range(3)
-    ]
-    images = [Image.new("RGB", size, (i * 40, 255, 255)) for i, size in enumerate(sizes)]
-    return collator([(r, [image]) for r, image in zip(recs, images, strict=True)])
+from vlm_lightning.models.loading import family_of
 
 
 def test_sync_free_lfm2_image_features_match_the_library(tiny_replica) -> None:  # noqa: ANN001
@@ -33,7 +16,7 @@ def test_sync_free_lfm2_image_features_match_the_library(tiny_replica) -> None: 
     from vlm_lightning.training.loss import causal_lm_loss
 
     path = str(tiny_replica("lfm2_vl"))
-    batch = _batch(path, sizes=((64, 80), (96, 48), (40, 40)))
+    batch = chat_batch(path, sizes=((64, 80), (96, 48), (40, 40)))
     # images of different sizes in one batch: each image's features are cut at its own length
     assert len({tuple(s) for s in batch["inputs"]["spatial_shapes"].tolist()}) > 1
     results = []
