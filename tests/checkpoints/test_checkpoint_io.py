@@ -144,43 +144,24 @@ def test_atomic_io_round_trip_and_trainer_integration(tmp_path: Path) -> None:
             checkpoint["vlm_lightning"] = {"family": "tiny", "mode": "full"}
 
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=4)
-    trainer = L.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        plugins=[AtomicCheckpointIO()],
-    )
+
+    def trainer_for(max_steps: int) -> L.Trainer:
+        return L.Trainer(
+            max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+            plugins=[AtomicCheckpointIO()],
+        )  # fmt: skip
+
+    trainer = trainer_for(2)
     trainer.fit(Tiny(), data)
     trainer.save_checkpoint(tmp_path / "x.ckpt")
     assert validate_checkpoint(tmp_path / "x.ckpt")["global_step"] == 2
-    resumed = L.Trainer(
-        max_steps=3,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        plugins=[AtomicCheckpointIO()],
-    )
+    resumed = trainer_for(3)
     resumed.fit(Tiny(), data, ckpt_path=tmp_path / "x.ckpt")
     assert resumed.global_step == 3
     (tmp_path / "foreign.ckpt").write_bytes(b"\x00" * 64)
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        L.Trainer(
-            max_steps=4,
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            default_root_dir=tmp_path,
-            plugins=[AtomicCheckpointIO()],
-        ).fit(Tiny(), data, ckpt_path=tmp_path / "foreign.ckpt")
+        trainer_for(4).fit(Tiny(), data, ckpt_path=tmp_path / "foreign.ckpt")
 
 
 # --- validation -----------------------------------------------------------------------------------
