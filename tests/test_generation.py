@@ -1,6 +1,7 @@
 """Greedy generation with a static cache gives the dynamic cache's tokens in fp32, for every family.
 
-The static cache (``cache_implementation="static"``) is the fast decoding path on CUDA (measured 3.99x / 4.71x
+The static cache (``generate_batch(static_cache=True)``: transformers' ``cache_implementation="static"`` with
+the cache length rounded up to a step of 256) is the evaluation default on CUDA (measured 3.99x / 4.71x
 plain HF ``generate`` in docs/benchmarks.md, where transformers compiles the decoding step); this pins that it
 changes no greedy token on the replicas, through the same ``generate_batch`` that ``test`` / ``infer`` call.
 """
@@ -12,7 +13,8 @@ import torch
 from PIL import Image
 
 from vlm_lightning.data.records import Record
-from vlm_lightning.generation import end_of_turn_ids, generate_batch
+from vlm_lightning.generation import end_of_turn_ids, generate_batch, static_cache_length, uses_static_cache
+from vlm_lightning.models.acceleration import compile_decoder_layers
 from vlm_lightning.models.build import build_model
 from vlm_lightning.models.families import FAMILIES
 from vlm_lightning.models.loading import family_of, load_processor, make_collator
@@ -60,7 +62,47 @@ def test_static_cache_greedy_tokens_equal_the_dynamic_cache(family: str, tiny_re
     assert inputs["input_ids"].shape[0] == 3 and (inputs["attention_mask"] == 0).any()  # left padding in play
     _, dynamic = generate_batch(model, inputs, tokenizer, stops, max_new_tokens=12, min_new_tokens=12)
     _, static = generate_batch(
-        model, inputs, tokenizer, stops, max_new_tokens=12, min_new_tokens=12, cache_implementation="static"
+        model, inputs, tokenizer, stops, max_new_tokens=12, min_new_tokens=12, static_cache=True
     )
     assert dynamic.shape == (3, 12) and len(set(dynamic.flatten().tolist())) > 1  # real, varied tokens
     assert torch.equal(static, dynamic)
+
+
+def test_static_cache_lengths_come_in_steps_so_that_few_shapes_compile() -> None:
+    assert static_cache_length(1, 255) == 256
+    assert static_cache_length(100, 156) == 256
+    assert static_cache_length(101, 156) == 512
+    assert static_cache_length(700, 64, step=128) == 768
+
+
+def test_the_cache_setting_resolves_by_device_and_base() -> None:
+    model = torch.nn.Linear(2, 2)  # on the CPU: transformers compiles no decoding step there
+    assert uses_static_cache(model, "auto") is False
+    assert uses_static_cache(model, "static") is True and uses_static_cache(model, "dynamic") is False
+    assert uses_static_cache(torch.nn.Module(), "auto") is False  # no parameters
+    if torch.cuda.is_available():
+        cuda = torch.nn.Linear(2, 2).cuda()
+        assert uses_static_cache(cuda, "auto") is True
+        assert uses_static_cache(cuda, "auto", collective=True) is False  # FSDP: eager dynamic cache
+        cuda.hf_quantizer = type("Bnb4Bit", (), {"is_compileable": False})()
+        assert uses_static_cache(cuda, "auto") is False
+
+
+def test_generation_runs_compiled_layers_uncompiled_and_gives_the_same_tokens(tiny_replica) -> None:  # noqa: ANN001
+    path = str(tiny_replica("qwen2_vl"))
+    torch.manual_seed(0)
+    model = build_model(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0), dtype="float32").model.eval()
+    processor = load_processor(path, image_max_tokens=16)
+    facts = family_of(path)
+    inputs = make_collator(processor, facts, max_length=800)(_items())["generation_inputs"]
+    stops = end_of_turn_ids(processor.tokenizer, facts.end_of_turn)
+    _, eager = generate_batch(model, inputs, processor.tokenizer, stops, max_new_tokens=8, static_cache=True)
+
+    def refusing_backend(graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        raise AssertionError("a training-compiled layer was compiled while generating")
+
+    assert compile_decoder_layers(model, facts, backend=refusing_backend) > 0
+    _, tokens = generate_batch(model, inputs, processor.tokenizer, stops, max_new_tokens=8, static_cache=True)
+    assert torch.equal(tokens, eager)
+    with pytest.raises(Exception, match="compiled while generating"):  # outside generation: compiled again
+        model(**inputs)

@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from vlm_lightning.models.acceleration import uncompiled_layers
 from vlm_lightning.patches.merged_lora import merged_lora
+
+GenerationCache = Literal["auto", "static", "dynamic"]
+
+#: static caches are sized in steps of this many positions, so that a run compiles its decoding step for a
+#: few cache lengths only (transformers keeps the longest cache length seen for later calls)
+CACHE_LENGTH_STEP = 256
+
+
+def static_cache_length(prompt_width: int, max_new_tokens: int, step: int = CACHE_LENGTH_STEP) -> int:
+    """The static cache length for a batch: prompt + new tokens, rounded up to a multiple of ``step``."""
+    return -(-(prompt_width + max_new_tokens) // step) * step
+
+
+def uses_static_cache(model: torch.nn.Module, setting: GenerationCache, collective: bool = False) -> bool:
+    """Whether to decode with a static cache (which transformers compiles, with CUDA graphs, on CUDA).
+
+    ``auto`` is on for a model on CUDA, except quantized bases that cannot compile (bitsandbytes 4-bit) and
+    sharded models whose forward is collective (FSDP): there the dynamic cache, eager, is the faster path.
+    """
+    if setting != "auto":
+        return setting == "static"
+    parameter = next(model.parameters(), None)
+    if parameter is None or parameter.device.type != "cuda" or collective:
+        return False
+    quantizer = getattr(model, "hf_quantizer", None)
+    return quantizer is None or bool(getattr(quantizer, "is_compileable", False))
 
 
 def end_of_turn_ids(tokenizer: Any, end_of_turn: str) -> list[int]:
@@ -37,22 +64,29 @@ def generate_batch(
     stop_ids: list[int],
     max_new_tokens: int = 256,
     merge_lora: bool = True,
+    static_cache: bool = False,
     **generation_kwargs: Any,
 ) -> tuple[list[str], torch.Tensor]:
     """Generate for a left-padded batch; return decoded texts (special tokens removed) and new token ids.
 
     With ``merge_lora`` each LoRA projection runs as one merged linear layer while generating
     (``patches.merged_lora``: the stored weights are untouched; costs one copy of the merged weights).
+    With ``static_cache`` the key / value cache has a fixed length (``static_cache_length``), so that
+    transformers compiles the decoding step once per cache length on CUDA; greedy tokens equal the dynamic
+    cache's in fp32 (tests/test_generation.py). Regionally compiled layers run uncompiled while generating.
     """
     stops = with_checkpoint_stops(model, stop_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     kwargs: dict[str, Any] = {"do_sample": False, "num_beams": 1}
     kwargs.update(generation_kwargs)
+    if static_cache:
+        kwargs.setdefault("cache_implementation", "static")
+        kwargs.setdefault("max_cache_len", static_cache_length(inputs["input_ids"].shape[1], max_new_tokens))
     if not kwargs.get("do_sample"):
         kwargs.pop("temperature", None)
         kwargs.pop("top_p", None)
         kwargs.pop("min_p", None)
-    with merged_lora(model, enabled=merge_lora):
+    with uncompiled_layers(model), merged_lora(model, enabled=merge_lora):
         out = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,

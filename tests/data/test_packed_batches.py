@@ -114,3 +114,17 @@ def test_the_datamodule_refuses_to_resume_mid_epoch_with_another_batch_size() ->
     same = DocumentDataModule(train="t.jsonl", batch_size=2)
     same.load_state_dict(state)
     assert same.train_position.batch == 3
+
+
+def test_evaluation_from_a_mid_epoch_checkpoint_may_use_another_batch_size() -> None:
+    from types import SimpleNamespace
+
+    from vlm_lightning.data.datamodule import DocumentDataModule
+
+    saved = DocumentDataModule(train="t.jsonl", batch_size=2)
+    saved.train_position.batch = 3
+    for stage in ("validate", "test", "predict"):
+        data = DocumentDataModule(train="t.jsonl", batch_size=8)
+        data.trainer = SimpleNamespace(state=SimpleNamespace(fn=stage))
+        data.load_state_dict(saved.state_dict())  # no refusal: evaluation restores no training position
+        assert data.train_position.batch == 0

@@ -277,3 +277,53 @@ def test_compiled_equals_eager_in_fp32_for_50_steps(
     )
     assert worst <= 1e-4, (losses["true"][:5], losses["false"][:5])
     assert losses["true"][-1] < losses["true"][0]  # it trained
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "lfm2_vl"])
+def test_static_cache_evaluation_is_the_default_and_decodes_the_dynamic_cache_tokens_in_fp32(
+    tiny_replica, tmp_path: Path, family: str, capsys: pytest.CaptureFixture
+) -> None:  # noqa: ANN001
+    """``test`` on CUDA decodes with the compiled static cache by default (validation inside ``fit`` too, with
+    the regionally compiled training layers around it); in float32 its predictions equal HF ``generate``'s
+    (dynamic cache, adapters unmerged) on the same checkpoint."""
+    import json
+
+    from vlm_lightning.cli.lightning_cli import build_cli
+
+    data = write_receipt_dataset(tmp_path / "data", n_train=16)
+    common = [
+        "--model.name_or_path", str(tiny_replica(family)),
+        "--model.metrics", "[exact_match]",
+        "--model.dtype", "float32",
+        "--model.generate_max_new_tokens", "24",
+        "--data.train", str(data["train"]),
+        "--data.val", str(data["val"]),
+        "--data.test", str(data["test"]),
+        "--data.image_max_tokens", "16",
+        "--data.batch_size", "2",
+        "--trainer.accelerator", "gpu",
+        "--trainer.devices", "1",
+        "--trainer.precision", "32-true",
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    fit = build_cli([
+        "fit", *common, "--trainer.max_steps", "12", "--trainer.val_check_interval", "6",
+        "--model.optimizer", "torch.optim.AdamW", "--model.optimizer.lr", "1e-2", "--trainer.default_root_dir", str(tmp_path / "fit"),
+    ])  # fmt: skip
+    assert "generation: static cache" in capsys.readouterr().out  # validation generated with it
+    layers = decoder_layers(fit.model.model, fit.model.facts)
+    assert all("forward" in layer.__dict__ for layer in layers)  # training layers compiled again after
+    predictions = {}
+    for setting in ("auto", "dynamic"):
+        extra = [] if setting == "auto" else ["--model.generation_cache", "dynamic"]
+        extra += [] if setting == "auto" else ["--model.merge_lora_for_generation", "false"]
+        run = build_cli([
+            "test", *common, *extra, "--ckpt_path", str(Path(fit.trainer.log_dir) / "last.ckpt"),
+            "--trainer.default_root_dir", str(tmp_path / setting),
+        ])  # fmt: skip
+        rows = (Path(run.trainer.log_dir) / "predictions.jsonl").read_text().splitlines()
+        predictions[setting] = [json.loads(row)["prediction"] for row in rows]
+    said = capsys.readouterr().out
+    assert said.count("generation: static cache") == 1  # the auto run only
+    assert len(predictions["auto"]) >= 4 and any(predictions["auto"])
+    assert predictions["auto"] == predictions["dynamic"]

@@ -90,3 +90,31 @@ def test_enhancement_imports_without_the_augmentation_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "(150, 50)"
+
+
+def test_uncompiled_layers_run_the_class_forward_and_put_the_compiled_one_back() -> None:
+    from vlm_lightning.models.acceleration import compile_layers, uncompiled_layers
+
+    compiled_calls = []
+
+    def counting_backend(graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        compiled_calls.append(len(example_inputs))
+        return graph.forward
+
+    layers = torch.nn.ModuleList([torch.nn.Linear(4, 4) for _ in range(3)])
+    model = torch.nn.Sequential(*layers)
+    assert compile_layers(layers, backend=counting_backend) == 3
+    wrappers = [layer.__dict__["forward"] for layer in layers]
+    x = torch.randn(2, 4)
+    with uncompiled_layers(model) as switched:
+        assert switched == 3
+        assert all("forward" not in layer.__dict__ for layer in layers)
+        expected = model(x)
+    assert compiled_calls == []  # nothing compiled inside the block
+    torch.testing.assert_close(model(x), expected)
+    assert compiled_calls  # the compiled wrappers are back and run
+    with pytest.raises(RuntimeError, match="boom"), uncompiled_layers(model):
+        raise RuntimeError("boom")
+    assert [layer.__dict__["forward"] for layer in layers] == wrappers  # also after an exception
+    with uncompiled_layers(torch.nn.Linear(2, 2)) as none:  # a model without compiled layers
+        assert none == 0

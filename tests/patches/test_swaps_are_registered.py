@@ -19,6 +19,10 @@ ALLOWED: dict[tuple[str, str], str] = {
         "regional compilation: our model's own layer forward compiled, the same computation (registry docstring "
         "lists the dynamo limits it raises)"
     ),
+    ("models/acceleration.py", "module.forward"): (
+        "uncompiled_layers puts back the compiled wrapper that compile_layers made (generation runs the class's "
+        "own forward in between)"
+    ),
     ("models/acceleration.py", "setattr(config, ...)"): (
         "torch._dynamo.config recompile limits raised for per-layer guards (process-wide, listed in the "
         "vlm_lightning.patches docstring)"

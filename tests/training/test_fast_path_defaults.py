@@ -109,3 +109,27 @@ def test_compile_problem_reads_the_platform(monkeypatch: pytest.MonkeyPatch) -> 
     assert "C++ compiler" in compile_support.compile_problem(cuda=False)
     monkeypatch.setattr(compile_support.torch._dynamo, "is_dynamo_supported", lambda: False)
     assert "does not support" in compile_support.compile_problem(cuda=True)
+
+
+@pytest.mark.parametrize(("setting", "static"), [("auto", False), ("static", True), ("dynamic", False)])
+def test_evaluation_generation_asks_for_the_cache_the_setting_resolves_to(
+    setting: str, static: bool, tiny_replica, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:  # noqa: ANN001
+    import torch
+
+    from vlm_lightning.training.module import VLMFineTuner
+
+    module = VLMFineTuner(str(tiny_replica("qwen2_vl")), metrics=["exact_match"], generation_cache=setting)
+    asked: list[dict] = []
+
+    def recording_generate(*args: object, **kwargs: object) -> tuple[list[str], torch.Tensor]:
+        asked.append(kwargs)
+        return ["x"], torch.zeros(1, 1, dtype=torch.long)
+
+    monkeypatch.setattr("vlm_lightning.training.evaluation_steps.generate_batch", recording_generate)
+    for _ in range(2):
+        module.generate({"generation_inputs": {}})
+    assert [call["static_cache"] for call in asked] == [static, static]  # auto on the CPU: dynamic
+    assert asked[0]["max_new_tokens"] == module.hparams.generate_max_new_tokens
+    said = capsys.readouterr().out.count("generation: static cache")
+    assert said == (1 if static else 0)  # said once per run

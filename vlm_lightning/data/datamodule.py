@@ -384,7 +384,10 @@ class DocumentDataModule(L.LightningDataModule):
         return {"train_position": self.train_position.state_dict(), "train_layout": self.train_layout()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restored by ``fit --ckpt_path``; a mid-epoch position in another layout is refused."""
+        """Restored by ``fit --ckpt_path`` (a mid-epoch position in another layout is refused); evaluation
+        from a checkpoint restores no training position, so its batches may be of any size."""
+        if self.trainer is not None and self.trainer.state.fn != "fit":
+            return
         if "train_position" in state_dict:
             position = state_dict["train_position"]
             change = layout_change(state_dict.get("train_layout"), self.train_layout(), position)

@@ -8,6 +8,8 @@ raises process-wide dynamo limits (listed in the ``vlm_lightning.patches`` docst
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -52,6 +54,30 @@ def compile_layers(
     for layer in layers:
         layer.forward = torch.compile(layer.forward, dynamic=dynamic, backend=backend)
     return len(layers)
+
+
+def _compiled_forward(module: torch.nn.Module) -> object | None:
+    """The ``torch.compile`` wrapper that ``compile_layers`` put on ``module`` (None if it has none)."""
+    forward = module.__dict__.get("forward")
+    return forward if getattr(forward, "_torchdynamo_orig_callable", None) is not None else None
+
+
+@contextmanager
+def uncompiled_layers(model: torch.nn.Module) -> Iterator[int]:
+    """Inside the block, layers compiled by ``compile_layers`` run their class's own ``forward``.
+
+    Generation needs this: the training-shaped regional graphs would recompile for every prefill and
+    decoding shape, and transformers compiles the whole static-cache decoding step itself (its graph traces
+    the plain layers). Yields how many layers were switched; the compiled wrappers are back on exit.
+    """
+    switched = [(module, fn) for module in model.modules() if (fn := _compiled_forward(module)) is not None]
+    for module, _ in switched:
+        del module.forward  # the instance attribute: the class's forward shows through
+    try:
+        yield len(switched)
+    finally:
+        for module, fn in switched:
+            module.forward = fn
 
 
 def compile_decoder_layers(

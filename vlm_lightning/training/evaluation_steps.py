@@ -10,7 +10,7 @@ from torchmetrics import MeanMetric
 
 from vlm_lightning.data.sampling import FILLER
 from vlm_lightning.distributed import forward_is_collective
-from vlm_lightning.generation import generate_batch
+from vlm_lightning.generation import generate_batch, uses_static_cache
 from vlm_lightning.metrics import DocumentMetrics
 
 
@@ -115,21 +115,29 @@ class EvaluationSteps:
         return rows
 
     def generate(self, batch: dict[str, Any], **kwargs: Any) -> tuple[list[str], torch.Tensor]:
-        """Greedy batched generation from the batch's left-padded prompts."""
+        """Greedy batched generation from the batch's left-padded prompts (static cache on CUDA by default)."""
         kwargs.setdefault("max_new_tokens", self.hparams.generate_max_new_tokens)
-        with torch.compiler.set_stance("force_eager"):  # decoding shapes would recompile the layers
-            return generate_batch(
-                self.model,
-                batch["generation_inputs"],
-                self.tokenizer,
-                self.stop_ids,
-                merge_lora=self.hparams.merge_lora_for_generation,
-                # sharded layers gather their weights collectively: every rank runs every decoding step
-                synced_gpus=self._trainer is not None
-                and self.trainer.world_size > 1
-                and forward_is_collective(self.trainer.strategy),
-                **kwargs,
-            )
+        # sharded layers gather their weights collectively: every rank runs every decoding step
+        collective = self._trainer is not None and forward_is_collective(self.trainer.strategy)
+        static = uses_static_cache(self.model, self.hparams.get("generation_cache", "auto"), collective)
+        if static and not getattr(self, "_static_generation_said", False):
+            self._static_generation_said = True
+            if self._trainer is None or self.trainer.is_global_zero:
+                print(
+                    "[vlm_lightning] generation: static cache; its decoding step compiles on the first batch "
+                    "and once per new cache length or batch size (about 20-60 s each); "
+                    "--model.generation_cache dynamic turns it off"
+                )
+        return generate_batch(
+            self.model,
+            batch["generation_inputs"],
+            self.tokenizer,
+            self.stop_ids,
+            merge_lora=self.hparams.merge_lora_for_generation,
+            static_cache=static,
+            synced_gpus=collective and self.trainer.world_size > 1,
+            **kwargs,
+        )
 
 
 __all__ = ["EvaluationSteps", "TokenMean", "scored"]

@@ -17,7 +17,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from vlm_lightning.callbacks.nonfinite import NonFiniteGuard
 from vlm_lightning.errors import SettingError
-from vlm_lightning.generation import end_of_turn_ids
+from vlm_lightning.generation import GenerationCache, end_of_turn_ids
 from vlm_lightning.metrics import build_metrics
 from vlm_lightning.models.acceleration import compile_decoder_layers, compile_vision_layers
 from vlm_lightning.models.build import build_model
@@ -79,6 +79,9 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
         merge_lora_for_generation: generate with each LoRA projection folded into one temporary merged
             linear layer (faster decoding; the trained weights are untouched; needs memory for one copy of
             the merged weights; 4-bit QLoRA bases keep the adapter path).
+        generation_cache: ``static`` decodes with a fixed-length key / value cache whose decoding step
+            transformers compiles (with CUDA graphs) once per cache length; ``dynamic`` is HF ``generate``'s
+            growing cache, eager; ``auto`` (the default): static on CUDA, except 4-bit bases and FSDP.
 
     Under mixed precision (``bf16-mixed`` / ``16-mixed``) PEFT's cast of every LoRA input to the float32
     adapter dtype is switched off: autocast runs the adapter matmuls in 16 bit either way, so the cast
@@ -107,6 +110,7 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
         compile_language_model: bool | None = None,
         compile_vision_tower: bool | None = None,
         merge_lora_for_generation: bool = True,
+        generation_cache: GenerationCache = "auto",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])

@@ -1,0 +1,136 @@
+"""``test`` generation speed through the real CLI: the default decoding path vs plain HF ``generate``.
+
+Runs ``python -m vlm_lightning test`` once per variant, each in its own process, with a fit run's
+``config.yaml`` and checkpoint on the first ``--prompts`` rows of ``--test`` (same batches for every variant),
+and reads the per-prompt latencies that ``test`` writes to ``predictions.jsonl`` (each row: its batch's
+``generate`` time / batch size). Reported per variant: the generation seconds of all batches, of the first
+batch (where the static cache's decoding step compiles) and of the others, and how many predictions differ
+from plain HF ``generate``'s.
+
+Variants: the default (``generation_cache: auto`` = static cache on CUDA, LoRA merged while generating),
+merged + dynamic cache (the default before), and plain HF ``generate`` (dynamic cache, adapters unmerged).
+
+    python scripts/generation_speed.py --run RUN/version_0 --test data.jsonl --prompts 64 --batch-size 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VARIANTS: dict[str, list[str]] = {
+    "default (static cache, LoRA merged)": [],
+    "LoRA merged, dynamic cache": ["--model.generation_cache", "dynamic"],
+    "plain HF generate (dynamic cache, adapters unmerged)": [
+        "--model.generation_cache",
+        "dynamic",
+        "--model.merge_lora_for_generation",
+        "false",
+    ],
+}
+REFERENCE = "plain HF generate (dynamic cache, adapters unmerged)"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--run", type=Path, required=True, help="a fit run folder with config.yaml and the checkpoint"
+    )
+    p.add_argument("--ckpt", default="last.ckpt", help="checkpoint file name inside --run")
+    p.add_argument("--test", type=Path, required=True, help="JSONL rows to generate for")
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, help="model.generate_max_new_tokens (default: the run's)")
+    p.add_argument("--workdir", type=Path, default=Path("runs/generation_speed"))
+    p.add_argument("--out", type=Path, help="also write the markdown table here")
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more CLI flags for every variant")
+    return p.parse_args(argv)
+
+
+def test_command(args: argparse.Namespace, name: str, root: Path) -> list[str]:
+    """The ``test`` command line of one variant."""
+    batches = -(-args.prompts // args.batch_size)
+    command = [
+        sys.executable, "-m", "vlm_lightning", "test",
+        "--config", str(args.run / "config.yaml"),
+        "--ckpt_path", str(args.run / args.ckpt),
+        "--data.test", str(args.test),
+        "--data.batch_size", str(args.batch_size),
+        "--trainer.limit_test_batches", str(batches),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(root),
+    ]  # fmt: skip
+    if args.max_new_tokens:
+        command += ["--model.generate_max_new_tokens", str(args.max_new_tokens)]
+    return command + VARIANTS[name] + list(args.extra)
+
+
+def batch_seconds(rows: list[dict], batch_size: int) -> list[float]:
+    """Each consecutive batch's generation seconds (test batches are unshuffled, in input order)."""
+    return [
+        sum(row["latency_ms"] for row in rows[i : i + batch_size]) / 1000
+        for i in range(0, len(rows), batch_size)
+    ]
+
+
+def run_variant(args: argparse.Namespace, name: str, index: int) -> dict:
+    """Run one variant's ``test`` in its own process; its timings and predictions."""
+    root = args.workdir / f"variant-{index}"
+    command = test_command(args, name, root)
+    print(f"[generation_speed] {name}: {' '.join(command[1:])}", flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "test.log").write_text(proc.stdout + "\n----- stderr -----\n" + proc.stderr)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"{name}: test exited with {proc.returncode} (log: {root / 'test.log'})")
+    (predictions,) = sorted(root.glob("**/predictions.jsonl"))
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    seconds = batch_seconds(rows, args.batch_size)
+    return {
+        "name": name,
+        "prompts": len(rows),
+        "total_s": sum(seconds),
+        "first_s": seconds[0],
+        "rest_s": sum(seconds[1:]),
+        "wall_s": wall,
+        "predictions": [row["prediction"] for row in rows],
+    }
+
+
+def table(results: list[dict], batch_size: int) -> str:
+    """The markdown table; ratios against plain HF generate."""
+    reference = next(r for r in results if r["name"] == REFERENCE)
+    lines = [
+        f"| variant | prompts (batch {batch_size}) | generation s, all batches | first batch s | other batches s "
+        "| vs HF generate (all) | vs HF generate (after the first batch) | predictions != HF generate | process wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        differ = sum(a != b for a, b in zip(r["predictions"], reference["predictions"], strict=True))
+        rest = reference["rest_s"] / r["rest_s"] if r["rest_s"] else float("nan")
+        lines.append(
+            f"| {r['name']} | {r['prompts']} | {r['total_s']:.2f} | {r['first_s']:.2f} | {r['rest_s']:.2f} | "
+            f"{reference['total_s'] / r['total_s']:.2f}x | {rest:.2f}x | {differ}/{r['prompts']} | {r['wall_s']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = [run_variant(args, name, i) for i, name in enumerate(VARIANTS)]
+    report = table(results, args.batch_size)
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
