@@ -106,3 +106,25 @@ def test_generation_runs_compiled_layers_uncompiled_and_gives_the_same_tokens(ti
     assert torch.equal(tokens, eager)
     with pytest.raises(Exception, match="compiled while generating"):  # outside generation: compiled again
         model(**inputs)
+
+
+def test_generation_keeps_a_cache_when_the_checkpoint_config_turns_it_off(tiny_replica) -> None:  # noqa: ANN001
+    path = str(tiny_replica("qwen2_vl"))
+    model = build_model(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0), dtype="float32").model.eval()
+    model.config.use_cache = False  # as saved by a run with activation checkpointing
+    model.generation_config.use_cache = False
+    processor = load_processor(path, image_max_tokens=16)
+    facts = family_of(path)
+    inputs = make_collator(processor, facts, max_length=800)(_items())["generation_inputs"]
+    stops = end_of_turn_ids(processor.tokenizer, facts.end_of_turn)
+    caches = []
+    model.get_base_model().register_forward_pre_hook(
+        lambda module, args, kwargs: caches.append(kwargs.get("past_key_values")), with_kwargs=True
+    )
+    for static in (False, True):
+        caches.clear()
+        generate_batch(
+            model, inputs, processor.tokenizer, stops, max_new_tokens=4, min_new_tokens=4, static_cache=static
+        )
+        assert len(caches) == 4 and all(cache is not None for cache in caches)
+        assert type(caches[0]).__name__ == ("StaticCache" if static else "DynamicCache")

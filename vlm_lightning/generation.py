@@ -77,7 +77,9 @@ def generate_batch(
     """
     stops = with_checkpoint_stops(model, stop_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    kwargs: dict[str, Any] = {"do_sample": False, "num_beams": 1}
+    # a key / value cache even when the checkpoint's config says ``use_cache: false`` (as many fine-tuned
+    # checkpoints saved after activation checkpointing do): without one every new token re-reads the prompt
+    kwargs: dict[str, Any] = {"do_sample": False, "num_beams": 1, "use_cache": True}
     kwargs.update(generation_kwargs)
     if static_cache:
         kwargs.setdefault("cache_implementation", "static")
