@@ -36,3 +36,12 @@ def test_unknown_key_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         build_cli(["fit", "--config", str(bad), "--print_config"])
     assert exit_info.value.code not in (0, None)
+
+
+def test_the_learning_rate_is_one_flag_without_a_config(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_cli(["fit", "--model.name_or_path", "m", "--model.optimizer.lr", "1e-3", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    optimizer = yaml.safe_load(capsys.readouterr().out)["model"]["optimizer"]
+    assert optimizer["class_path"] == "torch.optim.AdamW"
+    assert optimizer["init_args"]["lr"] == 1e-3 and optimizer["init_args"]["weight_decay"] == 0.0
