@@ -41,7 +41,6 @@ from vlm_lightning.cli.startup_checks import (
     first_answers,
 )
 from vlm_lightning.data.datamodule import DocumentDataModule
-from vlm_lightning.data.sampling import EPOCH_BATCHES, layout_change
 from vlm_lightning.distributed import forward_is_collective
 from vlm_lightning.errors import SettingError, UserError, missing_package_message, setting_error_in
 from vlm_lightning.metrics import build_metrics
@@ -117,7 +116,8 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
             check_monitor(monitor, names, model.get("val_generate", True), first_answers(records))
         if _single_process(trainer):  # the token lengths too (under DDP: once the ranks' group exists)
             data.setup(subcommand)
-        _check_resume_layout(data, getattr(self, "_ckpt_data_state", None))
+        # a mid-epoch checkpoint in another batch layout stops before the model loads and config.yaml is rewritten
+        data.refuse_another_layout(getattr(self, "_ckpt_data_state", None) or {})
 
     def instantiate_classes(self) -> None:
         """As LightningCLI, with the data module whose rows ``before_instantiate_classes`` validated."""
@@ -271,18 +271,6 @@ def _write_skipped(problems: list[Any], run_dir: str | Path) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(str(p) for p in problems) + "\n")
     return path
-
-
-def _check_resume_layout(data: DocumentDataModule, saved: dict[str, Any] | None) -> None:
-    """A mid-epoch checkpoint resumed with another batch layout stops here, before the model loads and before
-    the run folder's config.yaml is rewritten (the data module checks the rest, processes and epoch length,
-    when Lightning restores it)."""
-    if not saved or "train_position" not in saved:
-        return
-    now = {**data.train_layout(), "processes": None, EPOCH_BATCHES: None}  # known once the trainer exists
-    change = layout_change(saved.get("train_layout"), now, saved["train_position"])
-    if change:
-        raise SettingError(change)
 
 
 def _check_base_model(ckpt_path: str, info: dict[str, Any], model_cfg: dict[str, Any]) -> None:

@@ -375,7 +375,7 @@ class DocumentDataModule(L.LightningDataModule):
             "data.max_tokens_per_row": self.row_budget if self.hparams.packing else None,
             "data.seed": self.hparams.seed,
             "training samples": len(train) if train is not None else None,
-            "processes": trainer.world_size if trainer is not None else 1,
+            "processes": trainer.world_size if trainer is not None else None,  # None: not known yet
             EPOCH_BATCHES: trainer.num_training_batches if trainer is not None else None,
         }
 
@@ -383,14 +383,18 @@ class DocumentDataModule(L.LightningDataModule):
         """Saved in checkpoints: where training is in the sample stream, and the batch layout it is in."""
         return {"train_position": self.train_position.state_dict(), "train_layout": self.train_layout()}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restored by ``fit --ckpt_path`` (a mid-epoch position in another layout is refused); evaluation
-        from a checkpoint restores no training position, so its batches may be of any size."""
-        if self.trainer is not None and self.trainer.state.fn != "fit":
-            return
+    def refuse_another_layout(self, state_dict: dict[str, Any]) -> None:
+        """Refuse a mid-epoch position saved in another batch layout (unknown settings are not compared)."""
         if "train_position" in state_dict:
             position = state_dict["train_position"]
             change = layout_change(state_dict.get("train_layout"), self.train_layout(), position)
             if change:
                 raise SettingError(change)
-            self.train_position.load_state_dict(position)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restored by ``fit --ckpt_path``; evaluation restores no position (batches of any size)."""
+        if self.trainer is not None and self.trainer.state.fn != "fit":
+            return
+        self.refuse_another_layout(state_dict)
+        if "train_position" in state_dict:
+            self.train_position.load_state_dict(state_dict["train_position"])
