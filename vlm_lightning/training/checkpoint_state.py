@@ -61,11 +61,15 @@ class CheckpointHooks:
         }
         checkpoint["rng_states"] = collect_rng_states()
 
+    def _data_settings(self) -> dict[str, Any]:
+        """The trainer's data module settings (``data.*``); empty without a trainer or data module."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return dict(getattr(datamodule, "hparams", None) or {})
+
     def _inference_settings(self) -> dict[str, Any]:
         """Prompt and image settings inference needs to reproduce training inputs."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        hparams = getattr(datamodule, "hparams", {}) or {}
-        return {k: hparams[k] for k in _INFERENCE_KEYS if k in hparams}
+        settings = self._data_settings()
+        return {k: settings[k] for k in _INFERENCE_KEYS if k in settings}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse checkpoints of another family, mode or LoRA layout; restore RNG states when fitting."""

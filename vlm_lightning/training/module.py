@@ -264,8 +264,7 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
     # --- model set-up: mixed-precision casts, compilation, FSDP2 ------------------------------------
     def _trains_packed(self) -> bool:
         """Whether the trainer's data module packs training rows (``data.packing``)."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        return bool((getattr(datamodule, "hparams", None) or {}).get("packing", False))
+        return bool(self._data_settings().get("packing", False))
 
     def _eager_vision_for_packing(self) -> None:
         """Packed training rows keep the compiled language model but run the vision tower eager unless its
