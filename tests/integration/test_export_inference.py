@@ -323,3 +323,31 @@ def test_inference_loads_an_export_in_its_recorded_dtype(run, exported, tmp_path
     assert next(loaded.model.parameters()).dtype == torch.bfloat16
     asked = Predictor.load(str(run["model"]), adapter=bf16, device="cpu", dtype="float32")
     assert next(asked.model.parameters()).dtype == torch.float32  # an explicit --dtype wins
+
+
+@pytest.mark.slow
+def test_batch_inference_asks_for_a_static_cache_as_the_setting_and_batch_count_say(
+    run, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: ANN001
+    """``--cache static`` decodes every batch with a static cache (same predictions in fp32 on the CPU);
+    ``auto`` keeps the dynamic cache on the CPU."""
+    from vlm_lightning.deploy import predictor as predictor_module
+    from vlm_lightning.deploy.inference import GenerationSettings, Predictor
+
+    predictor = Predictor.load(str(run["model"]), ckpt=run["best"], device="cpu")
+    records = run["cli"].datamodule.datasets["val"].records
+    asked: list[bool] = []
+    real = predictor_module.generate_batch
+
+    def recording(*args: object, static_cache: bool = False, **kwargs: object) -> object:
+        asked.append(static_cache)
+        return real(*args, static_cache=static_cache, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "generate_batch", recording)
+    rows = {}
+    for cache in ("static", "auto", "dynamic"):
+        asked.clear()
+        settings = GenerationSettings(max_new_tokens=6, cache=cache)
+        rows[cache] = predictor.predict(records, settings, batch_size=1, progress=False)
+        assert asked == [cache == "static"] * len(records)
+    assert [r["prediction"] for r in rows["static"]] == [r["prediction"] for r in rows["dynamic"]]

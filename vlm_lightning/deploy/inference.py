@@ -60,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("predictions.jsonl"), help="batch mode output JSONL")
     parser.add_argument("--batch-size", type=int, default=4, help="batch mode batch size")
     parser.add_argument(
+        "--cache",
+        choices=["auto", "static", "dynamic"],
+        default="auto",
+        help="batch mode key/value cache: static (compiled decoding step, CUDA) or dynamic; auto: static on CUDA "
+        "for 6 batches or more",
+    )
+    parser.add_argument(
         "--on-bad-file",
         choices=["skip", "stop"],
         default="skip",
@@ -98,7 +105,9 @@ def main(argv: list[str] | None = None) -> None:
             trust_remote_code=args.trust_remote_code,
         )
         torch.manual_seed(args.seed)
-        settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.min_p)
+        settings = GenerationSettings(
+            args.max_new_tokens, args.temperature, args.top_p, args.min_p, cache=args.cache
+        )
         if args.image is not None:
             _single(predictor, args, settings)
         else:

@@ -29,7 +29,7 @@ from transformers import TextIteratorStreamer
 from vlm_lightning.data.dataset import RecordDataset
 from vlm_lightning.data.records import Record
 from vlm_lightning.deploy.export import EXPORT_INFO, ExportError, load_checkpoint, rebuild_model
-from vlm_lightning.generation import end_of_turn_ids, generate_batch
+from vlm_lightning.generation import GenerationCache, end_of_turn_ids, generate_batch, uses_static_cache
 from vlm_lightning.models.build import build_model
 from vlm_lightning.models.families import FamilyFacts
 from vlm_lightning.models.loading import (
@@ -39,6 +39,9 @@ from vlm_lightning.models.loading import (
 )
 
 DEFAULT_PROMPT = "Extract the information in this document as JSON."
+#: a static cache's compilation (about 6 s more than the dynamic cache's first batch, LFM2-VL-1.6B on an H200)
+#: is repaid after about 5 batches (docs/benchmarks.md, "`test` through the CLI"): fewer keep the dynamic cache
+STATIC_CACHE_MIN_BATCHES = 6
 
 
 @dataclass
@@ -49,6 +52,8 @@ class GenerationSettings:
     temperature: float = 0.0
     top_p: float = 1.0
     min_p: float = 0.0
+    #: batch mode (``predict``): ``auto`` = a static cache on CUDA from ``STATIC_CACHE_MIN_BATCHES`` batches on
+    cache: GenerationCache = "auto"
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``generate_batch`` / ``model.generate``."""
@@ -226,13 +231,21 @@ class Predictor:
         """Generate for many records in batches; rows in the layout of the test / predict reports."""
         loader = DataLoader(self.dataset(records), batch_size=batch_size, collate_fn=self.collator)
         settings = settings or GenerationSettings()
+        static = uses_static_cache(self.model, settings.cache) and (
+            settings.cache == "static" or len(loader) >= STATIC_CACHE_MIN_BATCHES
+        )
         rows: list[dict[str, Any]] = []
         start = time.perf_counter()
         with tqdm(total=len(records), unit="img", disable=not progress, file=sys.stderr) as bar:
             for batch in loader:
                 t0 = time.perf_counter()
                 texts, _ = generate_batch(
-                    self.model, self._inputs(batch), self.tokenizer, self.stop_ids, **settings.kwargs()
+                    self.model,
+                    self._inputs(batch),
+                    self.tokenizer,
+                    self.stop_ids,
+                    static_cache=static,
+                    **settings.kwargs(),
                 )
                 latency_ms = 1000 * (time.perf_counter() - t0) / max(1, len(texts))
                 for i, text in enumerate(texts):
