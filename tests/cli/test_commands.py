@@ -54,3 +54,5 @@ def test_top_level_help_lists_the_commands_and_where_settings_go() -> None:
     text = " ".join(top_level_help().split())
     for word in ("fit", "validate", "test", "predict", "fit --config C.yaml", "--print_config"):
         assert word in text
+    assert "{fit,validate,test,predict,export,infer,compare,tiny,synthetic}" in text  # the usage line: all
+    assert "tiny tool: build an offline tiny replica" in text

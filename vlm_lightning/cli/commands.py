@@ -53,15 +53,16 @@ def top_level_help() -> str:
         prog=PROG,
         description=f"{DESCRIPTION} Settings go after the command: {PROG} fit --config C.yaml "
         "[--data.batch_size 8 ...]; --print_config after them prints the resolved configuration.",
-        epilog=usage(),
     )
     commands = parser.add_subparsers(
-        title="subcommands",
-        metavar="{" + ",".join(TRAINER_COMMANDS) + "}",
+        title="commands",
+        metavar="{" + ",".join([*TRAINER_COMMANDS, *TOOLS]) + "}",
         description="add --help after a command",
     )
     for name in TRAINER_COMMANDS:
         commands.add_parser(name, help=TRAINER_HELP[name])
+    for name, (_, text) in TOOLS.items():
+        commands.add_parser(name, help=f"tool: {text}")
     return parser.format_help()
 
 

@@ -24,10 +24,10 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("family", choices=sorted(BUILDERS))
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("family", choices=sorted(BUILDERS), help="model family to replicate")
+    parser.add_argument("out_dir", type=Path, help="folder to write (loads with from_pretrained)")
+    parser.add_argument("--hidden-size", type=int, default=64, help="language model width (default: 64)")
+    parser.add_argument("--layers", type=int, default=2, help="decoder layers (default: 2)")
     parser.add_argument(
         "--tokenizer",
         choices=QWEN_TOKENIZERS,
