@@ -50,6 +50,17 @@ def test_early_stopping_says_the_monitored_values(tmp_path: Path, capsys: pytest
     assert "Best score: 1.000" in out
 
 
+def test_early_stopping_at_the_max_steps_step_names_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    stop = EarlyStopping(monitor="val/loss", patience=1, mode="min")
+    out = _fit(tmp_path, capsys, max_epochs=10, max_steps=16, callbacks=[stop])  # both at step 16
+    assert (
+        "training stopped: reached trainer.max_steps 16; early stopping fired at the same step: Monitored metric "
+        "val/loss did not improve"
+    ) in out
+
+
 @pytest.mark.parametrize("packing", [False, True])
 def test_tokens_per_step_are_an_epochs_tokens_over_its_steps(packing: bool) -> None:
     from types import SimpleNamespace

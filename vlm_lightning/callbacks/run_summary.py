@@ -51,15 +51,20 @@ def start_summary(trainer: L.Trainer, datamodule: Any) -> str:
 
 
 def stop_reason(trainer: L.Trainer) -> str:
-    """Why ``fit`` ended, in words."""
+    """Why ``fit`` ended, in words (both reasons when early stopping fired at the ``max_steps`` step)."""
+    at_max_steps = bool(
+        trainer.max_steps and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+    )
     for callback in trainer.callbacks:
         if (
             isinstance(callback, EarlyStopping)
             and callback.stopping_reason != EarlyStoppingReason.NOT_STOPPED
         ):
-            detail = callback.stopping_reason_message or f"{callback.monitor} stopped improving"
-            return f"early stopping at step {trainer.global_step}: {detail.strip()}"
-    if trainer.max_steps and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            detail = (callback.stopping_reason_message or f"{callback.monitor} stopped improving").strip()
+            if at_max_steps:
+                return f"reached trainer.max_steps {trainer.max_steps}; early stopping fired at the same step: {detail}"
+            return f"early stopping at step {trainer.global_step}: {detail}"
+    if at_max_steps:
         return f"reached trainer.max_steps {trainer.max_steps}"
     if trainer.max_epochs and trainer.max_epochs > 0 and trainer.current_epoch >= trainer.max_epochs:
         return f"reached trainer.max_epochs {trainer.max_epochs} (step {trainer.global_step})"
