@@ -133,3 +133,27 @@ def test_evaluation_generation_asks_for_the_cache_the_setting_resolves_to(
     assert asked[0]["max_new_tokens"] == module.hparams.generate_max_new_tokens
     said = capsys.readouterr().out.count("generation: static cache")
     assert said == (1 if static else 0)  # said once per run
+
+
+def test_a_smaller_last_batch_keeps_the_dynamic_cache_under_auto(
+    tiny_replica, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: ANN001
+    import torch
+
+    from vlm_lightning.training.module import VLMFineTuner
+
+    module = VLMFineTuner(str(tiny_replica("qwen2_vl")), metrics=["exact_match"])
+    asked: list[bool] = []
+
+    def recording_generate(*args: object, **kwargs: object) -> tuple[list[str], torch.Tensor]:
+        asked.append(kwargs["static_cache"])
+        return ["x"], torch.zeros(1, 1, dtype=torch.long)
+
+    monkeypatch.setattr("vlm_lightning.training.evaluation_steps.generate_batch", recording_generate)
+    monkeypatch.setattr("vlm_lightning.training.evaluation_steps.uses_static_cache", lambda *a: True)  # CUDA
+    for rows in (4, 4, 2):
+        module.generate({"generation_inputs": {"input_ids": torch.zeros(rows, 3, dtype=torch.long)}})
+    assert asked == [True, True, False]  # the last, smaller batch: no second compilation
+    module.hparams.generation_cache = "static"  # asked for: every batch
+    module.generate({"generation_inputs": {"input_ids": torch.zeros(2, 3, dtype=torch.long)}})
+    assert asked[-1] is True

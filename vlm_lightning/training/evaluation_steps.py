@@ -119,13 +119,18 @@ class EvaluationSteps:
         kwargs.setdefault("max_new_tokens", self.hparams.generate_max_new_tokens)
         # sharded layers gather their weights collectively: every rank runs every decoding step
         collective = self._trainer is not None and forward_is_collective(self.trainer.strategy)
-        static = uses_static_cache(self.model, self.hparams.get("generation_cache", "auto"), collective)
+        setting = self.hparams.get("generation_cache", "auto")
+        static = uses_static_cache(self.model, setting, collective)
+        rows = len(batch["generation_inputs"].get("input_ids", ()))
+        self._widest_generation_batch = max(getattr(self, "_widest_generation_batch", 0), rows)
+        if static and setting == "auto" and rows < self._widest_generation_batch:
+            static = False  # a last, smaller batch would compile the decoding step once more: eager is faster
         if static and not getattr(self, "_static_generation_said", False):
             self._static_generation_said = True
             if self._trainer is None or self.trainer.is_global_zero:
                 print(
                     "[vlm_lightning] generation: static cache; its decoding step compiles on the first batch "
-                    "and once per new cache length or batch size (about 20-60 s each); "
+                    "and once per longer cache (about 20-60 s each); "
                     "--model.generation_cache dynamic turns it off"
                 )
         return generate_batch(

@@ -81,7 +81,8 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
             the merged weights; 4-bit QLoRA bases keep the adapter path).
         generation_cache: ``static`` decodes with a fixed-length key / value cache whose decoding step
             transformers compiles (with CUDA graphs) once per cache length; ``dynamic`` is HF ``generate``'s
-            growing cache, eager; ``auto`` (the default): static on CUDA, except 4-bit bases and FSDP.
+            growing cache, eager; ``auto`` (the default): static on CUDA, except 4-bit bases, FSDP and a
+            smaller last batch (which would compile once more).
 
     Under mixed precision (``bf16-mixed`` / ``16-mixed``) PEFT's cast of every LoRA input to the float32
     adapter dtype is switched off: autocast runs the adapter matmuls in 16 bit either way, so the cast
