@@ -19,6 +19,7 @@ from PIL import Image
 from vlm_lightning.cli.lightning_cli import build_cli
 
 MAX_NEW = 16
+RUN_BUDGET = 7  # the run's generation budget: infer uses it unless told otherwise
 PROMPT = "Read this receipt as JSON."  # the run's prompt: inference must pick it up without being told
 
 
@@ -34,6 +35,8 @@ def run(tiny_replica, tmp_path_factory) -> dict[str, Any]:  # noqa: ANN001
             str(model),
             "--model.val_generate",
             "false",
+            "--model.generate_max_new_tokens",
+            str(RUN_BUDGET),
             "--model.optimizer.class_path",
             "torch.optim.AdamW",
             "--model.optimizer.init_args.lr",
@@ -351,3 +354,24 @@ def test_batch_inference_asks_for_a_static_cache_as_the_setting_and_batch_count_
         rows[cache] = predictor.predict(records, settings, batch_size=1, progress=False)
         assert asked == [cache == "static"] * len(records)
     assert [r["prediction"] for r in rows["static"]] == [r["prediction"] for r in rows["dynamic"]]
+
+
+@pytest.mark.slow
+def test_infer_defaults_to_the_runs_generation_budget_and_refuses_sizes_below_one(
+    run, exported, plain, tmp_path
+) -> None:  # noqa: ANN001
+    from vlm_lightning.deploy.inference import main as infer_main
+
+    images = tmp_path / "scans"
+    images.mkdir()
+    for path in _val_images(run):
+        shutil.copy(path, images / path.name)
+    out = tmp_path / "predictions.jsonl"
+    infer_main(["--model", str(exported / "merged"), "--images-dir", str(images), "--out", str(out)])
+    tokenizer = plain["processor"].tokenizer
+    expected = [tokenizer.decode(t[:RUN_BUDGET], skip_special_tokens=True).strip() for t in plain["merged"]]
+    assert [json.loads(line)["prediction"] for line in out.read_text().splitlines()] == expected
+    for flag in ("--max-new-tokens", "--batch-size"):
+        with pytest.raises(SystemExit) as stopped:
+            infer_main(["--model", str(exported / "merged"), "--images-dir", str(images), flag, "0"])
+        assert stopped.value.code == 2

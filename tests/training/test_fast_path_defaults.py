@@ -157,3 +157,17 @@ def test_a_smaller_last_batch_keeps_the_dynamic_cache_under_auto(
     module.hparams.generation_cache = "static"  # asked for: every batch
     module.generate({"generation_inputs": {"input_ids": torch.zeros(2, 3, dtype=torch.long)}})
     assert asked[-1] is True
+
+
+def test_metrics_may_be_one_name_or_a_comma_list_and_the_budget_must_be_positive(tiny_replica) -> None:  # noqa: ANN001
+    from vlm_lightning.errors import SettingError
+    from vlm_lightning.metrics import metric_names
+    from vlm_lightning.training.module import VLMFineTuner
+
+    assert metric_names("anls") == ["anls"] and metric_names("json, exact_match") == ["json", "exact_match"]
+    assert metric_names(None) == ["exact_match"] and metric_names(["cer"]) == ["cer"]
+    path = str(tiny_replica("qwen2_vl"))
+    module = VLMFineTuner(path, metrics="anls")
+    assert module.hparams.metrics == ["anls"] and list(module.val_metrics.metrics) == ["anls"]
+    with pytest.raises(SettingError, match="model.generate_max_new_tokens must be >= 1, got 0"):
+        VLMFineTuner(path, generate_max_new_tokens=0)

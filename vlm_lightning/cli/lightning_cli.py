@@ -43,7 +43,7 @@ from vlm_lightning.cli.startup_checks import (
 from vlm_lightning.data.datamodule import DocumentDataModule
 from vlm_lightning.distributed import forward_is_collective
 from vlm_lightning.errors import SettingError, UserError, missing_package_message, setting_error_in
-from vlm_lightning.metrics import build_metrics
+from vlm_lightning.metrics import build_metrics, metric_names
 from vlm_lightning.models.loading import family_of
 from vlm_lightning.models.packed_positions import packing_attention_problem
 from vlm_lightning.training.module import VLMFineTuner
@@ -98,7 +98,7 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         lora = model.get("lora") or {}
         if isinstance(lora, dict) and isinstance(lora.get("targets"), str):
             check_lora_targets(lora["targets"])
-        names = list(model.get("metrics") or ["exact_match"])
+        names = metric_names(model.get("metrics"))  # a list, one name or a comma list
         build_metrics(names)  # an unknown name is a SettingError listing the known ones
         data = DocumentDataModule(**(_plain(section.get("data")) or {}))
         data.prepare(subcommand)  # rows validated now, not after the model has loaded

@@ -18,6 +18,7 @@ from vlm_lightning.data.loaders import build_loader, check_validation_interval, 
 from vlm_lightning.data.masking import MaskStrategy
 from vlm_lightning.data.records import Record, RowProblem
 from vlm_lightning.data.sampling import EPOCH_BATCHES, StreamPosition, layout_change
+from vlm_lightning.data.settings import check_data_settings
 from vlm_lightning.data.splits import hold_out, read_split
 from vlm_lightning.errors import SettingError
 from vlm_lightning.models.loading import family_of, load_processor, make_collator
@@ -117,29 +118,20 @@ class DocumentDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if max_tokens_per_row is not None and max_tokens_per_row < 1:
-            raise SettingError(f"data.max_tokens_per_row must be >= 1, got {max_tokens_per_row}")
-        if max_tokens_per_row is not None and not packing:
-            raise SettingError(
-                "data.max_tokens_per_row is set but data.packing is false: set --data.packing true "
-                "(or remove data.max_tokens_per_row)"
-            )
-        if packing and not check_lengths:
-            raise SettingError(
-                "data.packing needs the sample lengths to fill its rows: keep data.check_lengths true"
-            )
-        if group_by_length and not check_lengths:
-            raise SettingError(
-                "data.group_by_length needs the sample lengths: keep data.check_lengths true "
-                "(or set data.group_by_length false)"
-            )
-        if not 0.0 <= max_cut_fraction <= 1.0:
-            raise SettingError(f"data.max_cut_fraction must be within [0, 1], got {max_cut_fraction}")
+        check_data_settings(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            packing=packing,
+            max_tokens_per_row=max_tokens_per_row,
+            check_lengths=check_lengths,
+            group_by_length=group_by_length,
+            max_cut_fraction=max_cut_fraction,
+        )
         self.save_hyperparameters()
         self.paths: dict[Split, str | None] = {"train": train, "val": val, "test": test, "predict": predict}
         self.processor_name = processor_name
         self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
+        self.eval_batch_size = eval_batch_size if eval_batch_size is not None else batch_size
         self.num_workers = num_workers
         self.datasets: dict[Split, RecordDataset] = {}
         self.skipped: list[RowProblem] = []
@@ -180,9 +172,9 @@ class DocumentDataModule(L.LightningDataModule):
         return self._processor
 
     def _require_processor_name(self) -> str:
-        if not self.processor_name:
-            raise ValueError("data.processor_name is not set (the CLI links it from model.name_or_path)")
-        return self.processor_name
+        if self.processor_name:
+            return self.processor_name
+        raise ValueError("data.processor_name is not set (the CLI links it from model.name_or_path)")
 
     @property
     def collator(self) -> ChatCollator:

@@ -51,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         "--prompt", help="instruction (default: the training run's, else a JSON extraction prompt)"
     )
     parser.add_argument("--system", help="system prompt (default: the training run's, if any)")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument(
+        "--max-new-tokens", type=int, help="generation budget (default: the training run's, else 256)"
+    )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--min-p", type=float, default=0.0)
@@ -88,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.temperature < 0 or not 0 < args.top_p <= 1 or not 0 <= args.min_p < 1:
         parser.error("need temperature >= 0, 0 < top-p <= 1, 0 <= min-p < 1")
+    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
     for path, is_dir in ((args.image, False), (args.images_dir, True), (args.jsonl, False)):
         if path is not None and not (path.is_dir() if is_dir else path.is_file()):
             parser.error(f"no such {'folder' if is_dir else 'file'}: {path}")
@@ -105,9 +110,8 @@ def main(argv: list[str] | None = None) -> None:
             trust_remote_code=args.trust_remote_code,
         )
         torch.manual_seed(args.seed)
-        settings = GenerationSettings(
-            args.max_new_tokens, args.temperature, args.top_p, args.min_p, cache=args.cache
-        )
+        budget = args.max_new_tokens or predictor.defaults.get("max_new_tokens") or 256  # as test generated
+        settings = GenerationSettings(budget, args.temperature, args.top_p, args.min_p, cache=args.cache)
         if args.image is not None:
             _single(predictor, args, settings)
         else:

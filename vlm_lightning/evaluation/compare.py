@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vlm_lightning.metrics.registry import metric_names
+
 METRICS_LINE = "[vlm_lightning] metrics:"
 
 
@@ -50,7 +52,10 @@ SHARED_SETTINGS = ("generate_max_new_tokens", "metrics")
 
 def check_same_evaluation(baseline: dict, tuned: dict) -> None:
     """Refuse to compare runs that generated or scored differently (their deltas would mix budgets)."""
-    base, fine = baseline.get("settings", {}), tuned.get("settings", {})
+    base, fine = dict(baseline.get("settings", {})), dict(tuned.get("settings", {}))
+    for side in (base, fine):  # runs written before the names were recorded unset mean exact_match
+        if "metrics" in side:
+            side["metrics"] = metric_names(side["metrics"])
     differ = [
         f"{key}: baseline {base.get(key)!r}, fine-tuned {fine.get(key)!r}"
         for key in SHARED_SETTINGS

@@ -1,7 +1,7 @@
 """Document metrics on generated text: pure functions and DDP-exact torchmetrics classes."""
 
 from vlm_lightning.metrics.json_metrics import JSONMetrics, ReceiptFieldMetrics
-from vlm_lightning.metrics.registry import METRICS, DocumentMetrics, build_metrics
+from vlm_lightning.metrics.registry import METRICS, DocumentMetrics, build_metrics, metric_names
 from vlm_lightning.metrics.text import ANLS, DocumentMetric, ExactMatch, LatexMetrics, RelaxedAccuracy
 from vlm_lightning.metrics.tree import TreeEditAccuracy
 
@@ -17,4 +17,5 @@ __all__ = [
     "RelaxedAccuracy",
     "TreeEditAccuracy",
     "build_metrics",
+    "metric_names",
 ]

@@ -20,7 +20,7 @@ from vlm_lightning.metrics.text import (
 )
 from vlm_lightning.metrics.tree import TreeEditAccuracy
 
-__all__ = ["METRICS", "DocumentMetrics", "build_metrics"]
+__all__ = ["METRICS", "DocumentMetrics", "build_metrics", "metric_names"]
 
 METRICS: dict[str, type[DocumentMetric]] = {
     "anls": ANLS,
@@ -98,6 +98,14 @@ def _accepted(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
     params = inspect.signature(cls.__init__).parameters
     own = {key for key in params if key not in ("self", "kwargs")}
     return {key: value for key, value in kwargs.items() if key in own or key in BASE_KWARGS}
+
+
+def metric_names(setting: Sequence[str] | str | None) -> list[str]:
+    """``model.metrics`` as a list of names: a list, one name or a comma list (``anls`` / ``json,exact_match``);
+    ``exact_match`` when unset."""
+    if isinstance(setting, str):
+        setting = [name.strip() for name in setting.split(",") if name.strip()]
+    return list(setting or ["exact_match"])
 
 
 def build_metrics(names: Sequence[str], **kwargs: Any) -> DocumentMetrics:

@@ -18,7 +18,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from vlm_lightning.callbacks.nonfinite import NonFiniteGuard
 from vlm_lightning.errors import SettingError
 from vlm_lightning.generation import GenerationCache, end_of_turn_ids
-from vlm_lightning.metrics import build_metrics
+from vlm_lightning.metrics import build_metrics, metric_names
 from vlm_lightning.models.acceleration import compile_decoder_layers, compile_vision_layers
 from vlm_lightning.models.build import build_model
 from vlm_lightning.models.compile_support import compile_problem
@@ -98,7 +98,7 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
         scheduler: Literal["cosine", "linear", "constant"] = "cosine",
         warmup_steps: int = 0,
         warmup_ratio: float = 0.0,
-        metrics: list[str] | None = None,
+        metrics: list[str] | str | None = None,
         generate_max_new_tokens: int = 256,
         val_generate: bool = True,
         train_vision: bool = False,
@@ -126,7 +126,12 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
             self.hparams["name_or_path"] = os.path.abspath(name_or_path)
         self.lora = lora or LoraSettings()
         self.optimizer_factory = optimizer
-        names = list(metrics or ["exact_match"])
+        names = metric_names(metrics)
+        self.hparams["metrics"] = names  # the names scored, also when given as one name or left unset
+        if self.hparams.generate_max_new_tokens < 1:
+            raise SettingError(
+                f"model.generate_max_new_tokens must be >= 1, got {self.hparams.generate_max_new_tokens}"
+            )
         self.val_metrics = build_metrics(names)  # an unknown name fails before the model loads
         self.test_metrics = build_metrics(names)
         built = build_model(
