@@ -87,6 +87,30 @@ def test_skip_bad_rows_reports_count_and_list(tiny_replica, data, tmp_path) -> N
     assert f"{bad}:5: field 'image'" in listing
 
 
+def test_a_test_run_that_skips_bad_rows_lists_them_and_says_so_in_its_reports(
+    tiny_replica, data, tmp_path
+) -> None:  # noqa: ANN001
+    bad = tmp_path / "test.jsonl"
+    bad.write_text(data["test"].read_text() + json.dumps({"image": "nope.png", "answer": "x"}) + "\n")
+    (tmp_path / "images").symlink_to(data["test"].parent / "images")
+    proc = run_cli(
+        "test",
+        "--model.name_or_path", str(tiny_replica("qwen2_vl")),
+        "--model.generate_max_new_tokens", "4",
+        "--data.test", str(bad),
+        "--data.on_bad_row", "skip",
+        "--data.image_max_tokens", "16",
+        "--trainer.accelerator", "cpu",
+        "--trainer.default_root_dir", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (folder,) = (tmp_path / "run").glob("version_*")
+    assert f"{bad}:3: field 'image'" in (folder / "skipped_rows.txt").read_text()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["num_samples"] == 2 and metrics["skipped_rows"] == 1
+    assert "2 samples scored; 1 bad rows skipped" in (folder / "report.md").read_text()
+
+
 def test_unknown_config_key(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
     proc = run_cli("fit", *common(tiny_replica("qwen2_vl"), data, tmp_path), "--model.lora_rank", "8")
     assert proc.returncode != 0 and "lora_rank" in proc.stderr

@@ -17,8 +17,19 @@ EVALUATION_SETTINGS = (
     "mode",
     "generate_max_new_tokens",
     "merge_lora_for_generation",
+    "generation_cache",
     "metrics",
 )
+
+
+def write_skipped_rows(problems: list[Any], folder: str | Path) -> Path | None:
+    """Write the rows ``data.on_bad_row: skip`` left out to ``<folder>/skipped_rows.txt``; None if none."""
+    if not problems:
+        return None
+    path = Path(folder) / "skipped_rows.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(str(p) for p in problems) + "\n")
+    return path
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -79,6 +90,7 @@ class PredictionWriter(Callback):
         folder.mkdir(parents=True, exist_ok=True)
         datamodule = getattr(trainer, "datamodule", None)
         hparams = trainer.lightning_module.hparams
+        skipped = list(getattr(datamodule, "skipped", None) or [])  # rows left out: listed, never scored
         self.written = write_reports(
             folder,
             rows,
@@ -87,6 +99,10 @@ class PredictionWriter(Callback):
             usd_per_gpu_hour=getattr(hparams, "usd_per_gpu_hour", None),
             settings={key: hparams[key] for key in EVALUATION_SETTINGS if key in hparams},
             metric_names=(hparams.get("metrics") or ["exact_match"]) if metrics is not None else None,
+            skipped_rows=len(skipped),
         )
+        listed = write_skipped_rows(skipped, folder)
+        if listed:
+            self.written["skipped_rows"] = listed
         for name, path in self.written.items():
             print(f"[vlm_lightning] {name}: {path}")

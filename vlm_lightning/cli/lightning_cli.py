@@ -18,6 +18,7 @@ from vlm_lightning.callbacks.curves import TrainingCurves
 from vlm_lightning.callbacks.logger_checks import TrackingChecks
 from vlm_lightning.callbacks.nonfinite import NonFiniteGuard
 from vlm_lightning.callbacks.prediction_table import PredictionTable
+from vlm_lightning.callbacks.predictions import write_skipped_rows
 from vlm_lightning.callbacks.preemption import PreemptionCheckpoint
 from vlm_lightning.callbacks.progress import StepProgressBar
 from vlm_lightning.callbacks.run_log import ResumedCSVLogger, run_folder_of
@@ -197,7 +198,7 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         ckpt = trainer.checkpoint_callback
         datamodule = self.datamodule
         folder = trainer.loggers[0].log_dir if trainer.loggers else trainer.default_root_dir
-        skipped = _write_skipped(datamodule.skipped, folder) if datamodule is not None else None
+        skipped = write_skipped_rows(datamodule.skipped, folder) if datamodule is not None else None
         if skipped:
             print(f"[vlm_lightning] skipped rows listed in {skipped}")
         chosen = getattr(ckpt, "best_model_path", "")
@@ -261,16 +262,6 @@ def with_default_callbacks(callbacks: list[Callback], **kwargs: bool) -> list[Ca
         if not any(isinstance(c, kind) for c in callbacks):
             chosen.append(default)
     return chosen
-
-
-def _write_skipped(problems: list[Any], run_dir: str | Path) -> Path | None:
-    """Write the list of skipped rows next to the run (``data.on_bad_row: skip``)."""
-    if not problems:
-        return None
-    path = Path(run_dir) / "skipped_rows.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(str(p) for p in problems) + "\n")
-    return path
 
 
 def _check_base_model(ckpt_path: str, info: dict[str, Any], model_cfg: dict[str, Any]) -> None:

@@ -26,10 +26,12 @@ def write_reports(
     usd_per_gpu_hour: float | None = None,
     settings: dict[str, Any] | None = None,
     metric_names: Sequence[str] | None = None,
+    skipped_rows: int = 0,
 ) -> dict[str, Path]:
     """Write predictions.jsonl / .csv, metrics.json and report.md (breakdowns, latency); return the paths.
 
-    ``metric_names`` (the run's metrics) score each document type with the split's own definitions.
+    ``metric_names`` (the run's metrics) score each document type with the split's own definitions;
+    ``skipped_rows``: rows of the split that ``data.on_bad_row: skip`` left out (said in both reports).
     """
     written: dict[str, Path] = {}
     for row in rows:
@@ -69,6 +71,7 @@ def write_reports(
         by_type = per_document_type(rows, metric_names)
         payload = {
             "num_samples": len(rows),
+            "skipped_rows": skipped_rows,
             **dict(sorted(metrics.items())),
             "per_field": per_field_accuracy(rows),
             "per_document_type": by_type,
@@ -79,6 +82,10 @@ def write_reports(
         metrics_path.write_text(json.dumps(payload, indent=2) + "\n")
         written["metrics"] = metrics_path
         report = folder / "report.md"
-        report.write_text(markdown_report(rows, metrics, latency, by_type))
+        text = markdown_report(rows, metrics, latency, by_type)
+        if skipped_rows:
+            note = f"{len(rows)} samples scored; {skipped_rows} bad rows skipped (listed in skipped_rows.txt)"
+            text = text.replace("# Evaluation report\n", f"# Evaluation report\n\n{note}\n", 1)
+        report.write_text(text)
         written["report"] = report
     return written
