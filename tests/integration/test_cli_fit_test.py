@@ -140,7 +140,7 @@ def test_test_from_best_checkpoint_writes_reports(fitted, tiny_replica, data, tm
 
 
 def test_evaluation_settings_follow_the_command_line_not_the_checkpoint(
-    fitted, tiny_replica, data, tmp_path, monkeypatch
+    fitted, tiny_replica, data, tmp_path, monkeypatch, capsys
 ) -> None:  # noqa: ANN001
     cli, _ = fitted
     best = Path(cli.trainer.log_dir) / "best.ckpt"
@@ -157,6 +157,9 @@ def test_evaluation_settings_follow_the_command_line_not_the_checkpoint(
     ]
     args = base_args(tiny_replica("qwen2_vl"), data, tmp_path, *overrides, "--ckpt_path", str(best))
     test_cli = build_cli(["test", *args])
+    warning = capsys.readouterr().err
+    assert "test runs with other settings than" in warning  # said, not silently evaluated otherwise
+    assert "model.generate_max_new_tokens 3 (trained: 24)" in warning and "data.prompt" not in warning
     hparams = test_cli.model.hparams
     assert hparams.generate_max_new_tokens == 3 and hparams.merge_lora_for_generation is False
     metrics = json.loads((Path(test_cli.trainer.log_dir) / "metrics.json").read_text())
@@ -167,6 +170,18 @@ def test_evaluation_settings_follow_the_command_line_not_the_checkpoint(
     rows = [json.loads(line) for line in (Path(test_cli.trainer.log_dir) / "predictions.jsonl").open()]
     tokenizer = test_cli.model.tokenizer
     assert all(len(tokenizer(r["prediction"], add_special_tokens=False).input_ids) <= 3 for r in rows)
+
+
+def test_a_missing_checkpoint_stops_before_the_model_loads(tiny_replica, data, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from vlm_lightning.checkpoints.io import CheckpointError
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was built before the checkpoint was checked")
+
+    monkeypatch.setattr("vlm_lightning.training.module.build_model", no_model)
+    args = base_args(tiny_replica("qwen2_vl"), data, tmp_path, "--ckpt_path", str(tmp_path / "nope.ckpt"))
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        build_cli(["test", *args])
 
 
 def test_checkpoint_structure_contradicted_on_the_command_line_is_an_error(

@@ -78,4 +78,35 @@ def settings_from_checkpoint(given: Any, trained: Any, ckpt_path: str) -> tuple[
     return values, supplied
 
 
-__all__ = ["CheckpointSettingsError", "settings_from_checkpoint", "trained_structure"]
+#: ``--ckpt_path`` words Lightning resolves itself (not files)
+LIGHTNING_CKPT_ALIASES = ("best", "last", "hpc", "registry")
+#: data settings that decide a prompt's tokens, as the checkpoint records them (``VLMFineTuner`` saves them)
+PROMPT_SETTINGS = ("prompt", "system", "image_max_tokens", "image_min_tokens", "max_image_side")
+
+
+def evaluation_differences(ckpt: dict[str, Any], data: dict[str, Any], model: dict[str, Any]) -> list[str]:
+    """The prompt / image settings and generation budget of an evaluation that differ from the training run's
+    (as ``data.prompt 'A' (trained: 'B')``); empty when they agree or the checkpoint does not record them."""
+    trained_data = ((ckpt.get("vlm_lightning") or {}).get("data")) or {}
+    trained_model = dict(ckpt.get("hyper_parameters") or {})
+    pairs = [
+        (f"data.{key}", data.get(key), trained_data[key]) for key in PROMPT_SETTINGS if key in trained_data
+    ]
+    if "generate_max_new_tokens" in trained_model and "generate_max_new_tokens" in model:
+        pairs.append(
+            (
+                "model.generate_max_new_tokens",
+                model["generate_max_new_tokens"],
+                trained_model["generate_max_new_tokens"],
+            )
+        )
+    return [f"{name} {now!r} (trained: {then!r})" for name, now, then in pairs if now != then]
+
+
+__all__ = [
+    "LIGHTNING_CKPT_ALIASES",
+    "CheckpointSettingsError",
+    "evaluation_differences",
+    "settings_from_checkpoint",
+    "trained_structure",
+]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,10 +26,14 @@ from vlm_lightning.callbacks.throughput import Throughput
 from vlm_lightning.checkpoints.io import (
     OUR_KEY,
     AtomicCheckpointIO,
-    is_sharded_checkpoint,
     validate_checkpoint,
 )
-from vlm_lightning.checkpoints.settings import CheckpointSettingsError, settings_from_checkpoint
+from vlm_lightning.checkpoints.settings import (
+    LIGHTNING_CKPT_ALIASES,
+    CheckpointSettingsError,
+    evaluation_differences,
+    settings_from_checkpoint,
+)
 from vlm_lightning.cli.library_noise import quiet_libraries
 from vlm_lightning.cli.parser import ConciseArgumentParser, parser_kwargs
 from vlm_lightning.cli.secrets import RedactingSaveConfigCallback, load_env_file
@@ -169,9 +172,10 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not (ckpt_path and (Path(ckpt_path).is_file() or is_sharded_checkpoint(ckpt_path))):
-            return  # a missing file is reported when the run needs it
-        ckpt = validate_checkpoint(ckpt_path, require_ours=False, weights=False)  # settings only
+        if not ckpt_path or ckpt_path in LIGHTNING_CKPT_ALIASES:
+            return
+        # settings only; a missing, truncated or unsafe file stops here, before the model loads
+        ckpt = validate_checkpoint(ckpt_path, require_ours=False, weights=False)
         folder = run_folder_of(ckpt_path)
         self._ckpt_data_state = ckpt.get(DocumentDataModule.__qualname__) if subcommand == "fit" else None
         if subcommand == "fit" and folder is not None:
@@ -190,6 +194,22 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         if supplied:
             listed = "; ".join(supplied)
             print(f"[vlm_lightning] {ckpt_path} sets the trained structure: {listed}", file=sys.stderr)
+        if subcommand != "fit":
+            differences = evaluation_differences(
+                ckpt, _plain(self.config[subcommand].get("data")) or {}, _plain(model_cfg)
+            )
+            if differences:
+                config = (
+                    f" --config {folder / 'config.yaml'}"
+                    if folder and (folder / "config.yaml").is_file()
+                    else ""
+                )
+                print(
+                    f"[vlm_lightning] warning: {subcommand} runs with other settings than {ckpt_path} was trained "
+                    f"with: {'; '.join(differences)}. Pass{config or ' the run config'} to {subcommand} as trained, "
+                    "or set them",
+                    file=sys.stderr,
+                )
 
     def after_fit(self) -> None:
         trainer = self.trainer
