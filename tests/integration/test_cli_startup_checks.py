@@ -102,6 +102,10 @@ CASES = {
         "model.attn_implementation 'flash_attention_2' does not keep packed samples apart",
     ),
     "option typo": (["fit", "--data.bach_size", "2"], "--data.bach_size 2 (did you mean data.batch_size?)"),
+    "evaluation batch size 0": (["fit", "--data.eval_batch_size", "0"], "data.eval_batch_size must be >= 1, got 0"),
+    "generation budget 0": (
+        ["fit", "--model.generate_max_new_tokens", "0"], "model.generate_max_new_tokens must be >= 1, got 0"
+    ),
     "unknown nested option": (
         ["fit", "--model.lora.rank", "8"],
         "option 'rank' is not accepted by --model.lora\n  valid keys of model.lora: r, alpha, dropout,",
@@ -236,3 +240,12 @@ def test_32_bit_precision_with_16_bit_weights_is_said_at_start(
         main(["fit", *args])
     err = capsys.readouterr().err
     assert "trainer.precision 32-true with model.dtype bfloat16: the base weights stay 16-bit" in err
+
+
+def test_a_missing_base_model_names_the_setting_and_the_commands_help(capsys) -> None:  # noqa: ANN001
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--data.train", "t.jsonl"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: --model.name_or_path is required (a hub id such as" in err
+    assert "all options: python -m vlm_lightning fit --help" in err

@@ -17,9 +17,10 @@ from typing import Any, NoReturn
 from jsonargparse._common import debug_mode_active  # jsonargparse's own switch: raise instead of exit
 from lightning.pytorch.cli import LightningArgumentParser
 
-from vlm_lightning.cli.commands import DESCRIPTION, PROG, usage
+from vlm_lightning.cli.commands import DESCRIPTION, PROG, TRAINER_COMMANDS, usage
 
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: --([\w.]+)")
+_REQUIRED = re.compile(r"Parser key \"([\w.]+)\":\s*Expected a <class '\w+'>\. Got value: None")
 _NOT_ACCEPTED = re.compile(
     r"Parser key \"([\w.]+)\".*?class_path '([\w.]+)'.*?Option '(\w+)' is not accepted", re.S
 )
@@ -38,6 +39,13 @@ def _class_options(class_path: str) -> list[str]:
 class ConciseArgumentParser(LightningArgumentParser):
     """``LightningArgumentParser`` whose errors are one message plus the valid keys of the group."""
 
+    _given_args: list[str] | None = None
+
+    def parse_args(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        """As jsonargparse's; remembers the arguments, so that an error names its command's help."""
+        self._given_args = list(sys.argv[1:] if args is None else args)
+        return super().parse_args(args, *rest, **kwargs)
+
     def group_keys(self, group: str) -> list[str]:
         """The option names directly under ``group`` (``model.lora`` -> ``r``, ``alpha``, ...)."""
         prefix = f"{group}."
@@ -51,6 +59,11 @@ class ConciseArgumentParser(LightningArgumentParser):
             group, class_path, wrong = match.groups()
             valid = _class_options(class_path)
             message = f"option '{wrong}' is not accepted by --{group}"
+        elif match := _REQUIRED.search(message):
+            example = " (a hub id such as Qwen/Qwen2-VL-2B-Instruct, or a local model folder)"
+            message = f"--{match.group(1)} is required" + (
+                example if match.group(1) == "model.name_or_path" else ""
+            )
         elif match := _UNRECOGNIZED.search(message):
             dotted = match.group(1)
             group, _, wrong = dotted.rpartition(".")
@@ -70,6 +83,9 @@ class ConciseArgumentParser(LightningArgumentParser):
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
+        command = next((a for a in (self._given_args or []) if a in TRAINER_COMMANDS), None)
+        if parser is self and command and prog == PROG:  # a check of the whole config: the command's help
+            prog = f"{PROG} {command}"
         sys.stderr.write(f"{PROG}: error: {parser.concise_message(message)}\n")
         sys.stderr.write(f"  all options: {prog} --help\n")
         self.exit(2)
