@@ -49,3 +49,12 @@ def test_an_attention_kernel_the_model_lacks_names_the_setting(tiny_replica) -> 
         ModelLoadError, match=r"does not support .*flex_attention.*--model.attn_implementation sdpa"
     ):
         load_model(str(tiny_replica("qwen2_vl")), attn_implementation="flex_attention")
+
+
+def test_a_mistyped_relative_folder_is_named_as_a_folder_and_a_hub_id(monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    from vlm_lightning.models.loading import ModelLoadError, load_processor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match=rf"'models/nope' is no folder here \(from {tmp_path}\)"):
+        load_processor("models/nope")

@@ -36,8 +36,9 @@ def _explain(name_or_path: str, exc: Exception) -> ModelLoadError:
         hint = f"no such folder: {name_or_path}"
     elif offline:
         hint = (
-            f"'{name_or_path}' looks like a hub id but HF_HUB_OFFLINE=1 and it is not in the local cache; "
-            "download it once online or point model.name_or_path at a local folder"
+            f"'{name_or_path}' is no folder here (from {os.getcwd()}), and as a hub id it is not in the local "
+            "cache (HF_HUB_OFFLINE=1): check the path, download the model once online, or point "
+            "model.name_or_path at a local folder"
         )
     else:
         hint = f"could not load '{name_or_path}' from the hub or disk: {type(exc).__name__}: {exc}"
