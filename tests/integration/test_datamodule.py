@@ -168,21 +168,22 @@ def test_cache_hits_on_second_run_and_invalidates_on_setting_change(tiny_replica
 
 
 def test_max_length_cutting_most_answers_stops_with_the_length_that_fits(tiny_replica, data) -> None:  # noqa: ANN001
-    from vlm_lightning.data.records import DataValidationError
+    from vlm_lightning.errors import SettingError
 
     full = make(tiny_replica, data)
     full.setup("fit")
     lengths = sorted(full.datasets["train"].lengths)
     short = lengths[0] - 1  # cuts every answer (each answer's tail is longer than one token)
     dm = make(tiny_replica, data, max_length=short)
-    with pytest.raises(DataValidationError) as info:
+    with pytest.raises(SettingError) as info:
         dm.setup("fit")
     text = str(info.value)
+    assert text.startswith(f"data.max_length {short} is too small for the data:")
     assert f"4 of 4 training samples (100%) are longer than data.max_length {short}" in text
     assert "end-of-turn token" in text
     # 4 samples: the 95 % length is the longest one, named once
     assert f"--data.max_length {lengths[-1]} keeps every answer whole" in text
-    assert "token lengths:0: field 'data.max_length'" in text and "<length check>" not in text
+    assert "token lengths:0" not in text and "bad row" not in text
     allowed = make(tiny_replica, data, max_length=short, max_cut_fraction=1.0)
     allowed.setup("fit")  # the user's explicit choice: trains with cut answers (and warns)
     assert allowed.datasets["train"].lengths == [short] * 4

@@ -14,7 +14,7 @@ import torch
 from vlm_lightning.data.cache import PreprocessCache, fingerprint
 from vlm_lightning.data.collator import ChatCollator
 from vlm_lightning.data.dataset import RecordDataset
-from vlm_lightning.data.records import DataValidationError, Record, RowProblem
+from vlm_lightning.data.records import Record
 from vlm_lightning.distributed import gather_lists
 from vlm_lightning.errors import SettingError
 
@@ -185,8 +185,9 @@ def check_lengths(
     train = datasets.get("train")
     if "train" in splits and train is not None and train.lengths:
         check_row_budget(train.lengths, train.records, row_budget, hparams["packing"])
-    if problems:
-        raise DataValidationError(
-            [RowProblem("token lengths", 0, "data.max_length", p) for p in problems],
-            hint="\nNo sample was cut silently: raise data.max_length or lower data.image_max_tokens.",
+    if problems:  # about a setting, not about rows of a file: one message per problem under it
+        listed = "\n  ".join(str(p) for p in problems)
+        raise SettingError(
+            f"data.max_length {hparams['max_length']} is too small for the data:\n  {listed}\n"
+            "No sample was cut silently: raise data.max_length or lower data.image_max_tokens."
         )
