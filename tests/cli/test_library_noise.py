@@ -19,6 +19,9 @@ EXAMPLES = {
     2: "Total length of `list` across ranks is zero. Please make sure this was your intention.",
     3: "`is_gradient_checkpointing` is deprecated",
     4: "The dirpath has changed from 'a' to 'b', therefore `best_model_score`, `kth_best_model_path` ...",
+    5: "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided during "
+    "`Trainer` instantiation. Please add the following callbacks: [\"RunCheckpoint{'monitor': None, 'mode': "
+    "'min', 'every_n_train_steps': 0, 'every_n_epochs': 1, 'train_time_interval': None}\"].",
 }
 
 
@@ -32,6 +35,10 @@ def test_each_entry_matches_its_message_and_not_a_neighbour() -> None:
     )
     assert not any(re.match(p, "It is recommended to use `self.log('val/loss', ..., sync_dist=True)`")
                    for p, _ in SILENCED_WARNINGS)  # fmt: skip
+    other = EXAMPLES[5].replace('"RunCheckpoint{', '"EarlyStopping{')  # another missing callback: still said
+    assert not any(re.match(p, other) for p, _ in SILENCED_WARNINGS)
+    both = EXAMPLES[5].replace('"]', '", "EarlyStopping{}"]')
+    assert not any(re.match(p, both) for p, _ in SILENCED_WARNINGS)
 
 
 def test_quiet_libraries_hides_listed_and_keeps_other_warnings() -> None:

@@ -35,6 +35,12 @@ SILENCED_WARNINGS: tuple[tuple[str, str], ...] = (
         r"The dirpath has changed from .* therefore `best_model_score`",
         "test / validate with --ckpt_path restore the fit's checkpoint-callback state into a new run folder",
     ),
+    (
+        r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided "
+        r"during `Trainer` instantiation\. Please add the following callbacks: \[\"RunCheckpoint\{[^\"]*\}\"\]\.?$",
+        "test / validate / predict from a fit's checkpoint need not its RunCheckpoint state (fit always has one; "
+        "any other missing callback is still said)",
+    ),
 )
 #: log records of Lightning's rank-zero logger that advertise other products
 SILENCED_LOG_PREFIXES = ("💡 Tip: For seamless",)
