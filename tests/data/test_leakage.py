@@ -70,3 +70,17 @@ def test_digest_and_normalisation(images: list[str]) -> None:
     assert image_digest(images[0]) == image_digest(Path(images[0]))
     assert image_digest(images[0]) != image_digest(images[1])
     assert normalise_text("  What is the\tTOTAL? ") == normalise_text("what is the total")
+
+
+def test_an_evaluation_on_the_training_file_is_named(tmp_path) -> None:  # noqa: ANN001
+    from vlm_lightning.data.leakage import evaluated_on_training_file
+
+    train, other = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text("{}\n")
+    other.write_text("{}\n")
+    (tmp_path / "link.jsonl").symlink_to(train)
+    message = evaluated_on_training_file({"train": str(train), "test": str(tmp_path / "link.jsonl")}, "test")
+    assert message and "data.test is the training file" in message and "in-sample" not in message
+    assert evaluated_on_training_file({"train": str(train), "test": str(other)}, "test") is None
+    assert evaluated_on_training_file({"train": None, "test": str(train)}, "test") is None
+    assert evaluated_on_training_file({"train": {"path": "x"}, "test": str(train)}, "test") is None

@@ -199,15 +199,11 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
                 ckpt, _plain(self.config[subcommand].get("data")) or {}, _plain(model_cfg)
             )
             if differences:
-                config = (
-                    f" --config {folder / 'config.yaml'}"
-                    if folder and (folder / "config.yaml").is_file()
-                    else ""
-                )
+                saved = folder / "config.yaml" if folder else None
+                where = f" (the run's own settings: {saved})" if saved and saved.is_file() else ""
                 print(
                     f"[vlm_lightning] warning: {subcommand} runs with other settings than {ckpt_path} was trained "
-                    f"with: {'; '.join(differences)}. Pass{config or ' the run config'} to {subcommand} as trained, "
-                    "or set them",
+                    f"with: {'; '.join(differences)}{where}",
                     file=sys.stderr,
                 )
 

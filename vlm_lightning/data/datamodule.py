@@ -6,13 +6,13 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.fabric.utilities.rank_zero import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from vlm_lightning.data.cache import PreprocessCache
 from vlm_lightning.data.collator import ChatCollator
 from vlm_lightning.data.dataset import ImageLoadError, RecordDataset
-from vlm_lightning.data.leakage import check_leakage
+from vlm_lightning.data.leakage import check_leakage, evaluated_on_training_file
 from vlm_lightning.data.length_check import check_lengths, length_to_fit, lengths_key, merge_length_shares
 from vlm_lightning.data.loaders import build_loader, check_validation_interval, plan_loader, workers_for
 from vlm_lightning.data.masking import MaskStrategy
@@ -222,6 +222,8 @@ class DocumentDataModule(L.LightningDataModule):
             raise SettingError(
                 f"{stage} needs data.{needed[0]}: set --data.{needed[0]} (a JSONL path or a dataset spec)"
             )
+        if stage in ("test", "validate") and (same := evaluated_on_training_file(self.paths, needed[0])):
+            rank_zero_warn(same)
         loaded = {split: self._read(split) for split in needed}
         if stage == "fit" and self.hparams.leakage != "off" and self.paths["test"]:
             loaded_test = self._read("test")

@@ -126,6 +126,16 @@ def _index(records: Sequence[Record], cache: dict[str, str]) -> dict[Kind, dict[
     return index
 
 
+def evaluated_on_training_file(paths: Mapping[str, str | dict | None], split: str) -> str | None:
+    """A warning when an evaluation split is the training file itself (its scores would be in-sample)."""
+    train, evaluated = paths.get("train"), paths.get(split)
+    if not (isinstance(train, str) and isinstance(evaluated, str)):
+        return None
+    if not (Path(train).is_file() and Path(evaluated).is_file() and Path(train).samefile(evaluated)):
+        return None
+    return f"data.{split} is the training file {evaluated}: its scores measure samples the model trained on"
+
+
 def check_leakage(splits: Mapping[str, Sequence[Record]]) -> LeakageReport:
     """Compare every pair of splits for shared ids, images and identical (images, question) samples."""
     cache: dict[str, str] = {}
