@@ -36,6 +36,24 @@ def uses_static_cache(model: torch.nn.Module, setting: GenerationCache, collecti
     return quantizer is None or bool(getattr(quantizer, "is_compileable", False))
 
 
+class StaticCacheChoice:
+    """Decides per batch whether to decode with a static cache, for one evaluation run or predictor.
+
+    ``uses_static_cache`` for the setting and device, except under ``auto`` for a batch smaller than the widest
+    one seen (the last batch of a split): it would compile the decoding step once more, eager is faster.
+    """
+
+    def __init__(self) -> None:
+        self.widest = 0
+
+    def __call__(
+        self, model: torch.nn.Module, setting: GenerationCache, rows: int, collective: bool = False
+    ) -> bool:
+        self.widest = max(self.widest, rows)
+        static = uses_static_cache(model, setting, collective)
+        return static and not (setting == "auto" and rows < self.widest)
+
+
 def end_of_turn_ids(tokenizer: Any, end_of_turn: str) -> list[int]:
     """Token ids that stop generation: the family's end-of-turn token and the tokenizer's eos."""
     ids = []

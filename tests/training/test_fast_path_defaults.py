@@ -150,7 +150,7 @@ def test_a_smaller_last_batch_keeps_the_dynamic_cache_under_auto(
         return ["x"], torch.zeros(1, 1, dtype=torch.long)
 
     monkeypatch.setattr("vlm_lightning.training.evaluation_steps.generate_batch", recording_generate)
-    monkeypatch.setattr("vlm_lightning.training.evaluation_steps.uses_static_cache", lambda *a: True)  # CUDA
+    monkeypatch.setattr("vlm_lightning.generation.uses_static_cache", lambda *a: True)  # CUDA
     for rows in (4, 4, 2):
         module.generate({"generation_inputs": {"input_ids": torch.zeros(rows, 3, dtype=torch.long)}})
     assert asked == [True, True, False]  # the last, smaller batch: no second compilation

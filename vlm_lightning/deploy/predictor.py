@@ -29,7 +29,7 @@ from transformers import TextIteratorStreamer
 from vlm_lightning.data.dataset import RecordDataset
 from vlm_lightning.data.records import Record
 from vlm_lightning.deploy.export import EXPORT_INFO, ExportError, load_checkpoint, rebuild_model
-from vlm_lightning.generation import GenerationCache, end_of_turn_ids, generate_batch, uses_static_cache
+from vlm_lightning.generation import GenerationCache, StaticCacheChoice, end_of_turn_ids, generate_batch
 from vlm_lightning.models.build import build_model
 from vlm_lightning.models.families import FamilyFacts
 from vlm_lightning.models.loading import (
@@ -231,9 +231,8 @@ class Predictor:
         """Generate for many records in batches; rows in the layout of the test / predict reports."""
         loader = DataLoader(self.dataset(records), batch_size=batch_size, collate_fn=self.collator)
         settings = settings or GenerationSettings()
-        static = uses_static_cache(self.model, settings.cache) and (
-            settings.cache == "static" or len(loader) >= STATIC_CACHE_MIN_BATCHES
-        )
+        enough = settings.cache == "static" or len(loader) >= STATIC_CACHE_MIN_BATCHES
+        choice = StaticCacheChoice()
         rows: list[dict[str, Any]] = []
         start = time.perf_counter()
         with tqdm(total=len(records), unit="img", disable=not progress, file=sys.stderr) as bar:
@@ -244,7 +243,7 @@ class Predictor:
                     self._inputs(batch),
                     self.tokenizer,
                     self.stop_ids,
-                    static_cache=static,
+                    static_cache=enough and choice(self.model, settings.cache, len(batch["ids"])),
                     **settings.kwargs(),
                 )
                 latency_ms = 1000 * (time.perf_counter() - t0) / max(1, len(texts))

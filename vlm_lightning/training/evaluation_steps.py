@@ -10,7 +10,7 @@ from torchmetrics import MeanMetric
 
 from vlm_lightning.data.sampling import FILLER
 from vlm_lightning.distributed import forward_is_collective
-from vlm_lightning.generation import generate_batch, uses_static_cache
+from vlm_lightning.generation import StaticCacheChoice, generate_batch
 from vlm_lightning.metrics import DocumentMetrics
 
 
@@ -120,11 +120,10 @@ class EvaluationSteps:
         # sharded layers gather their weights collectively: every rank runs every decoding step
         collective = self._trainer is not None and forward_is_collective(self.trainer.strategy)
         setting = self.hparams.get("generation_cache", "auto")
-        static = uses_static_cache(self.model, setting, collective)
+        if getattr(self, "_static_cache_choice", None) is None:
+            self._static_cache_choice = StaticCacheChoice()
         rows = len(batch["generation_inputs"].get("input_ids", ()))
-        self._widest_generation_batch = max(getattr(self, "_widest_generation_batch", 0), rows)
-        if static and setting == "auto" and rows < self._widest_generation_batch:
-            static = False  # a last, smaller batch would compile the decoding step once more: eager is faster
+        static = self._static_cache_choice(self.model, setting, rows, collective)
         if static and not getattr(self, "_static_generation_said", False):
             self._static_generation_said = True
             if self._trainer is None or self.trainer.is_global_zero:
