@@ -15,6 +15,7 @@ from typing import Any
 
 from vlm_lightning.errors import UserError
 from vlm_lightning.models.peft_setup import LoraSettings
+from vlm_lightning.training.checkpoint_state import PROMPT_SETTINGS
 from vlm_lightning.training.module import VLMFineTuner
 
 STRUCTURE_KEYS = ("mode", "train_vision", "train_projector")
@@ -80,8 +81,6 @@ def settings_from_checkpoint(given: Any, trained: Any, ckpt_path: str) -> tuple[
 
 #: ``--ckpt_path`` words Lightning resolves itself (not files)
 LIGHTNING_CKPT_ALIASES = ("best", "last", "hpc", "registry")
-#: data settings that decide a prompt's tokens, as the checkpoint records them (``VLMFineTuner`` saves them)
-PROMPT_SETTINGS = ("prompt", "system", "image_max_tokens", "image_min_tokens", "max_image_side")
 
 
 def evaluation_differences(ckpt: dict[str, Any], data: dict[str, Any], model: dict[str, Any]) -> list[str]:

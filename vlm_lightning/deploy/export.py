@@ -46,6 +46,7 @@ from vlm_lightning.models.loading import (
     family_of,
 )
 from vlm_lightning.models.peft_setup import LoraSettings, apply_training_mode
+from vlm_lightning.training.checkpoint_state import PROMPT_SETTINGS
 
 EXPORT_INFO = "vlm_lightning_export.json"
 PEFT_KEY_MARKERS = ("lora_", "modules_to_save")
@@ -71,8 +72,7 @@ class CheckpointInfo:
 
     def training_defaults(self) -> dict[str, Any]:
         """Prompt, system prompt and image budget the run was trained with (for inference defaults)."""
-        keys = ("prompt", "system", "image_max_tokens", "image_min_tokens", "max_image_side")
-        out = {k: self.data_hparams.get(k) for k in keys}
+        out = {k: self.data_hparams.get(k) for k in PROMPT_SETTINGS}
         out["max_new_tokens"] = self.hparams.get("generate_max_new_tokens")
         return out
 

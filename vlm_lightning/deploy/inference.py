@@ -20,6 +20,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 import torch
 
@@ -29,6 +30,7 @@ from vlm_lightning.data.records import DataValidationError, read_jsonl
 from vlm_lightning.deploy.prediction_files import records_from_folder, write_predictions
 from vlm_lightning.deploy.predictor import DEFAULT_PROMPT, GenerationSettings, Predictor
 from vlm_lightning.errors import UserError
+from vlm_lightning.generation import GenerationCache
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4, help="batch mode batch size")
     parser.add_argument(
         "--cache",
-        choices=["auto", "static", "dynamic"],
+        choices=get_args(GenerationCache),
         default="auto",
         help="batch mode key/value cache: static (compiled decoding step, CUDA) or dynamic; auto: static on CUDA "
         "for 6 batches or more",

@@ -13,15 +13,9 @@ from vlm_lightning.errors import UserError
 from vlm_lightning.models.families import FamilyFacts
 from vlm_lightning.models.peft_setup import LoraSettings
 
-_INFERENCE_KEYS = (
-    "prompt",
-    "system",
-    "image_max_tokens",
-    "image_min_tokens",
-    "max_image_side",
-    "max_length",
-    "mask",
-)
+#: data settings that decide a prompt's tokens: recorded in checkpoints, the defaults of inference
+PROMPT_SETTINGS = ("prompt", "system", "image_max_tokens", "image_min_tokens", "max_image_side")
+_INFERENCE_KEYS = (*PROMPT_SETTINGS, "max_length", "mask")
 
 
 class CheckpointMismatchError(UserError, RuntimeError):
