@@ -56,7 +56,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchlib.constants import OURS_VARIANTS, REAL_DEFAULTS, RESULT_PREFIX, TINY_DEFAULTS, TRAIN_SIDES
+from benchlib.constants import FIT_SIDES, OURS_VARIANTS, REAL_DEFAULTS, RESULT_PREFIX, TINY_DEFAULTS, TRAIN_SIDES
 from benchlib.context import load_context
 from benchlib.fit_side import run_fit
 from benchlib.generation import run_gen
@@ -112,7 +112,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--fit-args",
         default="",
-        help="fit side: more CLI flags, one string, e.g. --fit-args='--data.num_workers 4'",
+        help="fit sides: more CLI flags, one string, e.g. --fit-args='--data.num_workers 4'",
+    )
+    p.add_argument(
+        "--packed-row-tokens",
+        type=int,
+        default=2048,
+        help="fit_packed side: data.max_tokens_per_row; its rows per step hold about one batch's tokens",
     )
     p.add_argument("--attn", default="sdpa", help="attn_implementation for every side")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
@@ -167,7 +173,7 @@ def resolve_sides(args: argparse.Namespace) -> list[str]:
         if unknown:
             raise SystemExit(f"unknown side(s) {unknown}; choose from {TRAIN_SIDES}")
     else:
-        sides = ["hf_trainer", "trl", "ours", "fit"]
+        sides = ["hf_trainer", "trl", "ours", *FIT_SIDES]
         sides += [s for s in OURS_VARIANTS if s != "ours"] if args.levers else []
         sides += ["lightning"] if args.lightning else []
     if "trl" in sides:
@@ -194,8 +200,8 @@ def child_main(args: argparse.Namespace) -> int:
             result = run_ours(ctx, args.side)
         elif args.side == "lightning":
             result = run_lightning(ctx)
-        elif args.side == "fit":
-            result = run_fit(ctx)
+        elif args.side in FIT_SIDES:
+            result = run_fit(ctx, args.side)
         else:
             raise ValueError(f"unknown side {args.side}")
     except Exception as exc:  # noqa: BLE001 - reported to the parent as a failed side
@@ -309,7 +315,7 @@ def parent_main(args: argparse.Namespace) -> int:
     failed = True
     try:
         sides = [] if args.gen else resolve_sides(args)
-        meta = prepare_workdir(args, workdir, fit_data="fit" in sides)
+        meta = prepare_workdir(args, workdir, fit_data=any(side in FIT_SIDES for side in sides))
         if args.gen:
             results = [run_side_process("gen", workdir, 0, args.timeout)]
             body = (

@@ -55,7 +55,9 @@ OURS_VARIANTS: dict[str, dict[str, bool]] = {  # "fuse_head" is True unless a si
     "ours_gc_nopad": {"skip_cast": True, "compile": True, "pad": False, "gc": True, "vision": True},
 }
 # ``fit``: the real CLI (``python -m vlm_lightning fit``) in a subprocess, data loading included
-TRAIN_SIDES = ("hf_trainer", "trl", *OURS_VARIANTS, "lightning", "fit")
+# ``fit_packed``: the same with ``data.packing`` (rows of ``--packed-row-tokens``, about a batch's tokens per step)
+FIT_SIDES = ("fit", "fit_packed")
+TRAIN_SIDES = ("hf_trainer", "trl", *OURS_VARIANTS, "lightning", *FIT_SIDES)
 TINY_FAMILIES = {"qwen2_vl_2b": "qwen2_vl", "lfm2_vl_1_6b": "lfm2_vl"}
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, matched in order against the device name.
 PEAK_BF16_TFLOPS = (

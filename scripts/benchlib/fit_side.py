@@ -29,8 +29,24 @@ THROUGHPUT_LINE = "[vlm_lightning] throughput:"
 DEFAULT_LR = 2e-4  # VLMFineTuner's default AdamW learning rate (weight decay 0)
 
 
-def fit_command(ctx: Context, model: Path, train: Path, root: Path) -> list[str]:
-    """The ``fit`` command line: defaults + the benchmark's settings + the ``Throughput`` callback."""
+def packed_rows(ctx: Context) -> int:
+    """Rows per ``fit_packed`` step: the shared batches' mean real tokens over ``--packed-row-tokens``.
+
+    So that a packed step holds about the tokens (and samples) of an unpacked ``--batch-size`` step.
+    """
+    stats = [batch_stats(b, ctx.meta["image_token_id"]) for b in ctx.warmup_batches + ctx.timed_batches]
+    mean_tokens = sum(s.tokens for s in stats) / max(1, len(stats))
+    return max(1, round(mean_tokens / ctx.args.packed_row_tokens))
+
+
+def fit_command(
+    ctx: Context, model: Path, train: Path, root: Path, packed_rows: int | None = None
+) -> list[str]:
+    """The ``fit`` command line: defaults + the benchmark's settings + the ``Throughput`` callback.
+
+    ``packed_rows``: the ``fit_packed`` side, ``data.packing`` with that many rows of
+    ``--packed-row-tokens`` tokens per step instead of ``--batch-size`` padded samples.
+    """
     args = ctx.args
     command = [
         sys.executable,
@@ -82,6 +98,9 @@ def fit_command(ctx: Context, model: Path, train: Path, root: Path) -> list[str]
         "--trainer.callbacks+=vlm_lightning.callbacks.throughput.Throughput",
         f"--trainer.callbacks.warmup_steps={args.warmup}",
     ]
+    if packed_rows is not None:
+        command += ["--data.packing", "true", "--data.max_tokens_per_row", str(args.packed_row_tokens)]
+        command += ["--data.batch_size", str(packed_rows)]
     if args.lr != DEFAULT_LR:
         command += ["--model.optimizer", "torch.optim.AdamW", "--model.optimizer.lr", str(args.lr)]
         command += ["--model.optimizer.weight_decay", "0"]
@@ -97,18 +116,19 @@ def logged_losses(root: Path) -> list[float]:
     return losses
 
 
-def run_fit(ctx: Context) -> dict[str, Any]:
-    """Run ``fit`` once; report its steady-state throughput as a training-table row."""
+def run_fit(ctx: Context, side: str = "fit") -> dict[str, Any]:
+    """Run ``fit`` (or ``fit_packed``) once; report its steady-state throughput as a training-table row."""
     started = time.perf_counter()
     if "fit_data" not in ctx.meta:
         raise RuntimeError("no fit data in the work directory (the parent writes it when fit is a side)")
     model = weights_folder(ctx)
     counts = folder_counts(model)
-    root = ctx.workdir / f"fit-{ctx.args.rep}"
+    root = ctx.workdir / f"{side}-{ctx.args.rep}"
     root.mkdir(parents=True, exist_ok=True)
-    command = fit_command(ctx, model, Path(ctx.meta["fit_data"]), root)
+    rows = packed_rows(ctx) if side == "fit_packed" else None
+    command = fit_command(ctx, model, Path(ctx.meta["fit_data"]), root, packed_rows=rows)
     (root / "command.txt").write_text(shlex.join(command) + "\n")
-    print(f"[bench] fit: {shlex.join(command[1:])}", flush=True)
+    print(f"[bench] {side}: {shlex.join(command[1:])}", flush=True)
     # killed before the parent's own limit kills this process (which would leave the CLI running)
     budget = max(30.0, ctx.args.timeout - (time.perf_counter() - started) - 30)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -120,7 +140,7 @@ def run_fit(ctx: Context) -> dict[str, Any]:
     (root / "fit.log").write_text(proc.stdout + "\n----- stderr -----\n" + proc.stderr)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
-        raise RuntimeError(f"fit exited with {proc.returncode} (log: {root / 'fit.log'})")
+        raise RuntimeError(f"{side} exited with {proc.returncode} (log: {root / 'fit.log'})")
     lines = [line for line in proc.stdout.splitlines() if line.startswith(THROUGHPUT_LINE)]
     if not lines:
         raise RuntimeError(f"fit printed no throughput line (log: {root / 'fit.log'})")
@@ -145,7 +165,7 @@ def run_fit(ctx: Context) -> dict[str, Any]:
     memory = measured.get("peak_gib_per_device") or measured.get("peak_rss_gib_per_process") or [math.nan]
     losses = logged_losses(root)
     return {
-        "side": "fit",
+        "side": side,
         "rep": ctx.args.rep,
         "samples_per_s": measured["samples_per_s"],
         "tokens_per_s": measured["tokens_per_s"],
@@ -164,7 +184,8 @@ def run_fit(ctx: Context) -> dict[str, Any]:
         "info": ctx.info,
         "throughput": measured,
         "notes": (
-            "python -m vlm_lightning fit (CLI defaults + the benchmark's settings; data loaded from "
+            (f"packed: {rows} row(s) x {ctx.args.packed_row_tokens} tokens per step; " if rows else "")
+            + "python -m vlm_lightning fit (CLI defaults + the benchmark's settings; data loaded from "
             f"{ctx.meta['fit_data']}); Throughput callback after {ctx.args.warmup} warm-up steps; MFU from "
             "tokens/s x the shared batches' FLOPs per token; warm-up s = the whole CLI run outside the timed "
             "window (start, data checks, model load, warm-up steps); loss: logged train/loss"

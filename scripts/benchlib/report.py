@@ -65,14 +65,20 @@ def loss_parity_table(results: list[dict[str, Any]], sides: list[str]) -> str:
 def headline(rows: list[dict[str, Any]]) -> str:
     """The report's headline: the real ``fit`` CLI vs ``hf_trainer`` in this run (empty without both)."""
     by_side = {r["side"]: r for r in rows if "error" not in r}
-    if "fit" not in by_side or "hf_trainer" not in by_side:
+    if "hf_trainer" not in by_side:
         return ""
-    fit, hf = by_side["fit"], by_side["hf_trainer"]
-    return (
-        f"**Headline: `python -m vlm_lightning fit` vs HF Trainer: {fit['samples_per_s'] / hf['samples_per_s']:.2f}× "
-        f"samples/s** ({fit['samples_per_s']:.2f} vs {hf['samples_per_s']:.2f}; data loading included on the "
-        "fit side, pre-collated batches on the HF side; same samples, same weights, same run)\n\n"
-    )
+    hf = by_side["hf_trainer"]
+    lines = []
+    for side, what in (("fit", "fit"), ("fit_packed", "fit --data.packing true")):
+        if side in by_side:
+            fit = by_side[side]
+            lines.append(
+                f"**Headline: `python -m vlm_lightning {what}` vs HF Trainer: "
+                f"{fit['samples_per_s'] / hf['samples_per_s']:.2f}× samples/s** ({fit['samples_per_s']:.2f} vs "
+                f"{hf['samples_per_s']:.2f}; data loading included on the fit side, pre-collated batches on the "
+                "HF side; same samples, same weights, same run)\n\n"
+            )
+    return "".join(lines)
 
 
 def _losses(r: dict[str, Any]) -> str:

@@ -101,7 +101,7 @@ def test_tiny_training_reports_every_side(tmp_path: Path) -> None:
 
 def check_tiny_training(out: str, json_path: Path, workdir: Path) -> None:
     rows = table_rows(out, "| side |")
-    expected = ["hf_trainer", "ours", "fit"] + (["trl"] if importlib.util.find_spec("trl") else [])
+    expected = ["hf_trainer", "ours", "fit", "fit_packed"] + (["trl"] if importlib.util.find_spec("trl") else [])
     assert sorted(rows) == sorted(expected), rows
     for side, cells in rows.items():
         assert not cells[1].startswith("failed"), f"{side}: {cells}"
@@ -110,12 +110,13 @@ def check_tiny_training(out: str, json_path: Path, workdir: Path) -> None:
         for column, cell in zip(columns, cells[1:]):
             if column == "warm-up s":
                 assert numbers(cell) and numbers(cell)[0] >= 0, f"{side} {column}: {cell!r}"
-            elif column == "loss" and side == "fit":  # logged every 10 steps: none in 5 steps
+            elif column == "loss" and side.startswith("fit"):  # logged every 10 steps: none in 5 steps
                 assert cell == "n/a" or all(v > 0 for v in numbers(cell)), f"fit loss: {cell!r}"
             else:
                 assert_positive(cell, f"{side} {column}")
     assert "MFU = model FLOPs" in out and "device: CPU" in out
     assert "**Headline: `python -m vlm_lightning fit` vs HF Trainer:" in out
+    assert "**Headline: `python -m vlm_lightning fit --data.packing true` vs HF Trainer:" in out
     parity = table_rows(out, "| side | steps |")
     assert "ours" in parity and int(parity["ours"][1]) > 0  # per-step losses compared on the same batches
 
@@ -131,6 +132,13 @@ def check_tiny_training(out: str, json_path: Path, workdir: Path) -> None:
     # fit: the real CLI timed its 3 steps after the 2 warm-up steps, on the samples every side uses
     assert fit["samples_per_s"] > 0 and fit["tokens_per_s"] > 0
     assert fit["throughput"]["timed_optimizer_steps"] == 3
+    # fit_packed: the same samples in packed rows (one row of 2,048 tokens holds a tiny batch's tokens)
+    packed = results["fit_packed"]
+    assert packed["throughput"]["timed_optimizer_steps"] == 3 and packed["samples_per_s"] > 0
+    assert packed["trainable_params"] == fit["trainable_params"]
+    command = (workdir / "fit_packed-0" / "command.txt").read_text()
+    assert "--data.packing true --data.max_tokens_per_row 2048 --data.batch_size 1" in command, command
+    assert "packed: 1 row(s) x 2048 tokens per step" in packed["notes"]
     meta = report["meta"]
     assert meta["pool"]["batches"] == 2 + 3  # default: every step a batch never seen before
     check_fit_data_is_the_shared_batches(workdir, meta)

@@ -61,6 +61,9 @@ class FamilyFacts:
     packed_seq_idx: bool = False
     # binds model methods that honour ``seq_idx`` (patches/lfm2_packed_conv.py); returns how many
     bind_packing_methods: Callable[[Any], int] | None = None
+    # the vision tower splits its attention per image behind a graph break (Qwen-style ``image_grid_thw``
+    # input): compiled vision layers recompile for every image count, so packed rows run them eager
+    vision_recompiles_per_image_count: bool = False
     # extra variables every render of the chat template gets, as (name, value) pairs (e.g. Qwen3.5's
     # ("enable_thinking", False): the same non-thinking turns whatever a checkpoint's template defaults to)
     chat_template_kwargs: tuple[tuple[str, Any], ...] = ()
@@ -102,6 +105,7 @@ FAMILIES: dict[str, FamilyFacts] = {
         checkpoints=("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct"),
         set_image_tokens=set_qwen_pixels,
         packed_positions="mrope",
+        vision_recompiles_per_image_count=True,
         notes="image size in pixels: tokens = pixels / (patch*merge)^2",
     ),
     "lfm2_vl": FamilyFacts(
@@ -237,6 +241,7 @@ FAMILIES["lfm3_vl"] = FamilyFacts(
     # a Qwen2-VL image processor (patch 16 x merge 2): the Qwen pixel budget knob applies unchanged
     set_image_tokens=set_qwen_pixels,
     packed_positions="text",  # 1-D text positions (no M-RoPE); the vision tower's 2-D RoPE is per image
+    vision_recompiles_per_image_count=True,
     packed_seq_idx=True,  # its short convolutions must not read across a sample boundary
     bind_packing_methods=bind_lfm2_packed_conv,
     notes=(
@@ -260,6 +265,7 @@ FAMILIES["paddleocr_vl"] = FamilyFacts(
     # Qwen2-VL-style image processor (size shortest/longest_edge in pixels, patch 14 x merge 2)
     set_image_tokens=set_qwen_pixels,
     packed_positions="mrope",  # its own get_rope_index per sample; the text model reads a 4-plane index
+    vision_recompiles_per_image_count=True,
     notes=(
         "ERNIE-4.5-0.3B LM + NaViT vision tower (per-image attention, q/k/v/out_proj: anchor LoRA on the "
         "LM); 28 px per image token, merged 2x2 in model.projector; template '<|begin_of_sentence|>User: "
@@ -315,6 +321,7 @@ FAMILIES["qwen3_5"] = FamilyFacts(
     chat_template_kwargs=(("enable_thinking", False),),
     set_image_tokens=set_qwen_pixels,
     packed_positions="mrope",
+    vision_recompiles_per_image_count=True,
     packing_refusal=(
         "Qwen3.5's Gated DeltaNet layers carry their short-convolution and recurrent state across a packed "
         "row: transformers' torch path ignores sample boundaries (given seq_idx / cu_seqlens it raises and "

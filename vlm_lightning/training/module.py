@@ -273,20 +273,25 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
         return bool(self._data_settings().get("packing", False))
 
     def _eager_vision_for_packing(self) -> None:
-        """Packed training rows keep the compiled language model but run the vision tower eager unless its
-        compilation was asked for. Packed batches hold a different number of images every step, and the
-        Qwen family's vision attention splits per image behind a graph break, so compiled vision layers
-        recompile for each new image count (``test_packed_compile.py``; measured 0.11x eager); the decoder
-        layers do not. Measured on Qwen2-VL-2B, 8 rows x 1,024 tokens: compiled LM + eager vision 114
-        samples/s at 6.8 GiB, all eager 119 samples/s at 27.7 GiB (docs/benchmarks.md)."""
+        """Packed training rows run the vision tower eager, unless its compilation was asked for, in the
+        families whose vision attention splits per image behind a graph break (Qwen-style ``image_grid_thw``
+        input: ``FamilyFacts.vision_recompiles_per_image_count``). Packed batches hold a different number of
+        images every step, and those compiled vision layers recompile for each new count
+        (``test_packed_compile.py``; measured 0.11x eager); the decoder layers, and the vision layers of the
+        families that take a batch of images (LFM2-VL, Idefics3 / SmolVLM, InternVL), compile one
+        shape-generic graph after the second shape. Measured on Qwen2-VL-2B, 8 rows x 1,024 tokens: compiled
+        LM + eager vision 114 samples/s at 6.8 GiB, all eager 119 samples/s at 27.7 GiB (docs/benchmarks.md)."""
         if not self._trains_packed() or getattr(self, "_vision_compiled", False):
+            return
+        if not self.facts.vision_recompiles_per_image_count:
             return
         if self.hparams.compile_vision_tower is None and self.compiled_vision:
             self.compiled_vision = False
             if self.trainer.is_global_zero:
                 print(
-                    "[vlm_lightning] data.packing: the vision tower runs eager (its compiled layers recompile "
-                    "for every image count); --model.compile_vision_tower true compiles it anyway"
+                    f"[vlm_lightning] data.packing: the vision tower runs eager ({self.facts.name}'s compiled "
+                    "vision layers recompile for every image count); --model.compile_vision_tower true "
+                    "compiles it anyway"
                 )
 
     def configure_model(self) -> None:
