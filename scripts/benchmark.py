@@ -56,7 +56,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchlib.constants import FIT_SIDES, OURS_VARIANTS, REAL_DEFAULTS, RESULT_PREFIX, TINY_DEFAULTS, TRAIN_SIDES
+from benchlib.constants import (
+    FIT_SIDES,
+    OURS_VARIANTS,
+    REAL_DEFAULTS,
+    RESULT_PREFIX,
+    TINY_DEFAULTS,
+    TRAIN_SIDES,
+)
 from benchlib.context import load_context
 from benchlib.fit_side import run_fit
 from benchlib.generation import run_gen

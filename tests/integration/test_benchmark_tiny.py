@@ -101,7 +101,9 @@ def test_tiny_training_reports_every_side(tmp_path: Path) -> None:
 
 def check_tiny_training(out: str, json_path: Path, workdir: Path) -> None:
     rows = table_rows(out, "| side |")
-    expected = ["hf_trainer", "ours", "fit", "fit_packed"] + (["trl"] if importlib.util.find_spec("trl") else [])
+    expected = ["hf_trainer", "ours", "fit", "fit_packed"] + (
+        ["trl"] if importlib.util.find_spec("trl") else []
+    )
     assert sorted(rows) == sorted(expected), rows
     for side, cells in rows.items():
         assert not cells[1].startswith("failed"), f"{side}: {cells}"

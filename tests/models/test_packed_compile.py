@@ -57,6 +57,8 @@ def test_compiled_vision_layers_recompile_per_image_count_as_the_family_fact_say
     finally:
         torch._dynamo.reset()
     if facts.vision_recompiles_per_image_count:
-        assert graphs[2] > graphs[1] and graphs[3] > graphs[2] and graphs[4] > graphs[3], graphs  # each new count
+        assert graphs[2] > graphs[1] and graphs[3] > graphs[2] and graphs[4] > graphs[3], (
+            graphs
+        )  # each new count
     else:  # static first, one shape-generic graph from the second count on
         assert graphs[1] == graphs[0] and graphs[2] == graphs[3] == graphs[4] == graphs[5], graphs

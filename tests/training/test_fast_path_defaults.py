@@ -35,9 +35,7 @@ def test_packed_rows_run_a_per_image_vision_tower_eager_unless_its_compilation_i
     from vlm_lightning.training.module import VLMFineTuner
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # where compilation is on by default
-    module = VLMFineTuner(
-        str(tiny_replica(family)), metrics=["exact_match"], compile_vision_tower=explicit
-    )
+    module = VLMFineTuner(str(tiny_replica(family)), metrics=["exact_match"], compile_vision_tower=explicit)
     assert module.compiled_layers and module.compiled_vision
     packed = SimpleNamespace(datamodule=SimpleNamespace(hparams={"packing": True}), is_global_zero=True)
     monkeypatch.setattr(VLMFineTuner, "trainer", property(lambda self: packed))
