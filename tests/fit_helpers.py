@@ -123,52 +123,56 @@ def guarded_trainer(tmp_path: Path, guard: NonFiniteGuard, max_steps: int = 6, *
 # --- a real `python -m vlm_lightning fit` on a tiny replica ---------------------------------------
 
 
+def tiny_cpu_settings(
+    model: Path, root: Path, data: dict[str, Path] | None = None, **by_name: object
+) -> dict[str, object]:
+    """The CLI settings the tiny-replica CLI tests share, by dotted name: CPU, one device, AdamW at lr 0.003,
+    batch 4, ``max_length`` 400, 16 image tokens, no progress bar; ``data``'s splits as ``data.<split>``.
+
+    ``by_name`` overrides or adds settings with ``__`` for the dots (``data__batch_size=1``)."""
+    settings: dict[str, object] = {
+        "model.name_or_path": model,
+        "model.optimizer.class_path": "torch.optim.AdamW",
+        "model.optimizer.init_args.lr": "0.003",
+        **{f"data.{split}": path for split, path in (data or {}).items()},
+        "data.batch_size": 4,
+        "data.max_length": 400,
+        "data.image_max_tokens": 16,
+        "trainer.accelerator": "cpu",
+        "trainer.devices": 1,
+        "trainer.default_root_dir": root,
+        "trainer.enable_progress_bar": "false",
+    }
+    settings.update({name.replace("__", "."): value for name, value in by_name.items()})
+    return settings
+
+
+def as_flags(settings: dict[str, object]) -> list[str]:
+    """``{"data.batch_size": 4}`` -> ``["--data.batch_size", "4"]``, in the dict's order."""
+    return [flag for name, value in settings.items() for flag in (f"--{name}", str(value))]
+
+
 def fit_args(model: Path, data: dict[str, Path], root: Path, max_steps: int, *extra: str) -> list[str]:
     """``fit`` arguments: batch size 1, a CSV logger writing every step's loss, preemption checkpoints."""
+    settings = tiny_cpu_settings(
+        model,
+        root,
+        {"train": data["train"]},
+        model__metrics="[exact_match]",
+        model__val_generate="false",
+        model__scheduler="constant",  # the schedule must not depend on max_steps (runs differ there)
+        data__batch_size=1,  # 8 batches per epoch: the signal lands mid-epoch
+        trainer__max_steps=max_steps,
+        trainer__limit_val_batches=0,
+        trainer__log_every_n_steps=1,  # every step's loss, to compare resumed and uninterrupted runs
+        trainer__logger="lightning.pytorch.loggers.CSVLogger",
+        trainer__logger__init_args__save_dir=root,
+        trainer__logger__init_args__name="",
+        trainer__logger__init_args__flush_logs_every_n_steps=1,
+    )
     return [
         "fit",
-        "--model.name_or_path",
-        str(model),
-        "--model.metrics",
-        "[exact_match]",
-        "--model.val_generate",
-        "false",
-        "--model.scheduler",
-        "constant",  # the schedule must not depend on max_steps (runs differ there)
-        "--model.optimizer.class_path",
-        "torch.optim.AdamW",
-        "--model.optimizer.init_args.lr",
-        "0.003",
-        "--data.train",
-        str(data["train"]),
-        "--data.batch_size",
-        "1",  # 8 batches per epoch: the signal lands mid-epoch
-        "--data.max_length",
-        "400",
-        "--data.image_max_tokens",
-        "16",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        "1",
-        "--trainer.max_steps",
-        str(max_steps),
-        "--trainer.limit_val_batches",
-        "0",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.log_every_n_steps",  # every step's loss, to compare resumed and uninterrupted runs
-        "1",
-        "--trainer.default_root_dir",
-        str(root),
-        "--trainer.logger",
-        "lightning.pytorch.loggers.CSVLogger",
-        "--trainer.logger.init_args.save_dir",
-        str(root),
-        "--trainer.logger.init_args.name",
-        "",
-        "--trainer.logger.init_args.flush_logs_every_n_steps",
-        "1",
+        *as_flags(settings),
         "--trainer.callbacks+=vlm_lightning.callbacks.preemption.PreemptionCheckpoint",
         *extra,
     ]

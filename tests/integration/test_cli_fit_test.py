@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fit_helpers import as_flags, tiny_cpu_settings
 from fixtures_data import write_receipt_dataset
 
 from vlm_lightning.cli.lightning_cli import build_cli
@@ -18,39 +19,10 @@ pytestmark = pytest.mark.slow
 
 
 def base_args(model: Path, data: dict[str, Path], root: Path, *extra: str) -> list[str]:
-    return [
-        "--model.name_or_path",
-        str(model),
-        "--model.metrics",
-        "[json, exact_match]",
-        "--model.generate_max_new_tokens",
-        "24",
-        "--model.optimizer.class_path",
-        "torch.optim.AdamW",
-        "--model.optimizer.init_args.lr",
-        "0.003",
-        "--data.train",
-        str(data["train"]),
-        "--data.val",
-        str(data["val"]),
-        "--data.test",
-        str(data["test"]),
-        "--data.batch_size",
-        "4",
-        "--data.max_length",
-        "400",
-        "--data.image_max_tokens",
-        "16",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        "1",
-        "--trainer.default_root_dir",
-        str(root),
-        "--trainer.enable_progress_bar",
-        "false",
-        *extra,
-    ]
+    settings = tiny_cpu_settings(
+        model, root, data, model__metrics="[json, exact_match]", model__generate_max_new_tokens=24
+    )
+    return [*as_flags(settings), *extra]
 
 
 @pytest.fixture(scope="module")

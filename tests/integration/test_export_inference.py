@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from fit_helpers import as_flags, tiny_cpu_settings
 from fixtures_data import write_receipt_dataset
 from PIL import Image
 
@@ -28,43 +29,16 @@ def run(tiny_replica, tmp_path_factory) -> dict[str, Any]:  # noqa: ANN001
     root = tmp_path_factory.mktemp("export_run")
     data = write_receipt_dataset(root / "data", n_train=4, n_val=2, n_test=1)
     model = tiny_replica("qwen2_vl")
-    cli = build_cli(
-        [
-            "fit",
-            "--model.name_or_path",
-            str(model),
-            "--model.val_generate",
-            "false",
-            "--model.generate_max_new_tokens",
-            str(RUN_BUDGET),
-            "--model.optimizer.class_path",
-            "torch.optim.AdamW",
-            "--model.optimizer.init_args.lr",
-            "0.003",
-            "--data.train",
-            str(data["train"]),
-            "--data.val",
-            str(data["val"]),
-            "--data.batch_size",
-            "4",
-            "--data.prompt",
-            PROMPT,
-            "--data.max_length",
-            "400",
-            "--data.image_max_tokens",
-            "16",
-            "--trainer.accelerator",
-            "cpu",
-            "--trainer.devices",
-            "1",
-            "--trainer.default_root_dir",
-            str(root / "runs"),
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.max_steps",
-            "3",
-        ]
+    settings = tiny_cpu_settings(
+        model,
+        root / "runs",
+        {"train": data["train"], "val": data["val"]},
+        model__val_generate="false",
+        model__generate_max_new_tokens=RUN_BUDGET,
+        data__prompt=PROMPT,
+        trainer__max_steps=3,
     )
+    cli = build_cli(["fit", *as_flags(settings)])
     best = Path(cli.trainer.log_dir) / "best.ckpt"
     assert best.is_file()
     return {"cli": cli, "best": best, "model": model, "data": data, "root": root}
