@@ -21,7 +21,6 @@ budget, so ``python -m vlm_lightning.infer`` can reuse them.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -35,6 +34,7 @@ import torch
 
 from vlm_lightning.checkpoints.io import validate_checkpoint
 from vlm_lightning.cli.library_noise import quiet_libraries
+from vlm_lightning.cli.tool_parser import ToolArgumentParser
 from vlm_lightning.deploy.model_card import model_card
 from vlm_lightning.errors import UserError
 from vlm_lightning.models.build import build_model
@@ -337,10 +337,9 @@ def _describe(path: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     """``python -m vlm_lightning.deploy.export``."""
     quiet_libraries()
-    parser = argparse.ArgumentParser(
+    parser = ToolArgumentParser(
         prog="python -m vlm_lightning export",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--ckpt", required=True, type=Path, help="a vlm_lightning checkpoint (best.ckpt)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (the adapter / model)")

@@ -25,6 +25,7 @@ from typing import get_args
 import torch
 
 from vlm_lightning.cli.library_noise import quiet_libraries
+from vlm_lightning.cli.tool_parser import ToolArgumentParser
 from vlm_lightning.data.image_files import image_problem
 from vlm_lightning.data.records import DataValidationError, read_jsonl
 from vlm_lightning.deploy.prediction_files import records_from_folder, write_predictions
@@ -34,10 +35,9 @@ from vlm_lightning.generation import GenerationCache
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ToolArgumentParser(
         prog="python -m vlm_lightning infer",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="base model or merged export (folder or hub id)")
     weights = parser.add_mutually_exclusive_group()

@@ -6,12 +6,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from vlm_lightning.cli.tool_parser import ToolArgumentParser
 from vlm_lightning.metrics.registry import metric_names
 
 METRICS_LINE = "[vlm_lightning] metrics:"
@@ -73,9 +73,7 @@ def check_same_evaluation(baseline: dict, tuned: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ToolArgumentParser(description=__doc__)
     parser.add_argument("--config", default=None, help="the run's YAML (other CLI arguments go after --)")
     parser.add_argument("--ckpt_path", required=True)
     parser.add_argument("--out", default=None, help="markdown file (default: next to the fine-tuned metrics)")

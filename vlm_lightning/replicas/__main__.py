@@ -10,19 +10,18 @@ that loads through the same ``from_pretrained`` path as a hub checkpoint.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from vlm_lightning.cli.tool_parser import ToolArgumentParser
 from vlm_lightning.replicas.qwen import QWEN_TOKENIZERS, REAL_TOKENIZER_FAMILIES
 from vlm_lightning.replicas.registry import BUILDERS, build_tiny
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: build a tiny replica folder."""
-    parser = argparse.ArgumentParser(
+    parser = ToolArgumentParser(
         prog="python -m vlm_lightning tiny",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("family", choices=sorted(BUILDERS), help="model family to replicate")
     parser.add_argument("out_dir", type=Path, help="folder to write (loads with from_pretrained)")

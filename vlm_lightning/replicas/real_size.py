@@ -18,7 +18,6 @@ tokenizer and processor but tiny dimensions, to exercise a family's code path on
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText
 
+from vlm_lightning.cli.tool_parser import ToolArgumentParser
 from vlm_lightning.models.families import FAMILIES, FamilyFacts
 from vlm_lightning.replicas.real_size_configs import REAL_ARCHITECTURES
 from vlm_lightning.replicas.real_size_counts import ParamCounts, parameter_counts
@@ -88,9 +88,7 @@ def count_on_meta(name: str, *, shrink: bool = False) -> ParamCounts:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: write a real architecture's folder and/or print its parameter counts."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ToolArgumentParser(description=__doc__)
     parser.add_argument("name", choices=sorted(REAL_ARCHITECTURES))
     parser.add_argument("--out", type=Path, help="folder for config.json + processor (no weights)")
     parser.add_argument(

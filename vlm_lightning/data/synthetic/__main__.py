@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vlm_lightning.cli.tool_parser import ToolArgumentParser
+
 from . import write_boxes, write_dataset
 from ._common import IMAGES_DIR, parse_split
 
@@ -34,7 +36,7 @@ def _split(text: str) -> dict[str, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the generator script."""
-    parser = argparse.ArgumentParser(
+    parser = ToolArgumentParser(
         prog="python -m vlm_lightning synthetic",
         description="Write a deterministic synthetic dataset: JSONL rows + PNGs under OUT/images/.",
     )
