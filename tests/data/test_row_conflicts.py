@@ -74,3 +74,47 @@ def test_known_keys_log_nothing(folder: Path, caplog: pytest.LogCaptureFixture) 
     with caplog.at_level(logging.WARNING, logger="vlm_lightning.data.records"):
         records, problems = read_rows(folder, row)
     assert len(records) == 1 and not problems and not caplog.text
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "reason"),
+    [
+        (
+            {"question": "What colour?", "query": "How many boxes?", "answer": "red"},
+            "query",
+            "keep one question",
+        ),
+        (
+            {"question": "What colour?", "prompt": "Describe it.", "answer": "red"},
+            "prompt",
+            "keep one question",
+        ),
+        ({"target": "", "id": "e"}, "target", "expected a non-empty JSON object"),
+        ({"target": {}}, "target", "expected a non-empty JSON object"),
+        ({"target": []}, "target", "expected a non-empty JSON object"),
+        ({"target": "plain"}, "target", "give a text answer as 'answer'"),
+        ({"target": 3}, "target", "give a text answer as 'answer'"),
+    ],
+)
+def test_a_second_question_or_an_empty_or_text_target_is_a_bad_row(
+    tmp_path: Path, row: dict, field: str, reason: str
+) -> None:
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"image": "a.png", **row}) + "\n")
+    records, problems = read_jsonl(path)
+    assert records == [] and len(problems) == 1, problems
+    assert f"field '{field}'" in str(problems[0]) and reason in str(problems[0]), problems
+
+
+def test_the_same_question_under_two_keys_and_a_list_target_are_kept(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    path = tmp_path / "rows.jsonl"
+    rows = [
+        {"image": "a.png", "question": "Total?", "query": "Total?", "answer": "3"},
+        {"image": "a.png", "target": [{"name": "tea"}]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records, problems = read_jsonl(path)
+    assert not problems and len(records) == 2
+    assert records[1].answers == ['[{"name": "tea"}]']

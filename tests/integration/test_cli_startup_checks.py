@@ -45,6 +45,10 @@ CASES = {
         ["fit", "--model.metrics", "[json]", "--data.val", "{qa_val}"],
         "model.metrics ['json'] compare JSON answers, but 2 of 2 rows of data.val have plain-text answers",
     ),
+    "json metrics on plain answers in predict": (  # predict scores the rows that have answers
+        ["predict", "--model.metrics", "[json]", "--data.predict", "{qa_val}"],
+        "model.metrics ['json'] compare JSON answers, but 2 of 2 rows of data.predict have plain-text answers",
+    ),
     "monitor not logged by the metrics": (
         ["fit", "--model.metrics", "[anls]", "--checkpoint.monitor", "val/json_valid_rate"],
         "--checkpoint.monitor val/json_valid_rate is not logged with model.metrics ['anls']",

@@ -99,6 +99,22 @@ def compact_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
 
 
+def json_target_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a ``target`` (a non-empty JSON object or list), or None when it can."""
+    if isinstance(value, (dict, list)) and value:
+        try:
+            compact_json(value)
+        except (TypeError, ValueError) as exc:
+            return f"not JSON-serialisable: {exc}"
+        return None
+    shown = (
+        compact_json(value)[:60] if isinstance(value, (str, int, float, bool, dict, list)) else repr(value)
+    )
+    return f"expected a non-empty JSON object, got {shown}" + (
+        ": give a text answer as 'answer'" if isinstance(value, (str, int, float)) and value != "" else ""
+    )
+
+
 def _first(row: dict[str, Any], keys: Iterable[str]) -> tuple[str | None, Any]:
     for key in keys:
         if key in row and row[key] is not None:
@@ -260,6 +276,9 @@ def record_from_row(
                 messages.insert(0, {"role": "system", "content": system})
     else:
         qkey, question = _first(row, QUESTION_KEYS)
+        differing = [k for k in QUESTION_KEYS if row.get(k) is not None and row[k] != question]
+        if differing:
+            bad(differing[0], f"given together with '{qkey}' and with another text: keep one question field")
         if question is None:
             question = default_prompt
         elif not isinstance(question, str) or not question.strip():
@@ -275,10 +294,11 @@ def record_from_row(
                 bad(given_answers[1], reason)
         if "target" in row and row["target"] is not None:
             target = row["target"]
-            try:
+            problem = json_target_problem(target)
+            if problem:
+                bad("target", problem)
+            else:
                 answers = [compact_json(target)]
-            except (TypeError, ValueError) as exc:
-                bad("target", f"not JSON-serialisable: {exc}")
         elif akey is None and not require_answer:
             pass
         elif akey is None:

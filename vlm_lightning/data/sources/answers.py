@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from vlm_lightning.data.records import compact_json
+from vlm_lightning.data.records import compact_json, json_target_problem
 from vlm_lightning.data.sources.row_errors import RowError
 
 
@@ -50,8 +50,9 @@ def json_target(value: Any, fld: str) -> tuple[list[str], Any]:
         return [compact_json(p) for p in parses], parses[0]
     if isinstance(value, dict) and "gt_parse" in value:
         value = value["gt_parse"]
-    if not isinstance(value, (dict, list)) or not value:
-        raise RowError(fld, f"expected a non-empty JSON object, got {compact_json(value)[:60]}")
+    problem = json_target_problem(value)
+    if problem:
+        raise RowError(fld, problem)
     return [compact_json(value)], value
 
 
