@@ -165,7 +165,7 @@ def test_infer_cli_streams_text_for_one_image(run, exported, plain) -> None:  # 
 
 
 @pytest.mark.slow
-def test_infer_batch_mode_writes_one_row_per_image(run, exported, plain, tmp_path) -> None:  # noqa: ANN001
+def test_infer_batch_mode_writes_one_row_per_image(run, exported, plain, tmp_path, capsys) -> None:  # noqa: ANN001
     from vlm_lightning.deploy.inference import main as infer_main
 
     images = tmp_path / "scans"
@@ -179,8 +179,10 @@ def test_infer_batch_mode_writes_one_row_per_image(run, exported, plain, tmp_pat
     with pytest.raises(SystemExit) as stopped:
         infer_main([*args, "--max-new-tokens", str(MAX_NEW), "--on-bad-file", "stop"])
     assert stopped.value.code == 2 and not out.exists()
+    capsys.readouterr()
     infer_main([*args, "--max-new-tokens", str(MAX_NEW), "--batch-size", "2"])
     assert "broken.png" in out.with_suffix(".bad_files.txt").read_text()
+    assert "bad file(s) skipped" in capsys.readouterr().err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["val-0", "val-1"]
     tokenizer = plain["processor"].tokenizer
@@ -189,6 +191,15 @@ def test_infer_batch_mode_writes_one_row_per_image(run, exported, plain, tmp_pat
     assert all(r["prompt"] == PROMPT for r in rows)  # the run's prompt, from the export's info file
     csv_lines = out.with_suffix(".csv").read_text().splitlines()
     assert len(csv_lines) == 1 + len(rows) and csv_lines[0].startswith("id,prompt,prediction")
+
+    # --jsonl: a line that is not JSON is a bad row (not a file), listed; the good row is inferred
+    rows_file = tmp_path / "rows.jsonl"
+    rows_file.write_text(json.dumps({"id": "ok", "image": str(_val_images(run)[0])}) + "\n{not json\n")
+    jsonl_out = tmp_path / "jsonl_preds" / "predictions.jsonl"
+    infer_main(["--model", str(exported / "merged"), "--jsonl", str(rows_file), "--out", str(jsonl_out),
+                "--max-new-tokens", str(MAX_NEW)])  # fmt: skip
+    assert "1 bad row(s) skipped" in capsys.readouterr().err
+    assert [json.loads(line)["id"] for line in jsonl_out.read_text().splitlines()] == ["ok"]
 
 
 @pytest.mark.slow

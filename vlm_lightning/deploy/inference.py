@@ -153,7 +153,8 @@ def _batch(predictor: Predictor, args: argparse.Namespace, settings: GenerationS
         for problem in problems[:10]:
             print(f"[vlm_lightning] skipped: {problem}", file=sys.stderr)
         print(
-            f"[vlm_lightning] {len(problems)} bad file(s) skipped (listed in {listed}); "
+            f"[vlm_lightning] {len(problems)} bad {'file' if args.images_dir is not None else 'row'}(s) skipped "
+            f"(listed in {listed}); "
             f"inferring the other {len(records)} (--on-bad-file stop to refuse instead)",
             file=sys.stderr,
         )
