@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from vlm_lightning.data.answer_fields import as_answers, compact_json, json_target_problem, merge_answers
 from vlm_lightning.data.image_files import escape_problem, image_problem
 from vlm_lightning.errors import UserError
 
@@ -94,68 +95,11 @@ class DataValidationError(UserError, ValueError):
         super().__init__(f"{len(self.problems)} bad row(s):\n  {shown}{more}{hint}")
 
 
-def compact_json(value: Any) -> str:
-    """Render a target object as the compact JSON the model learns to emit."""
-    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
-
-
-def json_target_problem(value: Any) -> str | None:
-    """Why ``value`` cannot be a ``target`` (a non-empty JSON object or list), or None when it can."""
-    if isinstance(value, (dict, list)) and value:
-        try:
-            compact_json(value)
-        except (TypeError, ValueError) as exc:
-            return f"not JSON-serialisable: {exc}"
-        return None
-    shown = (
-        compact_json(value)[:60] if isinstance(value, (str, int, float, bool, dict, list)) else repr(value)
-    )
-    return f"expected a non-empty JSON object, got {shown}" + (
-        ": give a text answer as 'answer'" if isinstance(value, (str, int, float)) and value != "" else ""
-    )
-
-
 def _first(row: dict[str, Any], keys: Iterable[str]) -> tuple[str | None, Any]:
     for key in keys:
         if key in row and row[key] is not None:
             return key, row[key]
     return None, None
-
-
-def _merge_answers(row: dict[str, Any], keys: list[str]) -> tuple[str, Any, str | None]:
-    """One answer field from several: 'answer' first, then the other references of 'answers'.
-
-    Allowed only when the single answer is one of the listed references (nothing is lost); anything
-    else is a conflict to report.
-    """
-    single = [k for k in keys if not isinstance(row[k], list)]
-    lists = [k for k in keys if isinstance(row[k], list)]
-    if len(single) == 1 and len(lists) == 1 and row[single[0]] in row[lists[0]]:
-        first = row[single[0]]
-        return lists[0], [first, *(a for a in row[lists[0]] if a != first)], None
-    return keys[0], row[keys[0]], f"given together with '{keys[0]}' and not one of its references: keep one"
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _as_answers(key: str, value: Any) -> list[str]:
-    """Answers as strings; numbers (alone or in a list) are written as text, as in the file."""
-    if isinstance(value, str):
-        return [value]
-    if _is_number(value):
-        return [str(value)]
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise TypeError("empty list: give at least one answer")
-        for i, item in enumerate(value):
-            if not (isinstance(item, str) or _is_number(item)):
-                raise TypeError(
-                    f"{key}[{i}] is a {type(item).__name__} ({json.dumps(item)[:40]}): answers are strings or numbers"
-                )
-        return list(dict.fromkeys(item if isinstance(item, str) else str(item) for item in value))
-    raise TypeError(f"expected a string or number (or a list of them), got {type(value).__name__}")
 
 
 def _invalid_text_field(row: Any) -> str | None:
@@ -289,7 +233,7 @@ def record_from_row(
         if row.get("target") is not None and given_answers:
             bad("target", f"given together with '{given_answers[0]}': keep one answer field")
         elif len(given_answers) > 1:
-            akey, answer, reason = _merge_answers(row, given_answers)
+            akey, answer, reason = merge_answers(row, given_answers)
             if reason:
                 bad(given_answers[1], reason)
         if "target" in row and row["target"] is not None:
@@ -305,7 +249,7 @@ def record_from_row(
             bad("answer", "missing (one of 'answer', 'response', 'answers', 'target' or 'messages')")
         else:
             try:
-                answers = _as_answers(akey, answer)
+                answers = as_answers(akey, answer)
             except TypeError as exc:
                 bad(akey, str(exc))
             if answers and not answers[0].strip():

@@ -61,8 +61,7 @@ class FamilyFacts:
     packed_seq_idx: bool = False
     # binds model methods that honour ``seq_idx`` (patches/lfm2_packed_conv.py); returns how many
     bind_packing_methods: Callable[[Any], int] | None = None
-    # the vision tower splits its attention per image behind a graph break (Qwen-style ``image_grid_thw``
-    # input): compiled vision layers recompile for every image count, so packed rows run them eager
+    # Qwen-style towers split attention per image (graph break): packed rows run them eager
     vision_recompiles_per_image_count: bool = False
     # extra variables every render of the chat template gets, as (name, value) pairs (e.g. Qwen3.5's
     # ("enable_thinking", False): the same non-thinking turns whatever a checkpoint's template defaults to)
@@ -188,10 +187,7 @@ FAMILIES["qwen3_vl"] = dataclasses.replace(
     name="qwen3_vl",
     model_types=("qwen3_vl",),
     checkpoints=("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-4B-Instruct"),
-    notes=(
-        "patch 16 x merge 2: 32 px per image token; extra projectors model.visual.deepstack_merger_list "
-        "feed vision features into the first LM layers"
-    ),
+    notes="patch 16 x merge 2 (32 px per image token); visual.deepstack_merger_list feeds early LM layers",
 )
 FAMILIES["smolvlm"] = dataclasses.replace(
     FAMILIES["idefics3"],

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from vlm_lightning.data.records import compact_json, json_target_problem
+from vlm_lightning.data.answer_fields import compact_json, json_target_problem
 from vlm_lightning.data.sources.row_errors import RowError
 
 
