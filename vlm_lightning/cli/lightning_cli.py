@@ -114,7 +114,7 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         # predict scores the rows that have answers, as test does
         scored = {"fit": "val", "validate": "val", "test": "test", "predict": "predict"}.get(subcommand)
         records = data.datasets[scored].records if scored in data.datasets else []
-        if records and (scored in ("test", "predict") or model.get("val_generate", True)):
+        if records and (scored != "val" or model.get("val_generate", True)):
             check_metrics_fit_answers(names, {scored: records})
         if subcommand == "fit":
             monitor = (_plain(section.get("checkpoint")) or {}).get("monitor")
