@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib.constants import (
+    FIT_LEVER_FLAGS,
     FIT_SIDES,
     OURS_VARIANTS,
     REAL_DEFAULTS,
@@ -103,9 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-alpha", type=int, default=32)
-    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout, every side (0.0: the CLI default)")
     p.add_argument("--sides", help=f"comma list from {','.join(TRAIN_SIDES)} (default: all available)")
-    p.add_argument("--levers", action="store_true", help="add every ours_* lever side")
+    p.add_argument("--levers", action="store_true", help="add every lever side (ours_*, fit_unfused)")
     p.add_argument("--profile", action="store_true", help="ours_* sides: print a profile of 3 more steps")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, every side")
     p.add_argument(
@@ -180,8 +181,8 @@ def resolve_sides(args: argparse.Namespace) -> list[str]:
         if unknown:
             raise SystemExit(f"unknown side(s) {unknown}; choose from {TRAIN_SIDES}")
     else:
-        sides = ["hf_trainer", "trl", "ours", *FIT_SIDES]
-        sides += [s for s in OURS_VARIANTS if s != "ours"] if args.levers else []
+        sides = ["hf_trainer", "trl", "ours", *(s for s in FIT_SIDES if s not in FIT_LEVER_FLAGS)]
+        sides += [s for s in OURS_VARIANTS if s != "ours"] + list(FIT_LEVER_FLAGS) if args.levers else []
         sides += ["lightning"] if args.lightning else []
     if "trl" in sides:
         try:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -190,13 +192,15 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> su
     )
 
 
-def lora_module(path: str) -> Any:
+def lora_module(path: str, dropout: float = 0.0, dtype: str = "auto") -> Any:
     """A ``VLMFineTuner`` on the replica at ``path`` with r4 LoRA adapters that change the output."""
     from vlm_lightning.models.peft_setup import LoraSettings
     from vlm_lightning.training.module import VLMFineTuner
 
     torch.manual_seed(0)
-    module = VLMFineTuner(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0), metrics=["exact_match"])
+    module = VLMFineTuner(
+        path, lora=LoraSettings(r=4, alpha=8, dropout=dropout), metrics=["exact_match"], dtype=dtype
+    )
     with torch.no_grad():  # non-zero lora_B so the adapters change the output
         for name, p in module.named_parameters():
             if "lora_B" in name:
@@ -212,3 +216,13 @@ def loss_and_grads(module: Any, batch: dict, autocast: bool) -> tuple[float, dic
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
     return loss.item(), grads
+
+
+@contextmanager
+def uncached_compilation() -> Iterator[None]:
+    """Inductor compiles afresh inside (no FX-graph or autograd cache), so the pass runs and counts."""
+    with (
+        torch._inductor.config.patch(fx_graph_cache=False),
+        torch._functorch.config.patch(enable_autograd_cache=False),
+    ):
+        yield

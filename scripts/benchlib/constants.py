@@ -56,7 +56,9 @@ OURS_VARIANTS: dict[str, dict[str, bool]] = {  # "fuse_head" is True unless a si
 }
 # ``fit``: the real CLI (``python -m vlm_lightning fit``) in a subprocess, data loading included
 # ``fit_packed``: the same with ``data.packing`` (rows of ``--packed-row-tokens``, about a batch's tokens per step)
-FIT_SIDES = ("fit", "fit_packed")
+# ``fit_unfused`` (a lever side, with --levers or named): ``fit`` with each LoRA A projection its own GEMM
+FIT_LEVER_FLAGS: dict[str, list[str]] = {"fit_unfused": ["--model.fuse_adapter_inputs", "false"]}
+FIT_SIDES = ("fit", "fit_packed", *FIT_LEVER_FLAGS)
 TRAIN_SIDES = ("hf_trainer", "trl", *OURS_VARIANTS, "lightning", *FIT_SIDES)
 TINY_FAMILIES = {"qwen2_vl_2b": "qwen2_vl", "lfm2_vl_1_6b": "lfm2_vl"}
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, matched in order against the device name.

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchlib.constants import FIT_LEVER_FLAGS
 from benchlib.context import Context, folder_counts, lm_target_regex, weights_folder
 from benchlib.workload import batch_stats, peak_tflops, train_flops
 
@@ -40,12 +41,18 @@ def packed_rows(ctx: Context) -> int:
 
 
 def fit_command(
-    ctx: Context, model: Path, train: Path, root: Path, packed_rows: int | None = None
+    ctx: Context,
+    model: Path,
+    train: Path,
+    root: Path,
+    packed_rows: int | None = None,
+    lever_flags: list[str] | None = None,
 ) -> list[str]:
     """The ``fit`` command line: defaults + the benchmark's settings + the ``Throughput`` callback.
 
     ``packed_rows``: the ``fit_packed`` side, ``data.packing`` with that many rows of
     ``--packed-row-tokens`` tokens per step instead of ``--batch-size`` padded samples.
+    ``lever_flags``: a lever side's flags (``FIT_LEVER_FLAGS``), before ``--fit-args``.
     """
     args = ctx.args
     command = [
@@ -104,7 +111,7 @@ def fit_command(
     if args.lr != DEFAULT_LR:
         command += ["--model.optimizer", "torch.optim.AdamW", "--model.optimizer.lr", str(args.lr)]
         command += ["--model.optimizer.weight_decay", "0"]
-    return command + shlex.split(args.fit_args or "")
+    return command + (lever_flags or []) + shlex.split(args.fit_args or "")
 
 
 def logged_losses(root: Path) -> list[float]:
@@ -126,7 +133,8 @@ def run_fit(ctx: Context, side: str = "fit") -> dict[str, Any]:
     root = ctx.workdir / f"{side}-{ctx.args.rep}"
     root.mkdir(parents=True, exist_ok=True)
     rows = packed_rows(ctx) if side == "fit_packed" else None
-    command = fit_command(ctx, model, Path(ctx.meta["fit_data"]), root, packed_rows=rows)
+    flags = FIT_LEVER_FLAGS.get(side)
+    command = fit_command(ctx, model, Path(ctx.meta["fit_data"]), root, packed_rows=rows, lever_flags=flags)
     (root / "command.txt").write_text(shlex.join(command) + "\n")
     print(f"[bench] {side}: {shlex.join(command[1:])}", flush=True)
     # killed before the parent's own limit kills this process (which would leave the CLI running)

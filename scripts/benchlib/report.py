@@ -69,7 +69,11 @@ def headline(rows: list[dict[str, Any]]) -> str:
         return ""
     hf = by_side["hf_trainer"]
     lines = []
-    for side, what in (("fit", "fit"), ("fit_packed", "fit --data.packing true")):
+    for side, what in (
+        ("fit", "fit"),
+        ("fit_packed", "fit --data.packing true"),
+        ("fit_unfused", "fit --model.fuse_adapter_inputs false"),
+    ):
         if side in by_side:
             fit = by_side[side]
             lines.append(

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 import torch
-from fixtures_data import write_receipt_dataset
+from fit_helpers import lora_module, loss_and_grads, uncached_compilation
+from fixtures_data import chat_batch, write_receipt_dataset
 from PIL import Image
 
 from vlm_lightning.data.collator import ChatCollator
 from vlm_lightning.data.records import Record
-from vlm_lightning.models.acceleration import decoder_layers
+from vlm_lightning.models.acceleration import compile_layers, decoder_layers
+from vlm_lightning.models.adapter_fusion import SharedInputAdapterFusion
 from vlm_lightning.models.loading import family_of, load_processor
 from vlm_lightning.models.peft_setup import LoraSettings
 from vlm_lightning.training.module import VLMFineTuner
@@ -327,3 +330,21 @@ def test_static_cache_evaluation_is_the_default_and_decodes_the_dynamic_cache_to
     assert said.count("generation: static cache") == 1  # the auto run only
     assert len(predictions["auto"]) >= 4 and any(predictions["auto"])
     assert predictions["auto"] == predictions["dynamic"]
+
+
+def test_inductor_runs_the_adapter_fusion_pass_on_cuda(tiny_replica) -> None:  # noqa: ANN001
+    """The pass that gives LoRA A projections of one input one GEMM runs inside inductor (not only in a
+    dynamo backend, as the CPU tests check) and keeps the fp32 loss and gradients."""
+    path = str(tiny_replica("lfm2_vl"))
+    eager = lora_module(path, dtype="float32").cuda()  # fp32 weights: PEFT casts no adapter input
+    compiled = copy.deepcopy(eager)
+    graph_pass = SharedInputAdapterFusion()
+    compile_layers(decoder_layers(compiled.model, compiled.facts), graph_pass=graph_pass)
+    batch = _to(chat_batch(path, n=3), "cuda")
+    loss_e, grads_e = loss_and_grads(eager, batch, autocast=False)
+    with uncached_compilation():
+        loss_c, grads_c = loss_and_grads(compiled, batch, autocast=False)
+    assert graph_pass.groups_fused >= 2  # the conv layers' gate/up; the attention layers' q/k/v and gate/up
+    assert loss_c == pytest.approx(loss_e, rel=1e-5)
+    for name in grads_e:
+        torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from torch._inductor.custom_graph_pass import CustomGraphPass
 
+from vlm_lightning.models.adapter_fusion import SharedInputAdapterFusion
 from vlm_lightning.models.families import FamilyFacts
 
 log = logging.getLogger(__name__)
@@ -39,20 +41,27 @@ def decoder_layers(model: torch.nn.Module, facts: FamilyFacts) -> torch.nn.Modul
 
 
 def compile_layers(
-    layers: torch.nn.ModuleList, dynamic: bool | None = None, backend: str = "inductor"
+    layers: torch.nn.ModuleList,
+    dynamic: bool | None = None,
+    backend: str = "inductor",
+    graph_pass: CustomGraphPass | None = None,
 ) -> int:
     """``torch.compile`` the ``forward`` of each layer in place (regional compilation); return the count.
 
     Layers of one class share compiled code, so compile time grows with the number of layer classes
     and shapes, not with depth. ``forward`` rather than the module call is compiled so that wrappers
     around the call (transformers' gradient checkpointing) stay eager around compiled code.
+    ``graph_pass`` (inductor only) rewrites each layer's graph before autograd is traced.
     """
+    options = (
+        {"pre_grad_custom_pass": graph_pass} if graph_pass is not None and backend == "inductor" else None
+    )
     config = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(config, name):  # renamed across torch versions; per-layer guards need headroom
             setattr(config, name, max(getattr(config, name), 8 * len(layers)))
     for layer in layers:
-        layer.forward = torch.compile(layer.forward, dynamic=dynamic, backend=backend)
+        layer.forward = torch.compile(layer.forward, dynamic=dynamic, backend=backend, options=options)
     return len(layers)
 
 
@@ -86,6 +95,7 @@ def compile_decoder_layers(
     dynamic: bool | None = None,
     backend: str = "inductor",
     recompute_activations: bool = False,
+    fuse_adapter_inputs: bool = True,
 ) -> int:
     """Compile each language-model decoder layer; embeddings, vision tower and loss stay eager.
 
@@ -94,11 +104,20 @@ def compile_decoder_layers(
     ``recompute_activations`` is activation checkpointing done by the compiler: each layer keeps
     only its inputs and recomputes the rest in backward (``activation_memory_budget = 0``), which
     works where transformers' checkpoint wrapper around compiled layers fails to compile.
+    ``fuse_adapter_inputs``: one GEMM for the LoRA A projections that read one input
+    (``models/adapter_fusion.py``; applies with LoRA dropout 0).
     """
     if recompute_activations:
         torch._functorch.config.activation_memory_budget = 0.0
-    n = compile_layers(decoder_layers(model, facts), dynamic=dynamic, backend=backend)
-    log.info("torch.compile: %d decoder layers (dynamic=%s, backend=%s)", n, dynamic, backend)
+    graph_pass = SharedInputAdapterFusion() if fuse_adapter_inputs else None
+    n = compile_layers(decoder_layers(model, facts), dynamic=dynamic, backend=backend, graph_pass=graph_pass)
+    log.info(
+        "torch.compile: %d decoder layers (dynamic=%s, backend=%s, fused LoRA A inputs: %s)",
+        n,
+        dynamic,
+        backend,
+        fuse_adapter_inputs,
+    )
     return n
 
 

@@ -20,11 +20,15 @@ Mode = Literal["lora", "qlora", "full"]
 
 @dataclass
 class LoraSettings:
-    """LoRA hyper-parameters; ``targets`` is a scope name or an explicit regex over module names."""
+    """LoRA hyper-parameters; ``targets`` is a scope name or an explicit regex over module names.
+
+    ``dropout`` defaults to 0.0 (as PEFT's): compiled layers then give the LoRA A projections of one input one
+    GEMM (``models/adapter_fusion.py``); with dropout each adapter draws its own mask and they stay apart.
+    """
 
     r: int = 16
     alpha: int = 32
-    dropout: float = 0.05
+    dropout: float = 0.0
     targets: LoraScope | str = "attention_mlp"
     vision: bool = False
     use_rslora: bool = False

@@ -30,6 +30,9 @@ changes unannounced):
 * ``torch._dynamo.config.recompile_limit`` / ``cache_size_limit`` raised to 8 x the compiled layer count
   (``models/acceleration.py: compile_layers``: regional compilation compiles our model's own layers'
   ``forward``, the same computation; never lowered).
+* inductor's ``pre_grad_custom_pass`` for our compiled decoder layers only, as a ``torch.compile`` option (not a
+  process-wide setting): ``models/adapter_fusion.py`` rewrites those layers' graphs (the LoRA A projections of one
+  input as one GEMM; ``model.fuse_adapter_inputs: false`` leaves it out).
 * ``torch._functorch.config.activation_memory_budget = 0.0`` when compiled layers recompute activations
   (``compile_decoder_layers(recompute_activations=True)``, i.e. compilation with gradient checkpointing;
   never restored).
