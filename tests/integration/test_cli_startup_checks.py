@@ -145,6 +145,15 @@ def test_bad_settings_stop_before_the_model_loads(
     assert "Traceback" not in err
 
 
+def test_a_run_stopped_at_start_up_leaves_no_empty_run_folder(tiny_replica, data, tmp_path, capsys) -> None:  # noqa: ANN001
+    root = tmp_path / "not-yet" / "runs"
+    with pytest.raises(SystemExit):
+        main(["fit", *_args(tiny_replica("qwen2_vl"), data, tmp_path), "--trainer.default_root_dir", str(root),
+              "--data.val", str(tmp_path / "missing.jsonl")])  # fmt: skip
+    assert "data file not found" in capsys.readouterr().err
+    assert not (tmp_path / "not-yet").exists()
+
+
 def test_packing_is_refused_for_a_family_that_cannot_keep_samples_apart(
     tiny_replica, data, tmp_path, monkeypatch, capsys
 ) -> None:  # noqa: ANN001

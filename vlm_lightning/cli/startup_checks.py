@@ -41,11 +41,17 @@ def check_lora_targets(targets: str) -> None:
 
 
 def check_run_folder(root: str) -> None:
-    """Refuse a ``trainer.default_root_dir`` that cannot be created or written (checked by writing a file)."""
+    """Refuse a ``trainer.default_root_dir`` that cannot be created or written (checked by writing a file).
+
+    A folder that does not exist yet is not created here: its nearest existing parent is checked instead,
+    so a run stopped by a later start-up check leaves no empty folder behind (training creates it).
+    """
+    folder = Path(root).absolute()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     try:
-        folder = Path(root)
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if existing is None or not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__

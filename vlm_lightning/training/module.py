@@ -331,8 +331,7 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
                     f"[vlm_lightning] torch.compile of {n} decoder layers"
                     + (" and the vision tower's layers" if self.compiled_vision else "")
                     + ": the first steps compile (about 10-80 s, cached on disk for later runs); "
-                    "--model.compile_language_model false turns it off"
-                    + self._unfused_adapters_note()
+                    "--model.compile_language_model false turns it off" + self._unfused_adapters_note()
                 )
         if self.compiled_vision and not getattr(self, "_vision_compiled", False):
             compile_vision_layers(self.model, self.facts)
