@@ -104,9 +104,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-alpha", type=int, default=32)
-    p.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout, every side (0.0: the CLI default)")
+    p.add_argument(
+        "--lora-dropout", type=float, default=0.0, help="LoRA dropout, every side (0.0: the CLI default)"
+    )
     p.add_argument("--sides", help=f"comma list from {','.join(TRAIN_SIDES)} (default: all available)")
-    p.add_argument("--levers", action="store_true", help="add every lever side (ours_*, fit_unfused)")
+    p.add_argument(
+        "--levers", action="store_true", help="add every lever side (ours_*, fit_unfused, fit_eager_vision)"
+    )
     p.add_argument("--profile", action="store_true", help="ours_* sides: print a profile of 3 more steps")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, every side")
     p.add_argument(

@@ -56,8 +56,12 @@ OURS_VARIANTS: dict[str, dict[str, bool]] = {  # "fuse_head" is True unless a si
 }
 # ``fit``: the real CLI (``python -m vlm_lightning fit``) in a subprocess, data loading included
 # ``fit_packed``: the same with ``data.packing`` (rows of ``--packed-row-tokens``, about a batch's tokens per step)
-# ``fit_unfused`` (a lever side, with --levers or named): ``fit`` with each LoRA A projection its own GEMM
-FIT_LEVER_FLAGS: dict[str, list[str]] = {"fit_unfused": ["--model.fuse_adapter_inputs", "false"]}
+# lever sides (with --levers or named): ``fit_unfused``: ``fit`` with each LoRA A projection its own GEMM;
+# ``fit_eager_vision``: ``fit`` with the vision tower's encoder layers not compiled
+FIT_LEVER_FLAGS: dict[str, list[str]] = {
+    "fit_unfused": ["--model.fuse_adapter_inputs", "false"],
+    "fit_eager_vision": ["--model.compile_vision_tower", "false"],
+}
 FIT_SIDES = ("fit", "fit_packed", *FIT_LEVER_FLAGS)
 TRAIN_SIDES = ("hf_trainer", "trl", *OURS_VARIANTS, "lightning", *FIT_SIDES)
 TINY_FAMILIES = {"qwen2_vl_2b": "qwen2_vl", "lfm2_vl_1_6b": "lfm2_vl"}

@@ -73,6 +73,7 @@ def headline(rows: list[dict[str, Any]]) -> str:
         ("fit", "fit"),
         ("fit_packed", "fit --data.packing true"),
         ("fit_unfused", "fit --model.fuse_adapter_inputs false"),
+        ("fit_eager_vision", "fit --model.compile_vision_tower false"),
     ):
         if side in by_side:
             fit = by_side[side]

@@ -332,11 +332,14 @@ def test_static_cache_evaluation_is_the_default_and_decodes_the_dynamic_cache_to
     assert predictions["auto"] == predictions["dynamic"]
 
 
-def test_inductor_runs_the_adapter_fusion_pass_on_cuda(tiny_replica) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_inductor_runs_the_adapter_fusion_pass_on_cuda(tiny_replica, dropout: float) -> None:  # noqa: ANN001
     """The pass that gives LoRA A projections of one input one GEMM runs inside inductor (not only in a
-    dynamo backend, as the CPU tests check) and keeps the fp32 loss and gradients."""
+    dynamo backend, as the CPU tests check) and keeps the fp32 loss and gradients; with dropout the
+    sibling adapters' dropouts are merged first, then fused, and every adapter still learns."""
+    torch._dynamo.reset()  # the earlier tests' compiles of these layer classes used up the recompile limit
     path = str(tiny_replica("lfm2_vl"))
-    eager = lora_module(path, dtype="float32").cuda()  # fp32 weights: PEFT casts no adapter input
+    eager = lora_module(path, dropout=dropout, dtype="float32").cuda()  # fp32: PEFT casts no adapter input
     compiled = copy.deepcopy(eager)
     graph_pass = SharedInputAdapterFusion()
     compile_layers(decoder_layers(compiled.model, compiled.facts), graph_pass=graph_pass)
@@ -345,6 +348,11 @@ def test_inductor_runs_the_adapter_fusion_pass_on_cuda(tiny_replica) -> None:  #
     with uncached_compilation():
         loss_c, grads_c = loss_and_grads(compiled, batch, autocast=False)
     assert graph_pass.groups_fused >= 2  # the conv layers' gate/up; the attention layers' q/k/v and gate/up
+    assert grads_c.keys() == grads_e.keys()
+    if dropout:  # other masks than eager's: the loss is near, every adapter has a gradient
+        assert loss_c == pytest.approx(loss_e, rel=0.2)
+        assert all(grads_c[name].abs().sum() > 0 for name in grads_c)
+        return
     assert loss_c == pytest.approx(loss_e, rel=1e-5)
     for name in grads_e:
         torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -105,7 +105,7 @@ def compile_decoder_layers(
     only its inputs and recomputes the rest in backward (``activation_memory_budget = 0``), which
     works where transformers' checkpoint wrapper around compiled layers fails to compile.
     ``fuse_adapter_inputs``: one GEMM for the LoRA A projections that read one input
-    (``models/adapter_fusion.py``; applies with LoRA dropout 0).
+    (``models/adapter_fusion.py``; with LoRA dropout, one mask per shared input).
     """
     if recompute_activations:
         torch._functorch.config.activation_memory_budget = 0.0

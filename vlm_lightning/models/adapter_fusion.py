@@ -8,10 +8,13 @@ rewrites it before autograd is traced: ``linear(x, A_1) ... linear(x, A_n)`` bec
 
 Only projections that can gain are fused: no bias, a trainable weight at most a quarter as tall as it is wide
 (a low-rank ``A``; the frozen or full-size base weights are left alone, their concatenation would copy
-megabytes per step), and the very same input node. So it applies with ``lora.dropout: 0.0`` (the default, as
-PEFT's) and 16 / 32-bit mixed precision (no per-adapter input cast). With dropout each adapter reads its own
-dropout of the input (one mask each) and nothing is fused (a batched GEMM over the stacked dropped inputs was
-tried and not kept: docs/benchmarks.md, session 12).
+megabytes per step), and the very same input node, with 16 / 32-bit mixed precision (no per-adapter input
+cast). With ``lora.dropout`` above 0 PEFT gives each adapter its own dropout of the input (one mask each);
+the pass first merges the dropouts of one input that feed only low-rank projections into one (one mask
+shared by q/k/v, one by gate/up: what LoRA on a fused ``qkv`` projection does, in PEFT on Phi-3 and in
+Megatron / NeMo), then fuses. Each adapter still sees its input dropped at rate ``p``; only the masks'
+independence across sibling adapters goes. ``model.fuse_adapter_inputs: false`` keeps PEFT's masks and
+GEMMs (a batched GEMM over separately dropped inputs was tried and not kept: docs/benchmarks.md, session 12).
 """
 
 from __future__ import annotations
@@ -58,6 +61,40 @@ def _input(node: torch.fx.Node) -> object:
     return node.args[0] if node.args else node.kwargs.get("input")
 
 
+def _dropout_key(node: torch.fx.Node) -> tuple | None:
+    """``(input, p, training)`` of an out-of-place functional dropout node (else None)."""
+    if node.op != "call_function" or node.target is not torch.nn.functional.dropout:
+        return None
+    names = ("input", "p", "training", "inplace")
+    values = dict(zip(names, (None, 0.5, True, False), strict=True))
+    values.update(zip(names, node.args, strict=False))
+    values.update(node.kwargs)
+    if values["inplace"] or not isinstance(values["input"], torch.fx.Node):
+        return None
+    return values["input"], float(values["p"]), bool(values["training"])
+
+
+def share_dropout_masks(graph: torch.fx.Graph) -> int:
+    """Merge the dropouts of one input that feed only low-rank projections into one; return those removed."""
+    first: dict[tuple, torch.fx.Node] = {}
+    removed = 0
+    for node in list(graph.nodes):
+        key = _dropout_key(node)
+        if (
+            key is None
+            or not node.users
+            or not all(_low_rank_weight(user) is not None for user in node.users)
+        ):
+            continue
+        if key not in first:
+            first[key] = node
+            continue
+        node.replace_all_uses_with(first[key])
+        graph.erase_node(node)
+        removed += 1
+    return removed
+
+
 def _groups(graph: torch.fx.Graph) -> dict[torch.fx.Node, list[tuple[torch.fx.Node, torch.fx.Node]]]:
     """Low-rank projections keyed by the input node they read."""
     groups: dict[torch.fx.Node, list[tuple[torch.fx.Node, torch.fx.Node]]] = defaultdict(list)
@@ -92,7 +129,9 @@ def _fuse_shared(graph: torch.fx.Graph, source: torch.fx.Node, members: list, we
 
 
 def fuse_shared_input_projections(graph: torch.fx.Graph) -> int:
-    """Rewrite each group of low-rank projections of one input into one GEMM; return the groups fused."""
+    """Rewrite each group of low-rank projections of one input (after ``share_dropout_masks``) into one GEMM;
+    return the groups fused."""
+    share_dropout_masks(graph)
     fused = 0
     for source, members in _groups(graph).items():
         weights = [_example(w) for _, w in members]

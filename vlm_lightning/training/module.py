@@ -77,8 +77,8 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
         compile_vision_tower: also compile each encoder layer of the frozen vision tower (forward only);
             ``None``: as ``compile_language_model`` resolves.
         fuse_adapter_inputs: in compiled decoder layers, one GEMM for the LoRA A projections that read the
-            same input (q/k/v, gate/up); applies when ``lora.dropout`` is 0 (one dropout mask per adapter
-            otherwise gives each its own input).
+            same input (q/k/v, gate/up); with ``lora.dropout`` above 0 they share one dropout mask
+            (``false``: PEFT's own mask and GEMM per adapter).
         merge_lora_for_generation: generate with each LoRA projection folded into one temporary merged
             linear layer (faster decoding; the trained weights are untouched; needs memory for one copy of
             the merged weights; 4-bit QLoRA bases keep the adapter path).
@@ -164,14 +164,13 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
         self.val_token_acc = TokenMean()
         self.last_val_samples: list[dict[str, Any]] = []  # first val batch, for tracking.PredictionTable
 
-    def _unfused_adapters_note(self) -> str:
-        """Why the compiled layers keep one GEMM per LoRA A projection ('' when they fuse them)."""
+    def _dropout_mask_note(self) -> str:
+        """How the fused LoRA A projections drop their input ('' without dropout or fusion)."""
         if self.hparams.mode == "full" or not self.hparams.fuse_adapter_inputs or self.lora.dropout == 0:
             return ""
         return (
-            f"; model.lora.dropout {self.lora.dropout}: each adapter draws its own dropout mask, so the LoRA A "
-            "projections of one input keep a GEMM each (fused at dropout 0: 1.23x samples/s on LFM2-VL-1.6B, "
-            "docs/benchmarks.md)"
+            f"; model.lora.dropout {self.lora.dropout}: the LoRA adapters of one input (q/k/v, gate/up) share "
+            "one dropout mask and one GEMM (model.fuse_adapter_inputs false: PEFT's mask and GEMM per adapter)"
         )
 
     def _check_compile_support(self, language_model: bool | None, vision_tower: bool | None) -> None:
@@ -331,7 +330,7 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
                     f"[vlm_lightning] torch.compile of {n} decoder layers"
                     + (" and the vision tower's layers" if self.compiled_vision else "")
                     + ": the first steps compile (about 10-80 s, cached on disk for later runs); "
-                    "--model.compile_language_model false turns it off" + self._unfused_adapters_note()
+                    "--model.compile_language_model false turns it off" + self._dropout_mask_note()
                 )
         if self.compiled_vision and not getattr(self, "_vision_compiled", False):
             compile_vision_layers(self.model, self.facts)
