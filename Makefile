@@ -30,7 +30,7 @@ demo: venv
 
 test: venv
 	$(PY) -m ruff check vlm_lightning tests scripts
-	$(PY) -m pytest -q -x --timeout 900
+	$(PY) -m pytest -q -x --timeout 900 --durations=25
 
 lint: venv
 	$(PY) -m ruff check vlm_lightning tests scripts

@@ -236,3 +236,24 @@ def test_stream_loader_resumes_at_the_next_batch_and_partitions_ranks() -> None:
     # DDP: each epoch is split between ranks without overlap, and each rank resumes on its own share
     shards = [[b for b in loader(sampling.StreamPosition(), world=2, rank=r)] for r in (0, 1)]
     assert sorted(sum(shards[0] + shards[1], [])) == data
+
+
+def test_ckpt_path_last_resumes_the_newest_run_under_the_root(
+    tiny_replica: Any, receipt_data: dict[str, Path], tmp_path: Path
+) -> None:
+    """``fit --ckpt_path last`` (a requeued job's command): the first run says it starts anew, the second
+    continues ``version_0`` from its ``last.ckpt`` (Lightning alone would look in a new ``version_1``)."""
+    from vlm_lightning.checkpoints.io import validate_checkpoint
+
+    model, root = tiny_replica("qwen2_vl"), tmp_path / "runs"
+    first = run_cli(fit_args(model, receipt_data, root, 2, "--ckpt_path", "last"), tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert f"--ckpt_path last: no last.ckpt in {root}/version_* yet: a new run" in first.stderr
+    last = root / "version_0" / "last.ckpt"
+    assert validate_checkpoint(last)["global_step"] == 2
+    again = run_cli(fit_args(model, receipt_data, root, 4, "--ckpt_path", "last"), tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"--ckpt_path last: resuming {last}" in again.stderr
+    assert not (root / "version_1").exists()  # one run, one folder
+    assert validate_checkpoint(last)["global_step"] == 4
+    assert sorted(_losses(last.parent)) == [1, 2, 3, 4]

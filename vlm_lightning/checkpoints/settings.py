@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from pathlib import Path
 from typing import Any
 
 from vlm_lightning.errors import UserError
@@ -81,6 +82,17 @@ def settings_from_checkpoint(given: Any, trained: Any, ckpt_path: str) -> tuple[
 
 #: ``--ckpt_path`` words Lightning resolves itself (not files)
 LIGHTNING_CKPT_ALIASES = ("best", "last", "hpc", "registry")
+
+
+def newest_last_checkpoint(root: str | Path, dirpath: str | None = None) -> Path | None:
+    """The newest ``last.ckpt`` of the runs under ``root`` (``<root>/version_N/last.ckpt``), or in
+    ``checkpoint.dirpath`` when one is given; None when there is none yet.
+
+    Lightning resolves ``--ckpt_path last`` in the new run's own folder (a new ``version_N``, so it finds
+    nothing and starts from step 0 with a warning); a requeued job means the run it was writing."""
+    found = [Path(dirpath) / "last.ckpt"] if dirpath else sorted(Path(root).glob("version_*/last.ckpt"))
+    found = [path for path in found if path.is_file()]
+    return max(found, key=lambda path: path.stat().st_mtime) if found else None
 
 
 def evaluation_differences(ckpt: dict[str, Any], data: dict[str, Any], model: dict[str, Any]) -> list[str]:

@@ -39,22 +39,45 @@ def workers_for(num_workers: int | None, trainer: Any = None) -> int:
     return max(1, min(DEFAULT_MAX_WORKERS, cpus // per_node - 1))
 
 
+def _batches(n: int) -> str:
+    return f"{n} training batch" + ("" if n == 1 else "es")
+
+
+def _run_batches(trainer: Any, per_epoch: int) -> int | None:
+    """Training batches the whole run draws (``max_steps`` x accumulation, ``max_epochs`` x epoch), or None
+    when neither bounds it."""
+    bounds = []
+    max_steps = getattr(trainer, "max_steps", -1)
+    if isinstance(max_steps, int) and max_steps > 0:
+        bounds.append(max_steps * max(1, int(getattr(trainer, "accumulate_grad_batches", 1) or 1)))
+    max_epochs = getattr(trainer, "max_epochs", None)
+    if isinstance(max_epochs, int) and max_epochs > 0:
+        bounds.append(max_epochs * per_epoch)
+    return min(bounds) if bounds else None
+
+
 def check_validation_interval(trainer: Any, batches: int) -> None:
-    """Refuse an integer ``trainer.val_check_interval`` beyond the training batches of an epoch, with the
-    numbers and what to set (Lightning raises the same as a traceback; packing makes epochs shorter)."""
+    """Refuse an integer ``trainer.val_check_interval`` that validation would never reach, with the numbers and
+    what to set: beyond the training batches of an epoch (Lightning raises the same as a traceback; packing
+    makes epochs shorter), or, counted across epochs, beyond the batches of the whole run (Lightning would
+    train without validating, no ``best.ckpt``, and say nothing)."""
     interval = getattr(trainer, "val_check_interval", None)
-    if (
-        not isinstance(interval, int)
-        or isinstance(interval, bool)
-        or trainer.check_val_every_n_epoch is None
-        or not trainer.limit_val_batches
-    ):
+    if not isinstance(interval, int) or isinstance(interval, bool) or not trainer.limit_val_batches:
         return
     limit = trainer.limit_train_batches
     batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+    if trainer.check_val_every_n_epoch is None:
+        total = _run_batches(trainer, batches)
+        if total is not None and interval > total:
+            raise SettingError(
+                f"trainer.val_check_interval {interval} (counted across epochs) is more than the {_batches(total)} "
+                f"of this whole run, so validation would never run: set --trainer.val_check_interval {total} or "
+                "less, or train longer (trainer.max_steps / trainer.max_epochs)"
+            )
+        return
     if interval > batches:
         raise SettingError(
-            f"trainer.val_check_interval {interval} is more than the {batches} training batches of an epoch: "
+            f"trainer.val_check_interval {interval} is more than the {_batches(batches)} of an epoch: "
             f"set --trainer.val_check_interval {batches} or less, a fraction of an epoch (e.g. 0.5), or "
             "--trainer.check_val_every_n_epoch null to count batches across epochs"
         )

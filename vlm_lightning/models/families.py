@@ -1,8 +1,5 @@
-"""Per-family facts: where the language model lives, LoRA targets, end-of-turn token, image knobs.
-
-One entry per supported family; nothing family-specific lives anywhere else except the prompt
-adapters in ``vlm_lightning.data.collator`` (chosen by ``FamilyFacts.prompt_style``).
-"""
+"""Per-family facts: where the language model lives, LoRA targets, end-of-turn token, image knobs. One entry
+per family; nothing family-specific lives elsewhere but the prompt adapters (``data.collator``)."""
 
 from __future__ import annotations
 
@@ -63,6 +60,8 @@ class FamilyFacts:
     bind_packing_methods: Callable[[Any], int] | None = None
     # Qwen-style towers split attention per image (graph break): packed rows run them eager
     vision_recompiles_per_image_count: bool = False
+    # M-RoPE and vision-tower positions, image boundaries: built on the CPU batch (models/host_precompute.py)
+    host_rope_inputs: bool = False
     # extra variables every render of the chat template gets, as (name, value) pairs (e.g. Qwen3.5's
     # ("enable_thinking", False): the same non-thinking turns whatever a checkpoint's template defaults to)
     chat_template_kwargs: tuple[tuple[str, Any], ...] = ()
@@ -105,6 +104,7 @@ FAMILIES: dict[str, FamilyFacts] = {
         set_image_tokens=set_qwen_pixels,
         packed_positions="mrope",
         vision_recompiles_per_image_count=True,
+        host_rope_inputs=True,
         notes="image size in pixels: tokens = pixels / (patch*merge)^2",
     ),
     "lfm2_vl": FamilyFacts(

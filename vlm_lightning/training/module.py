@@ -24,6 +24,7 @@ from vlm_lightning.models.build import build_model
 from vlm_lightning.models.compile_support import compile_problem
 from vlm_lightning.models.families import FamilyFacts
 from vlm_lightning.models.host_inputs import split_host_inputs
+from vlm_lightning.models.host_precompute import host_rope_inputs
 from vlm_lightning.models.loading import Dtype
 from vlm_lightning.models.packed_positions import packed_inputs, packing_attention_problem
 from vlm_lightning.models.peft_setup import LoraSettings, Mode, parameter_report
@@ -197,7 +198,8 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
 
     # --- batches on the device without host syncs -----------------------------------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Find the labelled positions and rows on the CPU copy (on the GPU each is a sync: ``nonzero``)."""
+        """Find the labelled positions and rows on the CPU copy (on the GPU each is a sync: ``nonzero``), and
+        build the family's host-computed inputs there (packed positions, ``models/host_precompute.py``)."""
         if (
             isinstance(batch, dict)
             and torch.is_tensor(batch.get("labels"))
@@ -210,6 +212,8 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
             batch["inputs"].update(
                 packed_inputs(self.model, self.facts, batch["inputs"], batch["packed_segments"])
             )
+        if isinstance(batch, dict) and isinstance(batch.get("inputs"), dict):
+            batch["inputs"].update(host_rope_inputs(self.model, self.facts, batch["inputs"]))
         return batch
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
