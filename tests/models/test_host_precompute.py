@@ -88,3 +88,31 @@ def test_nothing_is_added_where_it_does_not_apply(tiny_replica) -> None:  # noqa
     )
     packed = {**batch, "position_ids": torch.zeros(1)}
     assert "position_ids" not in host_rope_inputs(module.model, module.facts, packed)
+
+
+def test_compiled_layers_take_the_host_built_inputs_without_new_graphs(tiny_replica) -> None:  # noqa: ANN001
+    """The ``image_*`` inputs also reach the decoder layers' kwargs (transformers forwards them): compiled
+    layers give the same losses over batches of other image sizes, with no extra graph or recompilation."""
+    from torch._dynamo.utils import counters
+
+    from vlm_lightning.models.acceleration import compile_layers, compile_vision_layers, decoder_layers
+
+    path = str(tiny_replica("qwen2_vl"))
+    runs = []
+    for host_built in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        module = lora_module(path, dtype="float32")
+        compile_layers(decoder_layers(module.model, module.facts), backend="aot_eager")
+        compile_vision_layers(module.model, module.facts, backend="aot_eager")
+        losses = []
+        for sizes in (SIZES, ((80, 80), (48, 96), (64, 40)), ((40, 40), (96, 96), (64, 64))):
+            batch = module.on_before_batch_transfer(chat_batch(path, sizes=sizes), 0)
+            if not host_built:
+                for key in ("position_ids", "image_position_ids", "image_cu_seqlens"):
+                    batch["inputs"].pop(key)
+            losses.append(loss_and_grads(module, batch, autocast=False)[0])
+        runs.append((losses, counters["stats"]["unique_graphs"]))
+    (losses_plain, graphs_plain), (losses_host, graphs_host) = runs
+    assert losses_host == losses_plain
+    assert graphs_host == graphs_plain > 0
