@@ -76,3 +76,26 @@ def test_tokens_per_step_are_an_epochs_tokens_over_its_steps(packing: bool) -> N
     # 12 samples of 100 tokens in 2 optimizer steps: 600 tokens per step (a packed step holds 6 samples)
     expected = "~600 tokens, ~6.0 samples per optimizer step" if packing else "~600 tokens per optimizer step"
     assert "2 optimizer steps per epoch" in line and expected in line, line
+
+
+def test_the_copies_of_augmentation_are_counted_as_augmented_and_plain() -> None:
+    from types import SimpleNamespace
+
+    from vlm_lightning.callbacks.run_summary import start_summary
+    from vlm_lightning.data.augment import expand_with_copies
+    from vlm_lightning.data.records import Record
+
+    rows = [Record(f"r{i}", ["x.png"], [{"role": "user", "content": "Q"}], ["A"]) for i in range(10)]
+    records = expand_with_copies(rows, copies=2, p=0.5)
+    augmented = sum("augment_key" in r.meta for r in records)
+    assert 0 < augmented < 20
+    trainer = SimpleNamespace(
+        accumulate_grad_batches=1, num_training_batches=30, max_steps=-1, max_epochs=1, world_size=1
+    )
+    train = SimpleNamespace(records=records, lengths=[10] * 30)
+    datamodule = SimpleNamespace(datasets={"train": train}, batch_size=1, hparams={"packing": False})
+    line = start_summary(trainer, datamodule)
+    assert (
+        f"train 30 samples (10 rows + 20 copies: {augmented} augmented, {20 - augmented} plain repeats)"
+        in line
+    )

@@ -53,3 +53,14 @@ def test_an_interval_across_epochs_beyond_the_whole_run_is_refused() -> None:
         check_validation_interval(_trainer(2), 1)
     check_validation_interval(_trainer(8, every=None, max_steps=4, accumulate=2), 2)  # the run's last batch
     check_validation_interval(_trainer(50, every=None), 2)  # no bound on the run: nothing to check
+
+
+def test_an_interval_inside_an_accumulation_window_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="vlm_lightning.data.loaders"):
+        check_validation_interval(_trainer(3, accumulate=2), 6)
+    assert "val_check_interval 3 counts batches, not optimizer steps" in caplog.text
+    assert "set a multiple of 2 (e.g. 2)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vlm_lightning.data.loaders"):
+        check_validation_interval(_trainer(4, accumulate=2), 6)
+    assert caplog.text == ""

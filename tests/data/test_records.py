@@ -81,7 +81,16 @@ def test_every_bad_row_is_reported_with_file_line_field(tmp_path: Path) -> None:
     text = {p.line: str(p) for p in problems}
     assert "missing.png" in text[2] and "not found" in text[2]
     assert "unreadable image" in text[3]
-    assert "JSON syntax error" in text[5]
+    assert "JSON syntax error: Expecting property name enclosed in double quotes at column 2" in text[5]
+    assert "line 2" not in text[5]  # the decoder's own position counts the row's newline as a line
+
+
+def test_an_unclosed_row_is_reported_at_its_end(tmp_path: Path) -> None:
+    path = write(tmp_path, ['{"image": "ok.png", "question": "x"'])
+    _, problems = read_jsonl(path)
+    assert [str(p).split(": ", 2)[-1] for p in problems] == [
+        "JSON syntax error: Expecting ',' delimiter at the end of the row (unclosed?)"
+    ]
 
 
 def test_predict_rows_need_no_answer(tmp_path: Path) -> None:
@@ -119,3 +128,22 @@ def test_numbers_in_answer_lists_are_text_and_bad_items_are_named(tmp_path: Path
     assert records[0].answers == ["42", "42.5"]  # 42 and "42" are one answer
     assert len(problems) == 1 and problems[0].line == 2
     assert "answers[1] is a dict" in problems[0].reason and "got list" not in problems[0].reason
+
+
+def test_a_mistyped_key_is_named_with_its_lines_and_the_closest_known_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A typo such as 'qestion' falls back to the default prompt: the warning says where and what was meant."""
+    path = write(
+        tmp_path,
+        [
+            {"image": "ok.png", "question": "Q", "answer": "A"},
+            {"image": "ok.png", "qestion": "Q", "answer": "A"},
+            {"image": "ok.png", "qestion": "Q", "answer": "A", "zzz": 1},
+        ],
+    )
+    with caplog.at_level("WARNING", logger="vlm_lightning.data.records"):
+        records, problems = read_jsonl(path, default_prompt="Extract.")
+    assert len(records) == 3 and problems == []
+    assert "'qestion' (2 rows: lines 2, 3; did you mean 'question'?)" in caplog.text
+    assert "'zzz' (1 row: line 3)" in caplog.text

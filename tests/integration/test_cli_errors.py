@@ -228,3 +228,20 @@ def test_a_broken_checkpoint_for_test_is_one_clear_error(
     proc = run_cli("test", *args, "--trainer.accelerator", "cpu", "--ckpt_path", str(ckpt))
     assert_clean_error(proc, words, str(ckpt))
     assert proc.returncode == 2
+
+
+def test_config_file_mistakes_name_the_key_the_file_and_the_fix(tmp_path: Path) -> None:
+    """A mistyped key in a YAML config gets the closest key and the file; an unquoted ``off`` (a YAML
+    boolean) where a word is expected gets the quoting fix."""
+    typo, boolean = tmp_path / "typo.yaml", tmp_path / "off.yaml"
+    typo.write_text("data:\n  max_token_per_row: 300\n")
+    boolean.write_text("data:\n  leakage: off\n")
+    proc = run_cli("fit", "--config", str(typo), "--model.name_or_path", "org/model")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    first = proc.stderr.splitlines()[0]
+    assert "'data.max_token_per_row' (did you mean data.max_tokens_per_row?)" in first
+    assert f"(config: {typo})" in first
+    proc = run_cli("fit", "--config", str(boolean), "--model.name_or_path", "org/model")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "data.leakage must be one of 'error', 'warn', 'off', got the boolean False" in proc.stderr
+    assert 'quote the word in the config (e.g. leakage: "off")' in proc.stderr

@@ -106,6 +106,10 @@ CASES = {
         "model.attn_implementation 'flash_attention_2' does not keep packed samples apart",
     ),
     "option typo": (["fit", "--data.bach_size", "2"], "--data.bach_size 2 (did you mean data.batch_size?)"),
+    "validation fraction above 1": (
+        ["fit", "--trainer.val_check_interval", "1.5"],
+        "trainer.val_check_interval 1.5 is a fraction of an epoch and must be in (0, 1]",
+    ),
     "evaluation batch size 0": (["fit", "--data.eval_batch_size", "0"], "data.eval_batch_size must be >= 1, got 0"),
     "generation budget 0": (
         ["fit", "--model.generate_max_new_tokens", "0"], "model.generate_max_new_tokens must be >= 1, got 0"

@@ -246,14 +246,18 @@ def test_ckpt_path_last_resumes_the_newest_run_under_the_root(
     from vlm_lightning.checkpoints.io import validate_checkpoint
 
     model, root = tiny_replica("qwen2_vl"), tmp_path / "runs"
-    first = run_cli(fit_args(model, receipt_data, root, 2, "--ckpt_path", "last"), tmp_path)
+    cosine = ("--model.scheduler", "cosine")  # a schedule over the run's length: 2 steps, then 4
+    first = run_cli(fit_args(model, receipt_data, root, 2, *cosine, "--ckpt_path", "last"), tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert f"--ckpt_path last: no last.ckpt in {root}/version_* yet: a new run" in first.stderr
     last = root / "version_0" / "last.ckpt"
     assert validate_checkpoint(last)["global_step"] == 2
-    again = run_cli(fit_args(model, receipt_data, root, 4, "--ckpt_path", "last"), tmp_path)
+    again = run_cli(fit_args(model, receipt_data, root, 4, *cosine, "--ckpt_path", "last"), tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"--ckpt_path last: resuming {last}" in again.stderr
+    # the 2-step cosine ended at 0; step 3 trains at the 4-step cosine's value at step 2 (half the peak)
+    assert "resumed at step 2: the learning-rate schedule follows this run's length" in again.stderr
+    assert "learning rate goes 0 -> 0.0015" in again.stderr
     assert not (root / "version_1").exists()  # one run, one folder
     assert validate_checkpoint(last)["global_step"] == 4
     assert sorted(_losses(last.parent)) == [1, 2, 3, 4]

@@ -24,8 +24,14 @@ def start_summary(trainer: L.Trainer, datamodule: Any) -> str:
     for split in ("train", "val"):
         if split in datasets:
             records = datasets[split].records
-            copies = sum("augment_key" in r.meta for r in records)
-            extra = f" ({copies} augmented copies)" if copies else ""
+            copies = sum("augment_copy" in r.meta for r in records)
+            augmented = sum("augment_key" in r.meta for r in records)
+            extra = (
+                f" ({len(records) - copies} rows + {copies} copies: {augmented} augmented, "
+                f"{copies - augmented} plain repeats)"
+                if copies
+                else ""
+            )
             parts.append(f"{split} {len(records)} samples{extra}")
     accumulate = max(1, trainer.accumulate_grad_batches)
     batches = trainer.num_training_batches

@@ -43,6 +43,7 @@ from vlm_lightning.cli.startup_checks import (
     check_metrics_fit_answers,
     check_monitor,
     check_run_folder,
+    check_val_check_interval,
     first_answers,
 )
 from vlm_lightning.data.datamodule import DocumentDataModule
@@ -89,6 +90,7 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         section = self.config[subcommand]
         trainer = _plain(section.get("trainer")) or {}
         check_run_folder(trainer.get("default_root_dir") or os.getcwd())
+        check_val_check_interval(trainer.get("val_check_interval"))
         model = _plain(section.get("model")) or {}
         check_strategy(trainer.get("strategy"), model.get("mode"), trainer.get("accelerator", "auto"))
         if str(trainer.get("precision")) in ("32", "32-true", "64", "64-true") and model.get("dtype") in (
@@ -220,7 +222,9 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         found = newest_last_checkpoint(root, dirpath)
         where = dirpath or f"{root}/version_*"
         if found is None:
-            print(f"[vlm_lightning] --ckpt_path last: no last.ckpt in {where} yet: a new run", file=sys.stderr)
+            print(
+                f"[vlm_lightning] --ckpt_path last: no last.ckpt in {where} yet: a new run", file=sys.stderr
+            )
             fit["ckpt_path"] = None
             return None
         print(f"[vlm_lightning] --ckpt_path last: resuming {found}", file=sys.stderr)

@@ -24,6 +24,10 @@ _REQUIRED = re.compile(r"Parser key \"([\w.]+)\":\s*Expected a <class '\w+'>\. G
 _NOT_ACCEPTED = re.compile(
     r"Parser key \"([\w.]+)\".*?class_path '([\w.]+)'.*?Option '(\w+)' is not accepted", re.S
 )
+_NOT_IN_COMMAND = re.compile(r"Subcommand '\w+' does not accept option '([\w.]+)'")  # a key of a config file
+_YAML_BOOLEAN = re.compile(
+    r"Parser key \"([\w.]+)\":\s*Expected a typing\.Literal\[([^\]]*)\]\. Got value: (True|False)"
+)
 
 
 def _class_options(class_path: str) -> list[str]:
@@ -64,11 +68,17 @@ class ConciseArgumentParser(LightningArgumentParser):
             message = f"--{match.group(1)} is required" + (
                 example if match.group(1) == "model.name_or_path" else ""
             )
-        elif match := _UNRECOGNIZED.search(message):
+        elif match := _UNRECOGNIZED.search(message) or _NOT_IN_COMMAND.search(message):
             dotted = match.group(1)
             group, _, wrong = dotted.rpartition(".")
             valid = self.group_keys(group) if group else []
             message = message.splitlines()[0]
+        elif match := _YAML_BOOLEAN.search(message):
+            key, choices, value = match.groups()
+            message = (
+                f"{key} must be one of {choices}, got the boolean {value}: YAML reads an unquoted off / on / "
+                f'no / yes as a boolean; quote the word in the config (e.g. {key.rpartition(".")[2]}: "off")'
+            )
         else:
             lines = [line for line in message.splitlines() if line.strip()]
             message = "\n".join(lines[:8]) + ("\n  ..." if len(lines) > 8 else "")
@@ -86,7 +96,10 @@ class ConciseArgumentParser(LightningArgumentParser):
         command = next((a for a in (self._given_args or []) if a in TRAINER_COMMANDS), None)
         if parser is self and command and prog == PROG:  # a check of the whole config: the command's help
             prog = f"{PROG} {command}"
-        sys.stderr.write(f"{PROG}: error: {parser.concise_message(message)}\n")
+        configs = [b for a, b in zip(self._given_args or [], (self._given_args or [])[1:]) if a == "--config"]
+        where = f" (config: {', '.join(configs)})" if configs and _NOT_IN_COMMAND.search(message) else ""
+        first, newline, rest = parser.concise_message(message).partition("\n")
+        sys.stderr.write(f"{PROG}: error: {first}{where}{newline}{rest}\n")
         sys.stderr.write(f"  all options: {prog} --help\n")
         self.exit(2)
 

@@ -61,6 +61,21 @@ def check_run_folder(root: str) -> None:
         ) from None
 
 
+def check_val_check_interval(interval: object) -> None:
+    """A float ``trainer.val_check_interval`` is a fraction of an epoch, in (0, 1] (an int counts batches):
+    refused at start-up, not with Lightning's traceback after the model has loaded."""
+    if isinstance(interval, float) and not 0.0 < interval <= 1.0:
+        whole = (
+            f" or the whole number {int(interval)} (batches)"
+            if interval > 1 and interval.is_integer()
+            else ""
+        )
+        raise SettingError(
+            f"trainer.val_check_interval {interval} is a fraction of an epoch and must be in (0, 1]: set e.g. 0.5 "
+            f"(twice per epoch), 1.0 (once){whole}, or a whole number of training batches"
+        )
+
+
 def check_metrics_fit_answers(metric_names: Sequence[str], splits: Mapping[str, list[Record]]) -> None:
     """Refuse JSON metrics (``json``, ``receipt``, ``tree``) on splits whose answers are not JSON."""
     needing = [name for name in metric_names if getattr(METRICS.get(name), "needs_json_references", False)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -21,6 +22,8 @@ from vlm_lightning.data.sampling import (
 )
 from vlm_lightning.distributed import forward_is_collective
 from vlm_lightning.errors import SettingError
+
+log = logging.getLogger(__name__)
 
 #: most dataloader workers a process gets by default (image decoding + the processor keep up with a step)
 DEFAULT_MAX_WORKERS = 8
@@ -64,6 +67,13 @@ def check_validation_interval(trainer: Any, batches: int) -> None:
     interval = getattr(trainer, "val_check_interval", None)
     if not isinstance(interval, int) or isinstance(interval, bool) or not trainer.limit_val_batches:
         return
+    accumulate = max(1, int(getattr(trainer, "accumulate_grad_batches", 1) or 1))
+    if interval % accumulate:
+        log.warning(
+            "trainer.val_check_interval %d counts batches, not optimizer steps: with accumulate_grad_batches %d "
+            "validation runs inside an accumulation window; set a multiple of %d (e.g. %d)",
+            interval, accumulate, accumulate, max(accumulate, interval - interval % accumulate),
+        )  # fmt: skip
     limit = trainer.limit_train_batches
     batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
     if trainer.check_val_every_n_epoch is None:

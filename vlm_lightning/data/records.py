@@ -7,6 +7,7 @@ the file, line and field. Image files are checked by ``image_files`` (shared wit
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -287,7 +288,7 @@ def read_jsonl(
         raise FileNotFoundError(f"data file not found: {path}")
     records: list[Record] = []
     problems: list[RowProblem] = []
-    unknown: dict[str, int] = {}
+    unknown: dict[str, list[int]] = {}  # key -> the lines that hold it
     root = path.parent
     with path.open("rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
@@ -300,8 +301,14 @@ def read_jsonl(
                 continue
             try:
                 row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                problems.append(RowProblem(str(path), line_no, "<row>", f"JSON syntax error: {exc}"))
+            except json.JSONDecodeError as exc:  # its own "line 2" would count the row's newline as a line
+                content = text.rstrip("\r\n")
+                where = (
+                    f"column {exc.pos + 1}" if exc.pos < len(content) else "the end of the row (unclosed?)"
+                )
+                problems.append(
+                    RowProblem(str(path), line_no, "<row>", f"JSON syntax error: {exc.msg} at {where}")
+                )
                 continue
             except (ValueError, RecursionError) as exc:  # integers over 4300 digits, absurdly deep nesting
                 reason = f"unparseable JSON: {type(exc).__name__}: {str(exc)[:200]}"
@@ -325,7 +332,7 @@ def read_jsonl(
             problems.extend(row_problems)
             if isinstance(row, dict):
                 for key in row.keys() - KNOWN_KEYS:
-                    unknown[key] = unknown.get(key, 0) + 1
+                    unknown.setdefault(key, []).append(line_no)
             if record is not None:
                 records.append(record)
     if not records and not problems:
@@ -334,10 +341,19 @@ def read_jsonl(
     return records, problems
 
 
-def _warn_unused(path: Path, unknown: dict[str, int], records: list[Record]) -> None:
+def _unused_key(key: str, lines: list[int]) -> str:
+    """``'qestion' (2 rows: lines 3, 9; did you mean 'question'?)``."""
+    shown = ", ".join(map(str, lines[:3])) + (", ..." if len(lines) > 3 else "")
+    close = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    rows = f"{len(lines)} row{'s' * (len(lines) > 1)}"
+    return f"'{key}' ({rows}: line{'s' * (len(lines) > 1)} {shown}{hint})"
+
+
+def _warn_unused(path: Path, unknown: dict[str, list[int]], records: list[Record]) -> None:
     """Log the keys no row field reads (a typo such as 'qestion' falls back to the default prompt)."""
     if unknown:
-        listed = ", ".join(f"'{k}' ({n} row{'s' * (n > 1)})" for k, n in sorted(unknown.items()))
+        listed = ", ".join(_unused_key(k, lines) for k, lines in sorted(unknown.items()))
         log.warning(
             "%s: keys not read by vlm_lightning (ignored): %s. Known keys: %s",
             path,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
+import sys
 from typing import Any
 
 import numpy as np
@@ -88,6 +90,46 @@ class CheckpointHooks:
         if "rng_states" in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
             set_rng_states(checkpoint["rng_states"])
         reopen_epoch_cut_by_max_steps(checkpoint)
+
+    def on_train_start(self) -> None:
+        """A resumed run trains on this run's learning-rate schedule from its first step (said when it moves)."""
+        if self._trainer is None or self.trainer.ckpt_path is None:
+            return
+        changed = follow_this_runs_schedule(self.trainer)
+        if changed and self.trainer.is_global_zero:
+            restored, now = changed[0]
+            print(
+                f"[vlm_lightning] resumed at step {self.trainer.global_step}: the learning-rate schedule follows "
+                f"this run's length (trainer.max_steps / max_epochs), so the learning rate goes {restored:.3g} -> "
+                f"{now:.3g} (the checkpoint's run had another length)",
+                file=sys.stderr,
+            )
+
+
+def follow_this_runs_schedule(trainer: Any) -> list[tuple[float, float]]:
+    """After a resume, set each group's learning rate to this run's schedule at the restored step; return the
+    ``(restored, now)`` pairs that changed.
+
+    The optimizer's learning rates come back from the checkpoint as the old run's schedule left them, while the
+    scheduler is built for this run's length (``trainer.max_steps`` / epochs). With the same length they agree;
+    with a longer run the first resumed step would train at the old schedule's end (0 for a finished cosine)
+    and the next jump to the new curve."""
+    changed = []
+    for config in getattr(trainer, "lr_scheduler_configs", None) or []:
+        scheduler = config.scheduler
+        if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            continue
+        step = scheduler.last_epoch
+        wanted = [
+            base * rule(step) for base, rule in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+        ]
+        groups = scheduler.optimizer.param_groups
+        for group, lr in zip(groups, wanted, strict=True):
+            if not math.isclose(group["lr"], lr, rel_tol=1e-9, abs_tol=1e-15):
+                changed.append((group["lr"], lr))
+                group["lr"] = lr
+        scheduler._last_lr = [group["lr"] for group in groups]
+    return changed
 
 
 def reopen_epoch_cut_by_max_steps(checkpoint: dict[str, Any]) -> bool:
