@@ -65,7 +65,10 @@ def test_unread_keys_and_repeated_ids_are_logged(folder: Path, caplog: pytest.Lo
     with caplog.at_level(logging.WARNING, logger="vlm_lightning.data.records"):
         records, problems = read_rows(folder, *rows)
     assert len(records) == 2 and not problems
-    assert "'qestion' (2 rows)" in caplog.text and "Known keys:" in caplog.text
+    assert (
+        "'qestion' (2 rows: lines 1, 2; did you mean 'question'?)" in caplog.text
+        and "Known keys:" in caplog.text
+    )
     assert "1 id(s) used by more than one row (e.g. r1)" in caplog.text
 
 
