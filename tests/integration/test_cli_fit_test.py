@@ -14,6 +14,7 @@ from fit_helpers import as_flags, tiny_cpu_settings
 from fixtures_data import write_receipt_dataset
 
 from vlm_lightning.cli.lightning_cli import build_cli
+from vlm_lightning.errors import SettingError
 
 pytestmark = pytest.mark.slow
 
@@ -111,6 +112,30 @@ def test_test_from_best_checkpoint_writes_reports(fitted, tiny_replica, data, tm
     assert any(p.abs().sum() > 0 for p in lora_b)
 
 
+def test_evaluation_ckpt_path_words_name_the_run_file_or_say_the_base_model(
+    fitted, tiny_replica, data, tmp_path, capsys
+) -> None:  # noqa: ANN001
+    """``test --ckpt_path best`` scores the newest run's best.ckpt under the root (Lightning alone would find
+    nothing in the new run's folder and score the base model); none found: stopped; no --ckpt_path: said.
+    metrics.json and report.md name the checkpoint scored."""
+    cli, root = fitted
+    best = Path(cli.trainer.log_dir) / "best.ckpt"
+    test_cli = build_cli(["test", *base_args(tiny_replica("qwen2_vl"), data, root), "--ckpt_path", "best"])
+    assert f"--ckpt_path best: test {best}" in capsys.readouterr().err
+    run = Path(test_cli.trainer.log_dir)
+    assert json.loads((run / "metrics.json").read_text())["settings"]["checkpoint"] == str(best)
+    assert f"checkpoint: {best}" in (run / "report.md").read_text()
+    empty = tmp_path / "empty"
+    with pytest.raises(
+        SettingError, match=rf"--ckpt_path last: no last.ckpt in {empty}/version_\*: give the"
+    ):
+        build_cli(["test", *base_args(tiny_replica("qwen2_vl"), data, empty), "--ckpt_path", "last"])
+    base = build_cli(["test", *base_args(tiny_replica("qwen2_vl"), data, tmp_path / "base")])
+    assert "test without --ckpt_path: the base model" in capsys.readouterr().err
+    report = (Path(base.trainer.log_dir) / "report.md").read_text()
+    assert "checkpoint: none (the base model as loaded)" in report
+
+
 def test_evaluation_settings_follow_the_command_line_not_the_checkpoint(
     fitted, tiny_replica, data, tmp_path, monkeypatch, capsys
 ) -> None:  # noqa: ANN001
@@ -138,7 +163,10 @@ def test_evaluation_settings_follow_the_command_line_not_the_checkpoint(
     assert metrics["settings"]["generate_max_new_tokens"] == 3
     assert metrics["settings"]["metrics"] == ["exact_match"]
     assert "test/exact_match" in metrics and "test/json_valid_rate" not in metrics  # the given metrics
-    assert metrics["latency"].get("usd_per_1000_images") is not None
+    assert (
+        metrics["latency"].get("usd_per_1000_images") is not None
+        and metrics["latency"]["usd_per_gpu_hour"] == 2.5
+    )
     rows = [json.loads(line) for line in (Path(test_cli.trainer.log_dir) / "predictions.jsonl").open()]
     tokenizer = test_cli.model.tokenizer
     assert all(len(tokenizer(r["prediction"], add_special_tokens=False).input_ids) <= 3 for r in rows)

@@ -106,6 +106,7 @@ CASES = {
         "model.attn_implementation 'flash_attention_2' does not keep packed samples apart",
     ),
     "option typo": (["fit", "--data.bach_size", "2"], "--data.bach_size 2 (did you mean data.batch_size?)"),
+    "abbreviated option": (["fit", "--data.batch", "2"], "--data.batch 2 (did you mean data.batch_size?)"),
     "validation fraction above 1": (
         ["fit", "--trainer.val_check_interval", "1.5"],
         "trainer.val_check_interval 1.5 is a fraction of an epoch and must be in (0, 1]",

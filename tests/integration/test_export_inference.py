@@ -360,3 +360,23 @@ def test_infer_defaults_to_the_runs_generation_budget_and_refuses_sizes_below_on
         with pytest.raises(SystemExit) as stopped:
             infer_main(["--model", str(exported / "merged"), "--images-dir", str(images), flag, "0"])
         assert stopped.value.code == 2
+
+
+def test_export_into_a_folder_with_files_is_refused_unless_overwrite(run, tmp_path, capsys) -> None:  # noqa: ANN001
+    """An earlier export's files (its merged/ of another model) never stay beside a new export."""
+    from vlm_lightning.deploy.export import main as export_main
+
+    out = tmp_path / "out"
+    export_main(["--ckpt", str(run["best"]), "--out", str(out), "--merge"])
+    assert (out / "merged").is_dir()
+    with pytest.raises(SystemExit) as stopped:
+        export_main(["--ckpt", str(run["best"]), "--out", str(out)])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} holds files already (" in err and "--overwrite to replace its contents" in err
+    export_main(["--ckpt", str(run["best"]), "--out", str(out), "--overwrite"])
+    assert (out / "adapter_config.json").is_file() and not (out / "merged").exists()
+    failed = tmp_path / "failed"
+    with pytest.raises(SystemExit):
+        export_main(["--ckpt", str(run["best"]), "--out", str(failed), "--base", str(tmp_path / "no-model")])
+    assert not failed.exists()  # a failed export leaves no empty folder

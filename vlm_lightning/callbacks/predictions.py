@@ -97,7 +97,10 @@ class PredictionWriter(Callback):
             metrics,
             batch_size=getattr(datamodule, "eval_batch_size", None),
             usd_per_gpu_hour=getattr(hparams, "usd_per_gpu_hour", None),
-            settings={key: hparams[key] for key in EVALUATION_SETTINGS if key in hparams},
+            settings={
+                **{key: hparams[key] for key in EVALUATION_SETTINGS if key in hparams},
+                "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,  # None: the base model
+            },
             metric_names=(hparams.get("metrics") or ["exact_match"]) if metrics is not None else None,
             skipped_rows=len(skipped),
         )

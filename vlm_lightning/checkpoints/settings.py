@@ -84,13 +84,14 @@ def settings_from_checkpoint(given: Any, trained: Any, ckpt_path: str) -> tuple[
 LIGHTNING_CKPT_ALIASES = ("best", "last", "hpc", "registry")
 
 
-def newest_last_checkpoint(root: str | Path, dirpath: str | None = None) -> Path | None:
-    """The newest ``last.ckpt`` of the runs under ``root`` (``<root>/version_N/last.ckpt``), or in
-    ``checkpoint.dirpath`` when one is given; None when there is none yet.
+def newest_checkpoint(root: str | Path, dirpath: str | None = None, name: str = "last.ckpt") -> Path | None:
+    """The newest ``name`` (``last.ckpt``, ``best.ckpt``) of the runs under ``root`` (``<root>/version_N/``),
+    or in ``checkpoint.dirpath`` when one is given; None when there is none.
 
-    Lightning resolves ``--ckpt_path last`` in the new run's own folder (a new ``version_N``, so it finds
-    nothing and starts from step 0 with a warning); a requeued job means the run it was writing."""
-    found = [Path(dirpath) / "last.ckpt"] if dirpath else sorted(Path(root).glob("version_*/last.ckpt"))
+    Lightning resolves ``--ckpt_path last`` in the new run's own folder (a new ``version_N``): it finds
+    nothing, then trains from step 0 or evaluates the base model, with a warning only; a requeued job, or
+    an evaluation, means the run that wrote it."""
+    found = [Path(dirpath) / name] if dirpath else sorted(Path(root).glob(f"version_*/{name}"))
     found = [path for path in found if path.is_file()]
     return max(found, key=lambda path: path.stat().st_mtime) if found else None
 

@@ -32,9 +32,9 @@ from vlm_lightning.checkpoints.settings import (
     LIGHTNING_CKPT_ALIASES,
     CheckpointSettingsError,
     evaluation_differences,
-    newest_last_checkpoint,
     settings_from_checkpoint,
 )
+from vlm_lightning.cli.checkpoint_paths import evaluated_checkpoint, resume_last
 from vlm_lightning.cli.library_noise import quiet_libraries
 from vlm_lightning.cli.parser import ConciseArgumentParser, parser_kwargs
 from vlm_lightning.cli.secrets import RedactingSaveConfigCallback, load_env_file
@@ -177,7 +177,9 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if subcommand == "fit" and ckpt_path == "last":
-            ckpt_path = self._resolve_last_checkpoint()
+            ckpt_path = resume_last(self.config["fit"])
+        elif subcommand in ("validate", "test", "predict"):
+            ckpt_path = evaluated_checkpoint(subcommand, self.config[subcommand])
         if not ckpt_path or ckpt_path in LIGHTNING_CKPT_ALIASES:
             return
         # settings only; a missing, truncated or unsafe file stops here, before the model loads
@@ -212,24 +214,6 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
                     f"with: {'; '.join(differences)}{where}",
                     file=sys.stderr,
                 )
-
-    def _resolve_last_checkpoint(self) -> str | None:
-        """``fit --ckpt_path last``: the newest ``last.ckpt`` under ``trainer.default_root_dir`` (or in
-        ``checkpoint.dirpath``), said on stderr; none yet: a new run, said too."""
-        fit = self.config["fit"]
-        root = fit["trainer"].get("default_root_dir") or os.getcwd()
-        dirpath = (_plain(fit.get("checkpoint")) or {}).get("dirpath")
-        found = newest_last_checkpoint(root, dirpath)
-        where = dirpath or f"{root}/version_*"
-        if found is None:
-            print(
-                f"[vlm_lightning] --ckpt_path last: no last.ckpt in {where} yet: a new run", file=sys.stderr
-            )
-            fit["ckpt_path"] = None
-            return None
-        print(f"[vlm_lightning] --ckpt_path last: resuming {found}", file=sys.stderr)
-        fit["ckpt_path"] = str(found)
-        return str(found)
 
     def after_fit(self) -> None:
         trainer = self.trainer

@@ -45,6 +45,12 @@ class ConciseArgumentParser(LightningArgumentParser):
 
     _given_args: list[str] | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """As jsonargparse's, without argparse's prefix matching: ``--data.batch 2`` is an unknown key, never
+        silently ``data.batch_size``."""
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def parse_args(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
         """As jsonargparse's; remembers the arguments, so that an error names its command's help."""
         self._given_args = list(sys.argv[1:] if args is None else args)

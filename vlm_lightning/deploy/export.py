@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import zipfile
 from dataclasses import dataclass, field
@@ -278,18 +279,32 @@ def export_checkpoint(
     base: str | None = None,
     device: str | None = None,
     dtype: Dtype | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
-    """Export ``ckpt`` into ``out`` (see the module docstring); return what was written by name."""
+    """Export ``ckpt`` into ``out`` (see the module docstring); return what was written by name.
+
+    An ``out`` that holds files already is refused (an earlier export's ``merged/`` would stay beside this
+    one) unless ``overwrite``, which empties it first; ``out`` is created only once the model is rebuilt."""
+    out = Path(out)
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file: give a folder")
+    if held and not overwrite:
+        raise ExportError(
+            f"--out {out} holds files already ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}): give a "
+            "new folder, or --overwrite to replace its contents"
+        )
     token = hub_token() if push_to_hub else None
     info = load_checkpoint(ckpt)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     try:
         model, processor, _ = rebuild_model(info, base=base, device=device, dtype=dtype)
     except ModelLoadError as exc:
         hint = "" if base else " (pass --base to point at the base model if it moved)"
         raise ExportError(f"{exc}{hint}") from exc
+    if held:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
     weight_dtype = next(model.parameters()).dtype
     base_name = base or info.name_or_path
     if Path(base_name).is_dir():  # the adapter config and card name the base wherever they are used from
@@ -352,6 +367,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", help="base model folder / hub id (default: the run's model.name_or_path)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="weight dtype of the written models")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the contents of an OUT that has files"
+    )
     args = parser.parse_args(argv)
     try:
         written = export_checkpoint(
@@ -364,6 +382,7 @@ def main(argv: list[str] | None = None) -> None:
             base=args.base,
             device=args.device,
             dtype=args.dtype,
+            overwrite=args.overwrite,
         )
     except (UserError, OSError) as exc:
         print(f"vlm_lightning export: error: {exc}", file=sys.stderr)

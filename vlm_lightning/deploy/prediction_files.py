@@ -42,8 +42,11 @@ def records_from_folder(
 
 
 def write_predictions(rows: list[dict[str, Any]], out: str | Path) -> tuple[Path, Path]:
-    """Write ``out`` (JSONL) and the CSV next to it with the evaluation report writer."""
+    """Write ``out`` (JSONL) and the CSV next to it with the evaluation report writer; an ``out`` that is a
+    folder gets ``predictions.jsonl`` and ``predictions.csv`` inside it."""
     out = Path(out)
+    if out.is_dir():
+        out = out / "predictions.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     csv_out = out.with_suffix(".csv")
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:

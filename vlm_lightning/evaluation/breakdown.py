@@ -116,6 +116,7 @@ def latency_summary(
         "measured_as": "batch generation time / samples in the batch",
     }
     if usd_per_gpu_hour:
+        out["usd_per_gpu_hour"] = usd_per_gpu_hour  # the price the cost is computed from
         out["usd_per_1000_images"] = usd_per_gpu_hour / 3600.0 * 1000.0 / images_per_s
     return out
 

@@ -83,9 +83,17 @@ def write_reports(
         written["metrics"] = metrics_path
         report = folder / "report.md"
         text = markdown_report(rows, metrics, latency, by_type)
+        notes = []
+        if settings and "checkpoint" in settings:
+            notes.append(f"checkpoint: {settings['checkpoint'] or 'none (the base model as loaded)'}")
         if skipped_rows:
-            note = f"{len(rows)} samples scored; {skipped_rows} bad rows skipped (listed in skipped_rows.txt)"
-            text = text.replace("# Evaluation report\n", f"# Evaluation report\n\n{note}\n", 1)
+            notes.append(
+                f"{len(rows)} samples scored; {skipped_rows} bad rows skipped (listed in skipped_rows.txt)"
+            )
+        if notes:
+            text = text.replace(
+                "# Evaluation report\n", "# Evaluation report\n\n" + "\n\n".join(notes) + "\n", 1
+            )
         report.write_text(text)
         written["report"] = report
     return written

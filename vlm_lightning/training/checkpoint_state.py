@@ -87,6 +87,15 @@ class CheckpointHooks:
                 f"checkpoint weights do not match this model's trainable weights (missing e.g. {missing}, "
                 f"unexpected e.g. {extra}): was it trained with other LoRA settings?"
             )
+        shapes = {n: tuple(p.shape) for n, p in self.named_parameters() if p.requires_grad}
+        stored = checkpoint.get("state_dict") or {}
+        other = [n for n in sorted(stored) if n in shapes and tuple(stored[n].shape) != shapes[n]]
+        if other:
+            raise CheckpointMismatchError(
+                f"checkpoint weights have other shapes than this model's ({len(other)} of {len(stored)}, e.g. "
+                f"{other[0]}: {tuple(stored[other[0]].shape)} in the checkpoint, {shapes[other[0]]} here): it was "
+                f"trained from {info.get('name_or_path')}; give that base model as --model.name_or_path"
+            )
         if "rng_states" in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
             set_rng_states(checkpoint["rng_states"])
         reopen_epoch_cut_by_max_steps(checkpoint)
