@@ -34,3 +34,23 @@ def test_infer_mistakes_print_one_error_line_without_the_usage_block(capsys: pyt
     assert "usage:" not in err and len(err.splitlines()) == 2, err
     # --images is no longer read as --images-dir (which then said "no such folder: x.png")
     assert "one of the arguments --image --images-dir --jsonl is required" in err and "infer --help" in err
+
+
+def test_infer_input_paths_say_what_they_are_before_the_model_loads(tmp_path, capsys) -> None:  # noqa: ANN001
+    """A file given as a folder (and back) says so; an image folder without images stops before loading."""
+    (tmp_path / "rows.jsonl").write_text("")
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (
+            ["--images-dir", str(tmp_path / "rows.jsonl")],
+            f"--images-dir {tmp_path / 'rows.jsonl'}: a file, not a folder",
+        ),
+        (["--jsonl", str(tmp_path)], f"--jsonl {tmp_path}: a folder, not a file"),
+        (["--image", str(tmp_path / "none.png")], f"--image {tmp_path / 'none.png'}: no such file"),
+        (["--images-dir", str(tmp_path / "empty")], f"--images-dir {tmp_path / 'empty'}: no images (.png"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            infer_main(["--model", str(tmp_path / "no-model"), *args])
+        assert stop.value.code == 2
+        assert message in capsys.readouterr().err

@@ -427,3 +427,22 @@ def test_reports_and_baseline_vs_finetuned(fitted, tiny_replica, data, tmp_path)
     assert set(metrics["failures"]) >= {"invalid_json", "missing_field", "wrong_value", "empty_output"}
     assert sum(metrics["failures"].values()) == 5
     assert metrics["latency"]["p95_ms"] >= metrics["latency"]["p50_ms"] > 0
+
+
+def test_predict_rows_without_answers_have_no_target(fitted, tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
+    """``predict`` on rows with no answer writes ``"target": null``, as ``infer`` does (not an empty list)."""
+    cli, _ = fitted
+    rows = [json.loads(line) for line in data["test"].read_text().splitlines()][:2]
+    unanswered = tmp_path / "unanswered.jsonl"
+    unanswered.write_text(
+        "".join(
+            json.dumps({"id": r["id"], "image": str(data["test"].parent / r["image"]), "question": "Total?"})
+            + "\n"
+            for r in rows
+        )
+    )
+    args = base_args(tiny_replica("qwen2_vl"), data, tmp_path, "--data.predict", str(unanswered))
+    predict_cli = build_cli(["predict", *args, "--ckpt_path", str(Path(cli.trainer.log_dir) / "best.ckpt")])
+    written = [json.loads(line) for line in (Path(predict_cli.trainer.log_dir) / "predictions.jsonl").open()]
+    assert [r["id"] for r in written] == [r["id"] for r in rows]
+    assert all(r["target"] is None for r in written)

@@ -28,7 +28,7 @@ from vlm_lightning.cli.library_noise import quiet_libraries
 from vlm_lightning.cli.tool_parser import ToolArgumentParser
 from vlm_lightning.data.image_files import image_problem
 from vlm_lightning.data.records import DataValidationError, read_jsonl
-from vlm_lightning.deploy.prediction_files import records_from_folder, write_predictions
+from vlm_lightning.deploy.prediction_files import IMAGE_SUFFIXES, records_from_folder, write_predictions
 from vlm_lightning.deploy.predictor import DEFAULT_PROMPT, GenerationSettings, Predictor
 from vlm_lightning.errors import UserError
 from vlm_lightning.generation import GenerationCache
@@ -95,9 +95,16 @@ def main(argv: list[str] | None = None) -> None:
     for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be >= 1, got {value}")
-    for path, is_dir in ((args.image, False), (args.images_dir, True), (args.jsonl, False)):
+    for flag, path, is_dir in (("--image", args.image, False), ("--images-dir", args.images_dir, True),
+                               ("--jsonl", args.jsonl, False)):  # fmt: skip
         if path is not None and not (path.is_dir() if is_dir else path.is_file()):
-            parser.error(f"no such {'folder' if is_dir else 'file'}: {path}")
+            wanted = "folder" if is_dir else "file"
+            found = "a file" if path.is_file() else "a folder" if path.is_dir() else None
+            parser.error(f"{flag} {path}: " + (f"{found}, not a {wanted}" if found else f"no such {wanted}"))
+    if args.images_dir is not None and not any(
+        p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in args.images_dir.iterdir()
+    ):  # before the model loads
+        parser.error(f"--images-dir {args.images_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) in it")
     if args.image is not None and (reason := image_problem(args.image)):
         parser.error(f"--image: {reason}")
     try:

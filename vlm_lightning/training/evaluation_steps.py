@@ -105,7 +105,9 @@ class EvaluationSteps:
                 "id": batch["ids"][i],
                 "prompt": batch["prompts"][i],
                 "prediction": text,
-                "target": answers[0] if len(answers) == 1 else answers,
+                "target": answers[0]
+                if len(answers) == 1
+                else (answers or None),  # None: no answer (as infer)
                 "latency_ms": round(latency_ms, 2),
                 "meta": batch["meta"][i],
             }
