@@ -446,3 +446,16 @@ def test_predict_rows_without_answers_have_no_target(fitted, tiny_replica, data,
     written = [json.loads(line) for line in (Path(predict_cli.trainer.log_dir) / "predictions.jsonl").open()]
     assert [r["id"] for r in written] == [r["id"] for r in rows]
     assert all(r["target"] is None for r in written)
+
+
+def test_testing_on_the_training_file_is_said_without_the_runs_config(
+    fitted, tiny_replica, data, tmp_path, capsys
+) -> None:  # noqa: ANN001
+    """Without ``--config <run>/config.yaml`` (no data.train given) the checkpoint's own training file is
+    compared: its scores would be in-sample."""
+    cli, _ = fitted
+    best = Path(cli.trainer.log_dir) / "best.ckpt"
+    settings = tiny_cpu_settings(tiny_replica("qwen2_vl"), tmp_path, {"test": data["train"]})
+    build_cli(["test", *as_flags(settings), "--model.metrics", "[exact_match]", "--ckpt_path", str(best)])
+    err = capsys.readouterr().err
+    assert f"data.test is the training file {data['train']}" in err and f"({best} was trained on it)" in err

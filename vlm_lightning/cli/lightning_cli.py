@@ -47,6 +47,7 @@ from vlm_lightning.cli.startup_checks import (
     first_answers,
 )
 from vlm_lightning.data.datamodule import DocumentDataModule
+from vlm_lightning.data.leakage import evaluated_on_training_file
 from vlm_lightning.distributed import forward_is_collective
 from vlm_lightning.errors import SettingError, UserError, missing_package_message, setting_error_in
 from vlm_lightning.metrics import build_metrics, metric_names
@@ -214,6 +215,12 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
                     f"with: {'; '.join(differences)}{where}",
                     file=sys.stderr,
                 )
+            data_cfg = _plain(self.config[subcommand].get("data")) or {}
+            split = {"validate": "val", "test": "test"}.get(subcommand)
+            trained_on = {"train": (ckpt.get("datamodule_hyper_parameters") or {}).get("train")}
+            if split and not data_cfg.get("train"):  # with data.train the data module says it
+                if same := evaluated_on_training_file({**trained_on, split: data_cfg.get(split)}, split):
+                    print(f"[vlm_lightning] warning: {same} ({ckpt_path} was trained on it)", file=sys.stderr)
 
     def after_fit(self) -> None:
         trainer = self.trainer
