@@ -241,6 +241,8 @@ def test_config_file_mistakes_name_the_key_the_file_and_the_fix(tmp_path: Path) 
     first = proc.stderr.splitlines()[0]
     assert "'data.max_token_per_row' (did you mean data.max_tokens_per_row?)" in first
     assert f"(config: {typo})" in first
+    proc = run_cli("fit", f"--config={typo}", "--model.name_or_path", "org/model")
+    assert f"(config: {typo})" in proc.stderr.splitlines()[0]
     proc = run_cli("fit", "--config", str(boolean), "--model.name_or_path", "org/model")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "data.leakage must be one of 'error', 'warn', 'off', got the boolean False" in proc.stderr

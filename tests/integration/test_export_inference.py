@@ -376,6 +376,13 @@ def test_export_into_a_folder_with_files_is_refused_unless_overwrite(run, tmp_pa
     assert f"--out {out} holds files already (" in err and "--overwrite to replace its contents" in err
     export_main(["--ckpt", str(run["best"]), "--out", str(out), "--overwrite"])
     assert (out / "adapter_config.json").is_file() and not (out / "merged").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit):  # --overwrite empties an earlier export only
+        export_main(["--ckpt", str(run["best"]), "--out", str(other), "--overwrite"])
+    assert "holds files but no vlm_lightning_export.json" in capsys.readouterr().err
+    assert (other / "notes.txt").read_text() == "keep me"
     failed = tmp_path / "failed"
     with pytest.raises(SystemExit):
         export_main(["--ckpt", str(run["best"]), "--out", str(failed), "--base", str(tmp_path / "no-model")])

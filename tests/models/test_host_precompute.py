@@ -116,3 +116,17 @@ def test_compiled_layers_take_the_host_built_inputs_without_new_graphs(tiny_repl
     (losses_plain, graphs_plain), (losses_host, graphs_host) = runs
     assert losses_host == losses_plain
     assert graphs_host == graphs_plain > 0
+
+
+def test_test_and_predict_batches_get_nothing(tiny_replica) -> None:  # noqa: ANN001
+    """test / predict generate from ``generation_inputs``: their model inputs are left as collated."""
+    from types import SimpleNamespace
+
+    path = str(tiny_replica("qwen2_vl"))
+    module = lora_module(path, dtype="float32")
+    for stage in ("testing", "predicting"):
+        module._trainer = SimpleNamespace(testing=stage == "testing", predicting=stage == "predicting")
+        batch = chat_batch(path, sizes=SIZES)
+        collated = set(batch["inputs"])
+        assert set(module.on_before_batch_transfer(batch, 0)["inputs"]) == collated, stage
+    module._trainer = None

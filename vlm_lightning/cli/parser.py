@@ -102,7 +102,9 @@ class ConciseArgumentParser(LightningArgumentParser):
         command = next((a for a in (self._given_args or []) if a in TRAINER_COMMANDS), None)
         if parser is self and command and prog == PROG:  # a check of the whole config: the command's help
             prog = f"{PROG} {command}"
-        configs = [b for a, b in zip(self._given_args or [], (self._given_args or [])[1:]) if a == "--config"]
+        given = self._given_args or []
+        configs = [b for a, b in zip(given, given[1:]) if a in ("--config", "-c")]
+        configs += [a.partition("=")[2] for a in given if a.startswith("--config=")]
         where = f" (config: {', '.join(configs)})" if configs and _NOT_IN_COMMAND.search(message) else ""
         first, newline, rest = parser.concise_message(message).partition("\n")
         sys.stderr.write(f"{PROG}: error: {first}{where}{newline}{rest}\n")

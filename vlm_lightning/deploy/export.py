@@ -294,6 +294,10 @@ def export_checkpoint(
             f"--out {out} holds files already ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}): give a "
             "new folder, or --overwrite to replace its contents"
         )
+    if held and not (out / EXPORT_INFO).is_file():  # --overwrite empties an earlier export, nothing else
+        raise ExportError(
+            f"--out {out} holds files but no {EXPORT_INFO}: it is no earlier export; give a new folder"
+        )
     token = hub_token() if push_to_hub else None
     info = load_checkpoint(ckpt)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

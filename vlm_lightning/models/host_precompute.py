@@ -13,7 +13,8 @@ tensors, transformers' own hooks skip that work:
 All of them move to the GPU with the batch. (The sdpa / eager vision attention still reads the boundaries as
 Python numbers in every layer, one sync each; kept on the CPU they would not be, but a CPU tensor inside the
 compiled vision layers has not been run on a GPU yet.) Families opt in with ``FamilyFacts.host_rope_inputs``;
-the trainer calls ``host_rope_inputs`` in ``on_before_batch_transfer``.
+the trainer calls ``host_rope_inputs`` in ``on_before_batch_transfer`` of fit and validate batches (test and
+predict only generate).
 """
 
 from __future__ import annotations
@@ -24,14 +25,7 @@ import torch
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids
 
 from vlm_lightning.models.families import FamilyFacts
-
-
-def _rope_owner(model: torch.nn.Module) -> Any:
-    """The submodule with ``get_rope_index`` and ``visual`` (Qwen2VLModel & co., under PEFT's wrappers)."""
-    for module in model.modules():
-        if hasattr(module, "get_rope_index") and hasattr(module, "visual"):
-            return module
-    raise ValueError(f"{type(model).__name__} has no get_rope_index: its M-RoPE index cannot be precomputed")
+from vlm_lightning.models.packed_positions import rope_index_owner
 
 
 def host_rope_inputs(model: torch.nn.Module, facts: FamilyFacts, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +39,7 @@ def host_rope_inputs(model: torch.nn.Module, facts: FamilyFacts, inputs: dict[st
         or inputs.get("video_grid_thw") is not None
     ):
         return {}
-    owner = _rope_owner(model)
+    owner = rope_index_owner(model)
     added: dict[str, Any] = {}
     if "position_ids" not in inputs:  # packed rows bring their own (models/packed_positions.py)
         with torch.no_grad():
@@ -55,7 +49,9 @@ def host_rope_inputs(model: torch.nn.Module, facts: FamilyFacts, inputs: dict[st
                 image_grid_thw=grids,
                 attention_mask=inputs.get("attention_mask"),
             )
-    added["image_position_ids"] = get_vision_position_ids(grids, owner.visual.config.spatial_merge_size)
+    added["image_position_ids"] = get_vision_position_ids(
+        grids, owner.config.vision_config.spatial_merge_size
+    )
     added["image_cu_seqlens"] = get_vision_cu_seqlens(grids)
     return added
 

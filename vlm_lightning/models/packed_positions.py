@@ -8,6 +8,7 @@ other three for the rotary embedding (``Qwen2VLTextModel.forward``).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,15 +17,22 @@ import torch
 from vlm_lightning.data.packing import segment_index, segment_positions
 from vlm_lightning.models.families import FamilyFacts
 
+_OWNERS: weakref.WeakKeyDictionary[torch.nn.Module, Any] = weakref.WeakKeyDictionary()
 
-def _rope_index_owner(model: torch.nn.Module) -> Any:
-    """The submodule with ``get_rope_index`` (Qwen2VLModel & co., under PEFT's and the task wrappers)."""
-    for module in model.modules():
-        if hasattr(module, "get_rope_index") and hasattr(module, "config"):
-            return module
-    raise ValueError(
-        f"{type(model).__name__} has no get_rope_index: its positions cannot be packed as M-RoPE"
-    )
+
+def rope_index_owner(model: torch.nn.Module) -> Any:
+    """The submodule with ``get_rope_index`` (Qwen2VLModel & co., under PEFT's and the task wrappers), found
+    once per model (batches ask for it every step; the walk covers every module)."""
+    if model not in _OWNERS:
+        owner = next(
+            (m for m in model.modules() if hasattr(m, "get_rope_index") and hasattr(m, "config")), None
+        )
+        if owner is None:
+            raise ValueError(
+                f"{type(model).__name__} has no get_rope_index: its M-RoPE positions cannot be built"
+            )
+        _OWNERS[model] = owner
+    return _OWNERS[model]
 
 
 def _image_runs(token_types: torch.Tensor) -> int:
@@ -43,7 +51,7 @@ def packed_position_ids(
     text = segment_positions(segments)
     if facts.packed_positions == "text":
         return text
-    owner = _rope_index_owner(model)
+    owner = rope_index_owner(model)
     input_ids, token_types = inputs["input_ids"], inputs["mm_token_type_ids"]
     grids = inputs.get("image_grid_thw")
     planes = text.unsqueeze(0).repeat(3, 1, 1)  # text-only segments (and padding): plain positions
@@ -95,4 +103,10 @@ def packed_inputs(
     return added
 
 
-__all__ = ["PACKING_ATTENTION", "packed_inputs", "packed_position_ids", "packing_attention_problem"]
+__all__ = [
+    "PACKING_ATTENTION",
+    "packed_inputs",
+    "packed_position_ids",
+    "packing_attention_problem",
+    "rope_index_owner",
+]

@@ -212,7 +212,9 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
             batch["inputs"].update(
                 packed_inputs(self.model, self.facts, batch["inputs"], batch["packed_segments"])
             )
-        if isinstance(batch, dict) and isinstance(batch.get("inputs"), dict):
+        evaluating = self._trainer is not None and (self.trainer.testing or self.trainer.predicting)
+        if isinstance(batch, dict) and isinstance(batch.get("inputs"), dict) and not evaluating:
+            # test / predict only generate, from generation_inputs: their model inputs go unused
             batch["inputs"].update(host_rope_inputs(self.model, self.facts, batch["inputs"]))
         return batch
 
