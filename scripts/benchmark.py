@@ -109,7 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--sides", help=f"comma list from {','.join(TRAIN_SIDES)} (default: all available)")
     p.add_argument(
-        "--levers", action="store_true", help="add every lever side (ours_*, fit_unfused, fit_eager_vision)"
+        "--levers",
+        action="store_true",
+        help="add every lever side (ours_*, fit_unfused, fit_eager_vision, fit_library_inputs)",
     )
     p.add_argument("--profile", action="store_true", help="ours_* sides: print a profile of 3 more steps")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, every side")

@@ -57,10 +57,12 @@ OURS_VARIANTS: dict[str, dict[str, bool]] = {  # "fuse_head" is True unless a si
 # ``fit``: the real CLI (``python -m vlm_lightning fit``) in a subprocess, data loading included
 # ``fit_packed``: the same with ``data.packing`` (rows of ``--packed-row-tokens``, about a batch's tokens per step)
 # lever sides (with --levers or named): ``fit_unfused``: ``fit`` with each LoRA A projection its own GEMM;
-# ``fit_eager_vision``: ``fit`` with the vision tower's encoder layers not compiled
+# ``fit_eager_vision``: ``fit`` with the vision tower's encoder layers not compiled; ``fit_library_inputs``:
+# ``fit`` with the Qwen-VL M-RoPE index and vision inputs left to transformers' forward (no host-built inputs)
 FIT_LEVER_FLAGS: dict[str, list[str]] = {
     "fit_unfused": ["--model.fuse_adapter_inputs", "false"],
     "fit_eager_vision": ["--model.compile_vision_tower", "false"],
+    "fit_library_inputs": ["--model.host_built_inputs", "false"],
 }
 FIT_SIDES = ("fit", "fit_packed", *FIT_LEVER_FLAGS)
 TRAIN_SIDES = ("hf_trainer", "trl", *OURS_VARIANTS, "lightning", *FIT_SIDES)

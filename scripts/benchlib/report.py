@@ -74,6 +74,7 @@ def headline(rows: list[dict[str, Any]]) -> str:
         ("fit_packed", "fit --data.packing true"),
         ("fit_unfused", "fit --model.fuse_adapter_inputs false"),
         ("fit_eager_vision", "fit --model.compile_vision_tower false"),
+        ("fit_library_inputs", "fit --model.host_built_inputs false"),
     ):
         if side in by_side:
             fit = by_side[side]

@@ -359,10 +359,12 @@ def test_inductor_runs_the_adapter_fusion_pass_on_cuda(tiny_replica, dropout: fl
         torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_qwen_inputs_built_on_the_host_keep_the_numbers_with_fewer_syncs(tiny_replica) -> None:  # noqa: ANN001
-    """Qwen2-VL: the M-RoPE index and vision inputs built on the CPU batch (``models/host_precompute.py``) give
-    the fp32 loss and gradients of the library's own path on the GPU, with fewer host syncs in the step."""
-    path = str(tiny_replica("qwen2_vl"))
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_qwen_inputs_built_on_the_host_keep_the_numbers_with_fewer_syncs(tiny_replica, family: str) -> None:  # noqa: ANN001
+    """Qwen-VL: the M-RoPE index and vision inputs built on the CPU batch (``models/host_precompute.py``),
+    the grids and boundaries left there, give the fp32 loss and gradients of the library's own path on the
+    GPU, with fewer host syncs in the step."""
+    path = str(tiny_replica(family))
     module = lora_module(path, dtype="float32").cuda()
     raw = chat_batch(path, sizes=((64, 80), (96, 48), (40, 40)))
     collated = set(raw["inputs"])
@@ -384,9 +386,38 @@ def test_qwen_inputs_built_on_the_host_keep_the_numbers_with_fewer_syncs(tiny_re
         grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
         runs.append((loss.item(), grads, sum("synchroniz" in str(w.message) for w in caught)))
     (loss_p, grads_p, syncs_p), (loss_h, grads_h, syncs_h) = runs
-    print(f"host syncs per step: library path {syncs_p}, host-built inputs {syncs_h}")
+    print(f"{family} host syncs per step: library path {syncs_p}, host-built inputs {syncs_h}")
     assert loss_h == pytest.approx(loss_p, rel=1e-6)
     assert grads_h.keys() == grads_p.keys() and grads_p
     for name, grad in grads_p.items():
         torch.testing.assert_close(grads_h[name], grad, rtol=1e-5, atol=1e-7, msg=name)
     assert syncs_h < syncs_p
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_compiled_vision_layers_take_the_boundaries_kept_on_the_cpu(tiny_replica, family: str) -> None:  # noqa: ANN001
+    """Inductor-compiled decoder and vision layers on CUDA, with the host-built boundaries and grids left on
+    the CPU: the fp32 losses of three batches of other image sizes equal the library path's (compiled too)."""
+    from vlm_lightning.models.acceleration import compile_vision_layers
+
+    path = str(tiny_replica(family))
+    sizes_per_batch = (((64, 80), (96, 48), (40, 40)), ((80, 80), (48, 96)), ((40, 40), (96, 96), (64, 64)))
+    runs = []
+    for host_built in (False, True):
+        torch._dynamo.reset()
+        module = lora_module(path, dtype="float32").cuda()
+        module.hparams["host_built_inputs"] = host_built
+        compile_layers(decoder_layers(module.model, module.facts))
+        compile_vision_layers(module.model, module.facts)
+        losses = []
+        for sizes in sizes_per_batch:
+            batch = module.on_before_batch_transfer(chat_batch(path, sizes=sizes), 0)
+            moved = module.transfer_batch_to_device(batch, torch.device("cuda"), 0)
+            if host_built:
+                assert moved["inputs"]["image_cu_seqlens"].device.type == "cpu"
+                assert moved["inputs"]["image_grid_thw"].device.type == "cpu"
+            loss, _, _ = module.model_step(moved)
+            loss.backward()
+            losses.append(loss.item())
+        runs.append(losses)
+    assert runs[1] == pytest.approx(runs[0], rel=1e-5)

@@ -13,9 +13,12 @@ from vlm_lightning.models.families import FamilyFacts
 log = logging.getLogger(__name__)
 
 
-def split_host_inputs(inputs: dict[str, Any], facts: FamilyFacts) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``inputs`` split into (what moves to the GPU, the family's ``host_inputs`` that stay on the CPU)."""
-    host = {k: v for k, v in inputs.items() if k in facts.host_inputs}
+def split_host_inputs(
+    inputs: dict[str, Any], facts: FamilyFacts, also: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``inputs`` split into (what moves to the GPU, what stays on the CPU: the family's ``host_inputs`` and
+    the keys in ``also``)."""
+    host = {k: v for k, v in inputs.items() if k in facts.host_inputs or k in also}
     return {k: v for k, v in inputs.items() if k not in host}, host
 
 

@@ -1,6 +1,7 @@
 """The LightningModule: a PEFT-wrapped VLM, its batches on the device, one shared step, optimisation.
 
-Evaluation hooks live in ``evaluation_steps.py``, checkpoint hooks in ``checkpoint_state.py`` (mixins).
+Batch hooks live in ``batch_transfer.py``, evaluation hooks in ``evaluation_steps.py``, checkpoint hooks in
+``checkpoint_state.py`` (mixins).
 """
 
 from __future__ import annotations
@@ -23,20 +24,17 @@ from vlm_lightning.models.acceleration import compile_decoder_layers, compile_vi
 from vlm_lightning.models.build import build_model
 from vlm_lightning.models.compile_support import compile_problem
 from vlm_lightning.models.families import FamilyFacts
-from vlm_lightning.models.host_inputs import split_host_inputs
-from vlm_lightning.models.host_precompute import host_rope_inputs
 from vlm_lightning.models.loading import Dtype
-from vlm_lightning.models.packed_positions import packed_inputs, packing_attention_problem
+from vlm_lightning.models.packed_positions import packing_attention_problem
 from vlm_lightning.models.peft_setup import LoraSettings, Mode, parameter_report
 from vlm_lightning.patches.peft_lora_cast import skip_lora_input_cast
+from vlm_lightning.training.batch_transfer import BatchTransfer
 from vlm_lightning.training.checkpoint_state import CheckpointHooks, CheckpointMismatchError
 from vlm_lightning.training.evaluation_steps import EvaluationSteps, TokenMean
 from vlm_lightning.training.loss import (
     StepTokenMean,
     causal_lm_loss,
     fusable_head,
-    labelled_positions,
-    labelled_rows,
 )
 from vlm_lightning.training.sharding import full_value, is_sharded, shard_model
 
@@ -53,7 +51,7 @@ def _default_optimizer(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0, **kwargs)
 
 
-class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
+class VLMFineTuner(BatchTransfer, EvaluationSteps, CheckpointHooks, L.LightningModule):
     """Fine-tune a vision-language model with LoRA, QLoRA or full LM training.
 
     Args:
@@ -80,6 +78,9 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
         fuse_adapter_inputs: in compiled decoder layers, one GEMM for the LoRA A projections that read the
             same input (q/k/v, gate/up); with ``lora.dropout`` above 0 they share one dropout mask
             (``false``: PEFT's own mask and GEMM per adapter).
+        host_built_inputs: Qwen2 / 2.5 / 3-VL: build the M-RoPE index and the vision tower's positions and
+            boundaries on the CPU copy of each training / validation batch (fewer host syncs per step;
+            ``models/host_precompute.py``); ``false`` leaves them to transformers' forward.
         merge_lora_for_generation: generate with each LoRA projection folded into one temporary merged
             linear layer (faster decoding; the trained weights are untouched; needs memory for one copy of
             the merged weights; 4-bit QLoRA bases keep the adapter path).
@@ -115,6 +116,7 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
         compile_language_model: bool | None = None,
         compile_vision_tower: bool | None = None,
         fuse_adapter_inputs: bool = True,
+        host_built_inputs: bool = True,
         merge_lora_for_generation: bool = True,
         generation_cache: GenerationCache = "auto",
     ) -> None:
@@ -195,41 +197,6 @@ class VLMFineTuner(EvaluationSteps, CheckpointHooks, L.LightningModule):
             )
         log.warning("the layers run eager (model.compile_language_model: null): %s", problem)
         self.compiled_layers = self.compiled_vision = False
-
-    # --- batches on the device without host syncs -----------------------------------------------
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Find the labelled positions and rows on the CPU copy (on the GPU each is a sync: ``nonzero``), and
-        build the family's host-computed inputs there (packed positions, ``models/host_precompute.py``)."""
-        if (
-            isinstance(batch, dict)
-            and torch.is_tensor(batch.get("labels"))
-            and batch["labels"].device.type == "cpu"
-        ):
-            batch["label_positions"] = labelled_positions(batch["labels"])
-            batch["label_rows"] = labelled_rows(batch["labels"], batch["label_positions"])
-        if isinstance(batch, dict) and "packed_segments" in batch and "position_ids" not in batch["inputs"]:
-            # packed rows: positions restart per sample (the model keeps samples apart by them)
-            batch["inputs"].update(
-                packed_inputs(self.model, self.facts, batch["inputs"], batch["packed_segments"])
-            )
-        evaluating = self._trainer is not None and (self.trainer.testing or self.trainer.predicting)
-        if isinstance(batch, dict) and isinstance(batch.get("inputs"), dict) and not evaluating:
-            # test / predict only generate, from generation_inputs: their model inputs go unused
-            batch["inputs"].update(host_rope_inputs(self.model, self.facts, batch["inputs"]))
-        return batch
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Move the batch, except the family's ``host_inputs`` (shapes read as Python numbers)."""
-        kept: dict[str, dict[str, Any]] = {}
-        if isinstance(batch, dict):
-            for part in ("inputs", "generation_inputs"):
-                if isinstance(batch.get(part), dict):
-                    batch[part], kept[part] = split_host_inputs(batch[part], self.facts)
-        moved = super().transfer_batch_to_device(batch, device, dataloader_idx)
-        for part, host in kept.items():
-            batch[part].update(host)  # the caller's batch keeps them too (nothing lost on the host)
-            moved[part].update(host)
-        return moved
 
     # --- one shared step ----------------------------------------------------------------------
     def model_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
