@@ -87,9 +87,24 @@ def test_batches_reach_the_device_without_host_syncs(tiny_replica) -> None:  # n
     assert all(torch.equal(a, b) for a, b in zip(given, found, strict=True))
 
 
-def test_families_without_host_inputs_move_everything(tiny_replica) -> None:  # noqa: ANN001
+def test_qwen_batches_keep_only_the_host_built_grids_and_boundaries_on_the_cpu(tiny_replica) -> None:  # noqa: ANN001
+    """Qwen2-VL has no ``host_inputs``: with its host-built inputs only the grids and boundaries stay on the
+    CPU (``HOST_KEPT``); with ``model.host_built_inputs: false`` everything moves."""
+    from vlm_lightning.models.host_precompute import HOST_KEPT
+
     path = str(tiny_replica("qwen2_vl"))
     module = VLMFineTuner(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0), metrics=["exact_match"])
+    moved = module.transfer_batch_to_device(
+        module.on_before_batch_transfer(_batch(path), 0), torch.device("meta"), 0
+    )
+    devices = {k: v.device.type for k, v in moved["inputs"].items() if torch.is_tensor(v)}
+    assert (
+        {k for k, d in devices.items() if d == "cpu"}
+        == {"image_grid_thw", "image_cu_seqlens"}
+        <= set(HOST_KEPT)
+    )
+    assert all(v.device.type == "meta" for v in moved["generation_inputs"].values() if torch.is_tensor(v))
+    module.hparams["host_built_inputs"] = False
     moved = module.transfer_batch_to_device(
         module.on_before_batch_transfer(_batch(path), 0), torch.device("meta"), 0
     )
