@@ -421,3 +421,57 @@ def test_compiled_vision_layers_take_the_boundaries_kept_on_the_cpu(tiny_replica
             losses.append(loss.item())
         runs.append(losses)
     assert runs[1] == pytest.approx(runs[0], rel=1e-5)
+
+
+def test_deferred_guard_reads_its_flag_from_pinned_memory_without_a_stream_sync() -> None:
+    """The late read waits on the flag's own copy event: no tensor sync (``error`` sync mode would raise)."""
+    from vlm_lightning.callbacks.nonfinite import _StepCheck
+
+    for value in (False, True):
+        check = _StepCheck(torch.tensor(value, device="cuda"), [], None, 0, 0, 0, [])
+        check.copy_to_host()
+        assert check.host_flag is not None and check.host_flag.is_pinned()
+        torch.cuda._sleep(50_000_000)  # later work on the stream, which the read must not wait for
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            assert check.is_set() is value
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    with pytest.raises(RuntimeError, match="synchroniz"):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            bool(torch.tensor(True, device="cuda"))  # what the read was before
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("family", ["lfm2_vl", "qwen2_vl", "qwen3_vl"])
+def test_host_decided_masks_keep_the_numbers_with_fewer_syncs(tiny_replica, family: str) -> None:  # noqa: ANN001
+    """Text masks built from the CPU batch's padding answer (``models/host_masks.py``; LFM2-VL's tower mask
+    too): the fp32 loss and gradients of the library's own masks on the GPU, with fewer host syncs."""
+    path = str(tiny_replica(family))
+    module = lora_module(path, dtype="float32").cuda()
+    hooked = module.on_before_batch_transfer(chat_batch(path, sizes=((64, 80), (96, 48), (40, 40))), 0)
+    assert hooked["padded_rows"] is True
+    runs = []
+    for batch in ({k: v for k, v in hooked.items() if k != "padded_rows"}, hooked):
+        moved = module.transfer_batch_to_device(batch, torch.device("cuda"), 0)
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                module.zero_grad(set_to_none=True)
+                loss, _, _ = module.model_step(moved)
+                loss.backward()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+        runs.append((loss.item(), grads, sum("synchroniz" in str(w.message) for w in caught)))
+    (loss_l, grads_l, syncs_l), (loss_h, grads_h, syncs_h) = runs
+    print(f"{family} host syncs per step: library masks {syncs_l}, host-decided masks {syncs_h}")
+    assert loss_h == pytest.approx(loss_l, rel=1e-6)
+    assert grads_h.keys() == grads_l.keys() and grads_l
+    for name, grad in grads_l.items():
+        torch.testing.assert_close(grads_h[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert syncs_h < syncs_l

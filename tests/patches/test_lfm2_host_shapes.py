@@ -65,3 +65,33 @@ def test_device_side_placeholder_mask_equals_the_library(tiny_replica) -> None: 
         )
     with pytest.raises(RuntimeError):  # the same check, asserted on the device (raises at once on the CPU)
         _device_side_placeholder_mask(inner, input_ids, inputs_embeds, features[:4])
+
+
+@pytest.mark.parametrize(
+    "sizes", [((64, 80), (96, 48), (40, 40)), ((64, 64), (64, 64))], ids=["padded", "full"]
+)
+def test_tower_mask_from_the_cpu_shapes_is_the_library_mask(tiny_replica, sizes, monkeypatch) -> None:  # noqa: ANN001
+    """The SigLIP2 mask built from the CPU shapes equals the tower's own, and its padding is never read."""
+    from transformers import masking_utils
+
+    from vlm_lightning.models.loading import load_model
+    from vlm_lightning.patches.lfm2_host_shapes import _tower_mask
+
+    path = str(tiny_replica("lfm2_vl"))
+    tower = load_model(path, dtype="float32").model.vision_tower
+    inputs = chat_batch(path, sizes=sizes)["inputs"]
+    mask, shapes = inputs["pixel_attention_mask"], inputs["spatial_shapes"]
+    if sizes[0] == sizes[1]:  # rows trimmed to the equal images' patches: nothing masked
+        mask = mask[:, : int(shapes[0].prod())]
+    assert tower.config._attn_implementation == "sdpa" and not tower.use_head
+    library = masking_utils.create_bidirectional_mask(
+        config=tower.config, inputs_embeds=torch.zeros((*mask.shape, 4)), attention_mask=mask
+    )
+    assert (library is None) == (sizes[0] == sizes[1])  # equal images fill every row: no mask at all
+    with monkeypatch.context() as patched:
+        patched.setattr(masking_utils, "_ignore_bidirectional_mask_sdpa", lambda *a, **k: pytest.fail("read"))
+        ours = _tower_mask(tower, shapes, mask)
+    if library is None:
+        assert ours is None
+    else:
+        assert torch.equal(ours, library)

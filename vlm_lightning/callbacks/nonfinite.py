@@ -61,6 +61,26 @@ class _StepCheck:
     epoch: int
     batch_idx: int
     ids: list[Any]
+    # deferred verdicts: ``flag`` copied to pinned host memory when computed, and the copy's CUDA event;
+    # reading them waits for that copy only, not for the work queued since (``bool(flag)`` would)
+    host_flag: torch.Tensor | None = None
+    copied: torch.cuda.Event | None = None
+
+    def copy_to_host(self) -> None:
+        """Start the flag's copy to the host (CUDA only); ``is_set`` then waits for it alone."""
+        if self.flag.device.type != "cuda":
+            return
+        self.host_flag = torch.empty(self.flag.shape, dtype=self.flag.dtype, pin_memory=True)
+        self.host_flag.copy_(self.flag, non_blocking=True)
+        self.copied = torch.cuda.Event()
+        self.copied.record()
+
+    def is_set(self) -> bool:
+        """Whether the step saw a non-finite value (the guard's one host read per optimizer step)."""
+        if self.copied is None or self.host_flag is None:
+            return bool(self.flag)
+        self.copied.synchronize()
+        return bool(self.host_flag)
 
 
 def _defers_on_device(optimizer: torch.optim.Optimizer, trainer: L.Trainer) -> bool:
@@ -166,6 +186,7 @@ class NonFiniteGuard(Callback):
         optimizer.grad_scale = None  # type: ignore[attr-defined]
         if optimizer not in self._optimizers_flagged:
             self._optimizers_flagged.append(optimizer)
+        check.copy_to_host()
         self._unread.append(check)
 
     def on_train_batch_end(
@@ -195,7 +216,7 @@ class NonFiniteGuard(Callback):
         self, trainer: L.Trainer, check: _StepCheck, optimizer: torch.optim.Optimizer | None
     ) -> None:
         """Act on one step's verdict; ``optimizer`` is given when its update is still to be dropped."""
-        if not bool(check.flag):  # the guard's one host sync per optimizer step (or a late read)
+        if not check.is_set():  # the guard's one host read per optimizer step (a late one when deferred)
             self._consecutive = 0
             return
         bad: list[dict[str, Any]] = []

@@ -12,6 +12,9 @@ LFM2-VL (transformers 5.x ``Lfm2VlModel``):
 * ``get_image_features`` cut each image's features to ``pixel_attention_mask.sum()`` (a GPU tensor:
   one sync per image); the NaFlex processor marks exactly the first ``h * w`` patches of an image with
   ``spatial_shapes = (h, w)``, so the CPU ``spatial_shapes`` give the same lengths.
+* the SigLIP2 tower asked on the host whether ``pixel_attention_mask`` masks any patch (``masking_utils.
+  _ignore_bidirectional_mask_sdpa``: one sync); the same shapes answer it, and the tower gets the mask the
+  library would build (sdpa kernel, no pooling head; else the library's own path).
 * ``get_placeholder_mask`` checked on the host that image tokens and features agree (one sync); the
   check becomes a device-side assertion (``torch._assert_async``).
 """
@@ -22,6 +25,7 @@ import types
 from typing import Any
 
 import torch
+from transformers import masking_utils
 
 
 def _lfm2_image_features(
@@ -39,7 +43,7 @@ def _lfm2_image_features(
     outputs = self.vision_tower(
         pixel_values=pixel_values,
         spatial_shapes=spatial_shapes,
-        pixel_attention_mask=pixel_attention_mask,
+        pixel_attention_mask=_tower_mask(self.vision_tower, spatial_shapes, pixel_attention_mask),
         return_dict=True,
         **kwargs,
     )
@@ -51,6 +55,31 @@ def _lfm2_image_features(
         features.append(embedding.reshape(-1, embedding.size(-1)))
     outputs.pooler_output = features
     return outputs
+
+
+def _tower_mask(
+    vision_tower: Any, spatial_shapes: torch.Tensor, pixel_attention_mask: torch.Tensor
+) -> torch.Tensor | None:
+    """The SigLIP2 tower's attention mask, its padding question answered by the CPU ``spatial_shapes``
+    (an image of ``h x w`` patches fills the first ``h * w`` of the row); the 2-D mask where that cannot be
+    done here (another kernel, a pooling head that reads the 2-D mask, another tower)."""
+    tower = getattr(vision_tower, "vision_model", vision_tower)  # the transformer (older releases wrap it)
+    config = getattr(tower, "config", None)
+    if (
+        getattr(tower, "use_head", True)
+        or getattr(config, "_attn_implementation", None) != "sdpa"
+        or pixel_attention_mask.ndim != 2
+    ):
+        return pixel_attention_mask
+    if not bool((spatial_shapes.prod(-1) < pixel_attention_mask.shape[1]).any()):
+        return None  # every patch is real: sdpa runs without a mask, as the library decides
+    shape_only = torch.empty((*pixel_attention_mask.shape, 0), device=pixel_attention_mask.device)
+    return masking_utils.create_bidirectional_mask(
+        config=config,
+        inputs_embeds=shape_only,  # read for its batch size, length and device (sdpa masks are boolean)
+        attention_mask=pixel_attention_mask,
+        allow_is_bidirectional_skip=False,
+    )
 
 
 def _lfm2_placeholder_mask(

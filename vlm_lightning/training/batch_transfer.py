@@ -9,6 +9,7 @@ import torch
 
 from vlm_lightning.models.families import FamilyFacts
 from vlm_lightning.models.host_inputs import split_host_inputs
+from vlm_lightning.models.host_masks import padded_rows, prepares_text_masks
 from vlm_lightning.models.host_precompute import host_rope_inputs, kept_on_host
 from vlm_lightning.models.packed_positions import packed_inputs
 from vlm_lightning.training.loss import labelled_positions, labelled_rows
@@ -26,7 +27,8 @@ class BatchTransfer:
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Find the labelled positions and rows on the CPU copy (on the GPU each is a sync: ``nonzero``), and
-        build the family's host-computed inputs there (packed positions, ``models/host_precompute.py``)."""
+        build the family's host-computed inputs there (packed positions, ``models/host_precompute.py``), and
+        whether the rows hold padding (``models/host_masks.py``: the text masks are then built without asking)."""
         if (
             isinstance(batch, dict)
             and torch.is_tensor(batch.get("labels"))
@@ -47,6 +49,9 @@ class BatchTransfer:
             and self.hparams.get("host_built_inputs", True)
         ):
             batch["inputs"].update(host_rope_inputs(self.model, self.facts, batch["inputs"]))
+            mask = batch["inputs"].get("attention_mask")
+            if torch.is_tensor(mask) and mask.device.type == "cpu" and prepares_text_masks(self.model):
+                batch["padded_rows"] = padded_rows(mask)  # the text masks' question, answered here
         return batch
 
     @functools.cached_property

@@ -24,6 +24,7 @@ from vlm_lightning.models.acceleration import compile_decoder_layers, compile_vi
 from vlm_lightning.models.build import build_model
 from vlm_lightning.models.compile_support import compile_problem
 from vlm_lightning.models.families import FamilyFacts
+from vlm_lightning.models.host_masks import host_decided_masks
 from vlm_lightning.models.loading import Dtype
 from vlm_lightning.models.packed_positions import packing_attention_problem
 from vlm_lightning.models.peft_setup import LoraSettings, Mode, parameter_report
@@ -80,7 +81,8 @@ class VLMFineTuner(BatchTransfer, EvaluationSteps, CheckpointHooks, L.LightningM
             (``false``: PEFT's own mask and GEMM per adapter).
         host_built_inputs: Qwen2 / 2.5 / 3-VL: build the M-RoPE index and the vision tower's positions and
             boundaries on the CPU copy of each training / validation batch (fewer host syncs per step;
-            ``models/host_precompute.py``); ``false`` leaves them to transformers' forward.
+            ``models/host_precompute.py``), and (those and LFM2-VL) answer the text masks' padding question
+            there (``models/host_masks.py``); ``false`` leaves both to transformers' forward.
         merge_lora_for_generation: generate with each LoRA projection folded into one temporary merged
             linear layer (faster decoding; the trained weights are untouched; needs memory for one copy of
             the merged weights; 4-bit QLoRA bases keep the adapter path).
@@ -201,9 +203,12 @@ class VLMFineTuner(BatchTransfer, EvaluationSteps, CheckpointHooks, L.LightningM
     # --- one shared step ----------------------------------------------------------------------
     def model_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward; return mean loss over labelled tokens, labelled-token count and correct-token count."""
+        inputs = batch["inputs"]
+        if "padded_rows" in batch:  # decided on the CPU copy (training/batch_transfer.py)
+            inputs = host_decided_masks(self.model, inputs, batch["padded_rows"])
         return causal_lm_loss(
             self.model,
-            batch["inputs"],
+            inputs,
             batch["labels"],
             keep=batch.get("label_positions"),
             rows=batch.get("label_rows"),

@@ -1,0 +1,104 @@
+"""Text attention masks whose padding decision is taken on the CPU copy of a batch: no host sync per forward.
+
+Before it builds a mask, transformers asks on the host whether the 2-D padding mask holds any zero: can the
+mask be dropped (sdpa then runs ``is_causal``), does the recurrent layer need one (``masking_utils.
+_ignore_causal_mask_sdpa``'s ``fast_all`` and ``create_recurrent_attention_mask``'s ``torch.all``)? On a GPU
+batch each question is a sync: the host waits for every queued kernel before it can launch the forward's
+(measured on LFM2-VL-1.6B: 4.2 % of the step's host time). The trainer answers it on the CPU batch
+(``padded_rows``) and hands the text model masks built by the library's own factories without the question
+(``allow_is_causal_skip=False`` when padded, no mask when not), through the library's own entry for prepared
+masks: a per-layer-type mapping, or a 4-D mask (every mask factory returns one as-is). Same masks, so the
+same numbers (``tests/models/test_host_masks.py`` compares them with the library's on every model type here).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from transformers import masking_utils
+
+#: how each model type's text model takes prepared masks: ``mapping`` (a dict keyed by layer type, as
+#: ``generate`` passes it) or ``4d`` (one mask, for text models whose layers are all full attention)
+PREPARED_MASK_FORMS: dict[str, Literal["mapping", "4d"]] = {
+    "qwen2_vl": "mapping",
+    "qwen2_5_vl": "mapping",
+    "qwen3_vl": "4d",
+    "lfm2_vl": "mapping",
+    "lfm2-vl": "mapping",
+}
+#: model types whose own M-RoPE index reads the 2-D mask when no ``position_ids`` are given
+MASK_READ_BY_POSITIONS = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl"})
+_CAUSAL_FACTORIES = {
+    "full_attention": masking_utils.create_causal_mask,
+    "sliding_attention": masking_utils.create_sliding_window_causal_mask,
+}
+_RECURRENT = ("conv", "linear_attention")
+_KERNELS = ("sdpa", "eager")  # the kernels whose factories ask the question (flash / flex: left as they are)
+
+
+def padded_rows(attention_mask: torch.Tensor) -> bool:
+    """Whether a CPU padding mask masks any position (the question, answered before the batch moves)."""
+    return bool((attention_mask == 0).any())
+
+
+def _text_layout(model: torch.nn.Module) -> tuple[Any, list[str], Literal["mapping", "4d"]] | None:
+    config = model.config
+    form = PREPARED_MASK_FORMS.get(getattr(config, "model_type", ""))
+    text = config.get_text_config()
+    if form is None or getattr(text, "_attn_implementation", None) not in _KERNELS:
+        return None
+    layer_types = list(getattr(text, "layer_types", None) or ["full_attention"])
+    known = set(_CAUSAL_FACTORIES) | (set(_RECURRENT) if form == "mapping" else set())
+    if not set(layer_types) <= known or (form == "4d" and set(layer_types) != {"full_attention"}):
+        return None
+    return text, layer_types, form
+
+
+def prepares_text_masks(model: torch.nn.Module) -> bool:
+    """Whether ``host_decided_masks`` can prepare this model's text masks."""
+    return _text_layout(model) is not None
+
+
+def host_decided_masks(model: torch.nn.Module, inputs: dict[str, Any], padded: bool) -> dict[str, Any]:
+    """``inputs`` with its 2-D ``attention_mask`` replaced by the text model's prepared masks.
+
+    ``padded``: ``padded_rows`` of the CPU copy of that mask. Unchanged when the model's masks cannot be
+    prepared here (``prepares_text_masks``), without a 2-D mask (packed rows, generation), or when the
+    model still reads it to build its positions (``MASK_READ_BY_POSITIONS`` without ``position_ids``).
+    """
+    layout = _text_layout(model)
+    mask = inputs.get("attention_mask")
+    if layout is None or not torch.is_tensor(mask) or mask.ndim != 2:
+        return inputs
+    if model.config.model_type in MASK_READ_BY_POSITIONS and inputs.get("position_ids") is None:
+        return inputs
+    text, layer_types, form = layout
+    if form == "4d" and not padded:
+        return inputs  # no 4-D stand-in for "no mask" (dropping the mask would change other readers of it)
+    embeddings = model.get_input_embeddings().weight
+    # the factories read only the batch size, length, dtype and device of the embeddings
+    shape_of_embeddings = torch.empty((*mask.shape, 0), dtype=embeddings.dtype, device=mask.device)
+    masks: dict[str, Any] = {}
+    for kind in dict.fromkeys(layer_types):
+        if kind in _RECURRENT:  # what create_recurrent_attention_mask returns for a full-length forward
+            masks[kind] = mask.contiguous() if padded else None
+            continue
+        masks[kind] = _CAUSAL_FACTORIES[kind](
+            config=text,
+            inputs_embeds=shape_of_embeddings,
+            attention_mask=mask if padded else None,
+            past_key_values=None,
+            position_ids=None,
+            allow_is_causal_skip=not padded,
+        )
+    return {**inputs, "attention_mask": masks if form == "mapping" else masks["full_attention"]}
+
+
+__all__ = [
+    "MASK_READ_BY_POSITIONS",
+    "PREPARED_MASK_FORMS",
+    "host_decided_masks",
+    "padded_rows",
+    "prepares_text_masks",
+]
