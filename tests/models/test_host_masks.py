@@ -15,7 +15,11 @@ from vlm_lightning.models.host_masks import (
     prepares_text_masks,
 )
 
-REPLICAS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "lfm2_vl"]  # the model types of PREPARED_MASK_FORMS
+# the families whose text model types PREPARED_MASK_FORMS lists
+REPLICAS = [
+    "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "internvl", "lfm2_vl", "lfm3_vl",
+    "idefics3", "smolvlm", "granite_docling", "paddleocr_vl",
+]  # fmt: skip
 SIZES = ((64, 80), (96, 48), (40, 40))  # images of three sizes: rows of three lengths (padded)
 
 
@@ -29,8 +33,11 @@ def test_padded_rows_answers_on_the_cpu_mask() -> None:
     assert padded_rows(torch.tensor([[True, False]])) is True
 
 
-def test_every_replica_model_type_is_listed() -> None:
-    assert {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "lfm2_vl"} <= set(PREPARED_MASK_FORMS)
+def test_every_listed_text_model_type_is_tested(tiny_replica) -> None:  # noqa: ANN001
+    from transformers import AutoConfig
+
+    tested = {AutoConfig.from_pretrained(tiny_replica(f)).get_text_config().model_type for f in REPLICAS}
+    assert tested == set(PREPARED_MASK_FORMS)
 
 
 @pytest.mark.parametrize("family", REPLICAS)
@@ -78,11 +85,15 @@ def test_training_step_with_host_decided_masks_gives_the_library_numbers(
     module = lora_module(str(tiny_replica(family)), dtype="float32")
     for sizes in (SIZES, ((64, 80),)):  # three rows of three lengths; one row (no padding)
         hooked = module.on_before_batch_transfer(chat_batch(str(tiny_replica(family)), sizes=sizes), 0)
+        if not prepares_text_masks(module.model, hooked["inputs"]):  # the model builds its positions from it
+            assert family in ("qwen3_5", "paddleocr_vl") and "padded_rows" not in hooked
+            return
         assert hooked["padded_rows"] is (len(sizes) > 1)
         library = {k: v for k, v in hooked.items() if k != "padded_rows"}
         loss_l, grads_l = loss_and_grads(module, library, autocast=False)
         with monkeypatch.context() as patched:
-            if hooked["padded_rows"] or PREPARED_MASK_FORMS[module.model.config.model_type] == "mapping":
+            form = PREPARED_MASK_FORMS[module.model.config.get_text_config().model_type]
+            if hooked["padded_rows"] or form == "mapping":
                 patched.setattr(masking_utils, "fast_all", _never_asked)
             loss_h, grads_h = loss_and_grads(module, hooked, autocast=False)
         assert loss_h == loss_l
@@ -92,9 +103,12 @@ def test_training_step_with_host_decided_masks_gives_the_library_numbers(
 
 
 def test_models_without_a_prepared_form_keep_their_mask(tiny_replica) -> None:  # noqa: ANN001
-    module = lora_module(str(tiny_replica("idefics3")), dtype="float32")
+    """Gemma-style models build a two-way image mask from ``token_type_ids``: their 2-D mask is left alone."""
+    for family in ("paligemma", "gemma4"):
+        assert not prepares_text_masks(lora_module(str(tiny_replica(family)), dtype="float32").model)
+    module = lora_module(str(tiny_replica("gemma3")), dtype="float32")
     assert not prepares_text_masks(module.model)
-    hooked = module.on_before_batch_transfer(chat_batch(str(tiny_replica("idefics3"))), 0)
+    hooked = module.on_before_batch_transfer(chat_batch(str(tiny_replica("gemma3"))), 0)
     assert "padded_rows" not in hooked
     inputs = {"attention_mask": torch.tensor([[1, 0]])}
     assert host_decided_masks(module.model, inputs, True) is inputs
@@ -106,7 +120,7 @@ def test_flash_and_flex_kernels_are_left_to_the_library(tiny_replica) -> None:  
     assert not prepares_text_masks(module.model)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "qwen3_5", "paddleocr_vl"])
 def test_qwen_masks_stay_two_dimensional_while_the_model_builds_its_positions(
     tiny_replica, family: str
 ) -> None:  # noqa: ANN001, E501

@@ -1,7 +1,7 @@
 """Text attention masks whose padding decision is taken on the CPU copy of a batch: no host sync per forward.
 
 Before it builds a mask, transformers asks on the host whether the 2-D padding mask holds any zero: can the
-mask be dropped (sdpa then runs ``is_causal``), does the recurrent layer need one (``masking_utils.
+mask be dropped (sdpa then runs ``is_causal``), does the recurrent (convolution / linear-attention) layer need one (``masking_utils.
 _ignore_causal_mask_sdpa``'s ``fast_all`` and ``create_recurrent_attention_mask``'s ``torch.all``)? On a GPU
 batch each question is a sync: the host waits for every queued kernel before it can launch the forward's
 (measured on LFM2-VL-1.6B: 4.2 % of the step's host time). The trainer answers it on the CPU batch
@@ -18,17 +18,24 @@ from typing import Any, Literal
 import torch
 from transformers import masking_utils
 
-#: how each model type's text model takes prepared masks: ``mapping`` (a dict keyed by layer type, as
-#: ``generate`` passes it) or ``4d`` (one mask, for text models whose layers are all full attention)
+#: how each text model type takes prepared masks: ``mapping`` (a dict keyed by layer type, as ``generate``
+#: passes it) or ``4d`` (one mask, for text models whose layers are all full attention); the text models of
+#: every family with a replica here that reads the 2-D mask for nothing else (not Gemma / PaliGemma: their
+#: image tokens attend both ways, a mask the VL model builds from ``token_type_ids``)
 PREPARED_MASK_FORMS: dict[str, Literal["mapping", "4d"]] = {
-    "qwen2_vl": "mapping",
-    "qwen2_5_vl": "mapping",
-    "qwen3_vl": "4d",
-    "lfm2_vl": "mapping",
-    "lfm2-vl": "mapping",
+    "qwen2_vl_text": "mapping",
+    "qwen2_5_vl_text": "mapping",
+    "qwen3_vl_text": "4d",
+    "qwen3_5_text": "mapping",
+    "qwen2": "mapping",  # InternVL
+    "lfm2": "mapping",
+    "lfm3": "mapping",
+    "llama": "4d",  # Idefics3, SmolVLM
+    "granite_docling_text": "4d",
+    "paddleocr_vl_text": "4d",
 }
-#: model types whose own M-RoPE index reads the 2-D mask when no ``position_ids`` are given
-MASK_READ_BY_POSITIONS = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl"})
+#: VL model types whose own position index (M-RoPE) reads the 2-D mask when no ``position_ids`` are given
+MASK_READ_BY_POSITIONS = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "paddleocr_vl"})
 _CAUSAL_FACTORIES = {
     "full_attention": masking_utils.create_causal_mask,
     "sliding_attention": masking_utils.create_sliding_window_causal_mask,
@@ -43,9 +50,8 @@ def padded_rows(attention_mask: torch.Tensor) -> bool:
 
 
 def _text_layout(model: torch.nn.Module) -> tuple[Any, list[str], Literal["mapping", "4d"]] | None:
-    config = model.config
-    form = PREPARED_MASK_FORMS.get(getattr(config, "model_type", ""))
-    text = config.get_text_config()
+    text = model.config.get_text_config()
+    form = PREPARED_MASK_FORMS.get(getattr(text, "model_type", ""))
     if form is None or getattr(text, "_attn_implementation", None) not in _KERNELS:
         return None
     layer_types = list(getattr(text, "layer_types", None) or ["full_attention"])
@@ -55,9 +61,17 @@ def _text_layout(model: torch.nn.Module) -> tuple[Any, list[str], Literal["mappi
     return text, layer_types, form
 
 
-def prepares_text_masks(model: torch.nn.Module) -> bool:
-    """Whether ``host_decided_masks`` can prepare this model's text masks."""
-    return _text_layout(model) is not None
+def prepares_text_masks(model: torch.nn.Module, inputs: dict[str, Any] | None = None) -> bool:
+    """Whether ``host_decided_masks`` prepares this model's text masks (for these ``inputs``, when given)."""
+    if _text_layout(model) is None:
+        return False
+    if inputs is None:
+        return True
+    mask = inputs.get("attention_mask")
+    if not torch.is_tensor(mask) or mask.ndim != 2:
+        return False  # packed rows, generation: no 2-D mask
+    # the model's own position index still reads the 2-D mask
+    return not (model.config.model_type in MASK_READ_BY_POSITIONS and inputs.get("position_ids") is None)
 
 
 def host_decided_masks(model: torch.nn.Module, inputs: dict[str, Any], padded: bool) -> dict[str, Any]:
@@ -68,11 +82,9 @@ def host_decided_masks(model: torch.nn.Module, inputs: dict[str, Any], padded: b
     model still reads it to build its positions (``MASK_READ_BY_POSITIONS`` without ``position_ids``).
     """
     layout = _text_layout(model)
-    mask = inputs.get("attention_mask")
-    if layout is None or not torch.is_tensor(mask) or mask.ndim != 2:
+    if layout is None or not prepares_text_masks(model, inputs):
         return inputs
-    if model.config.model_type in MASK_READ_BY_POSITIONS and inputs.get("position_ids") is None:
-        return inputs
+    mask = inputs["attention_mask"]
     text, layer_types, form = layout
     if form == "4d" and not padded:
         return inputs  # no 4-D stand-in for "no mask" (dropping the mask would change other readers of it)

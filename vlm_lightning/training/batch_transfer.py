@@ -50,7 +50,11 @@ class BatchTransfer:
         ):
             batch["inputs"].update(host_rope_inputs(self.model, self.facts, batch["inputs"]))
             mask = batch["inputs"].get("attention_mask")
-            if torch.is_tensor(mask) and mask.device.type == "cpu" and prepares_text_masks(self.model):
+            if (
+                torch.is_tensor(mask)
+                and mask.device.type == "cpu"
+                and prepares_text_masks(self.model, batch["inputs"])
+            ):
                 batch["padded_rows"] = padded_rows(mask)  # the text masks' question, answered here
         return batch
 
