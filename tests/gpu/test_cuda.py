@@ -475,3 +475,52 @@ def test_host_decided_masks_keep_the_numbers_with_fewer_syncs(tiny_replica, fami
     for name, grad in grads_l.items():
         torch.testing.assert_close(grads_h[name], grad, rtol=1e-5, atol=1e-7, msg=name)
     assert syncs_h < syncs_l
+
+
+@pytest.mark.parametrize("family", ["lfm2_vl", "qwen2_vl"])
+def test_packed_rows_with_host_decided_block_masks_keep_the_numbers_with_fewer_syncs(
+    tiny_replica, family: str
+) -> None:  # noqa: ANN001, E501
+    """Packed rows: the sample index of each token found on the CPU gives the block masks of the library on
+    the GPU (fp32 loss and gradients), without the device-side check for rows that pack two samples."""
+    from vlm_lightning.models.loading import make_collator
+
+    path = str(tiny_replica(family))
+    module = lora_module(path, dtype="float32").cuda()
+    collator = make_collator(load_processor(path, image_max_tokens=16), family_of(path), max_length=400)
+    items = [
+        (
+            Record(
+                f"s{i}",
+                ["x"],
+                [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": a}],
+                [a],
+            ),
+            [Image.new("RGB", (64 + 16 * i, 80), (40 * i, 200, 90))],
+        )
+        for i, a in enumerate(['{"total": 12.5}', "Corner Cafe", "42 items, paid in cash"])
+    ]
+    hooked = module.on_before_batch_transfer(collator.pack(items, budget=None), 0)
+    assert hooked["packed_sequence_ids"] is not None
+    runs = []
+    for batch in ({k: v for k, v in hooked.items() if k != "packed_sequence_ids"}, hooked):
+        moved = module.transfer_batch_to_device(batch, torch.device("cuda"), 0)
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                module.zero_grad(set_to_none=True)
+                loss, _, _ = module.model_step(moved)
+                loss.backward()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+        runs.append((loss.item(), grads, sum("synchroniz" in str(w.message) for w in caught)))
+    (loss_l, grads_l, syncs_l), (loss_h, grads_h, syncs_h) = runs
+    print(f"{family} packed host syncs per step: library masks {syncs_l}, host-decided masks {syncs_h}")
+    assert loss_h == pytest.approx(loss_l, rel=1e-6)
+    assert grads_h.keys() == grads_l.keys() and grads_l
+    for name, grad in grads_l.items():
+        torch.testing.assert_close(grads_h[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert syncs_h < syncs_l

@@ -8,6 +8,7 @@ from fit_helpers import lora_module, loss_and_grads
 from fixtures_data import chat_batch
 from transformers import masking_utils
 
+from vlm_lightning.models.families import FAMILIES
 from vlm_lightning.models.host_masks import (
     PREPARED_MASK_FORMS,
     host_decided_masks,
@@ -137,3 +138,74 @@ def test_qwen_masks_stay_two_dimensional_while_the_model_builds_its_positions(
     positions = torch.zeros((3, 2, 3), dtype=torch.long)
     prepared = host_decided_masks(module.model, {"attention_mask": mask, "position_ids": positions}, True)
     assert prepared["attention_mask"] is not mask
+
+
+def _packed_items() -> list:
+    from PIL import Image
+
+    from vlm_lightning.data.records import Record
+
+    answers = ['{"total": 12.5}', "Corner Cafe", "42 items, paid in cash"]
+    return [
+        (
+            Record(
+                f"s{i}",
+                ["x"],
+                [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": a}],
+                [a],
+            ),
+            [Image.new("RGB", (64 + 16 * i, 80), (40 * i, 200, 255 - 50 * i))],
+        )
+        for i, a in enumerate(answers)
+    ]
+
+
+PACKED_REPLICAS = [f for f in REPLICAS if FAMILIES[f].packing_refusal is None]
+
+
+@pytest.mark.parametrize("family", PACKED_REPLICAS)
+def test_packed_rows_get_the_library_block_masks_without_asking(
+    tiny_replica, family: str, monkeypatch
+) -> None:  # noqa: ANN001, E501
+    """Packed rows: the sample index of each token is found on the CPU; the prepared block-causal masks equal
+    the library's (built from the positions), and so do the loss and LoRA gradients, with no row split found
+    on the device (``find_packed_sequence_indices`` would raise)."""
+    from vlm_lightning.models.loading import family_of, load_processor, make_collator
+
+    path = str(tiny_replica(family))
+    module = lora_module(path, dtype="float32")
+    collator = make_collator(load_processor(path, image_max_tokens=16), family_of(path), max_length=400)
+    one_row = collator.pack(_packed_items(), budget=None)
+    first, second = one_row["packed_segments"][0][:2]
+    text = module.model.config.get_text_config()
+    for budget in (None, first + second):  # one row of three samples; two rows, the second padded
+        hooked = module.on_before_batch_transfer(collator.pack(_packed_items(), budget=budget), 0)
+        ids = hooked["packed_sequence_ids"]
+        assert ids is not None and "attention_mask" not in hooked["inputs"]
+        prepared = host_decided_masks(module.model, hooked["inputs"], sequence_ids=ids)["attention_mask"]
+        kinds = prepared if isinstance(prepared, dict) else {"full_attention": prepared}
+        positions = hooked["inputs"]["position_ids"]
+        positions = positions[0] if positions.ndim == 3 else positions
+        embeds = torch.zeros((*hooked["inputs"]["input_ids"].shape, 8))
+        for kind, ours in kinds.items():
+            factory = masking_utils.LAYER_PATTERN_TO_MASK_FUNCTION_MAPPING[kind]
+            theirs = factory(
+                config=text,
+                inputs_embeds=embeds,
+                attention_mask=None,
+                past_key_values=None,
+                position_ids=positions,
+            )
+            if theirs is None:
+                assert ours is None, kind
+            else:
+                torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=kind)
+        library = {k: v for k, v in hooked.items() if k != "packed_sequence_ids"}
+        loss_l, grads_l = loss_and_grads(module, library, autocast=False)
+        with monkeypatch.context() as patched:
+            patched.setattr(masking_utils, "find_packed_sequence_indices", _never_asked)
+            loss_h, grads_h = loss_and_grads(module, hooked, autocast=False)
+        assert loss_h == loss_l
+        assert grads_h.keys() == grads_l.keys() and grads_l
+        for name, grad in grads_l.items():
+            torch.testing.assert_close(grads_h[name], grad, rtol=0, atol=0, msg=name)

@@ -61,53 +61,89 @@ def _text_layout(model: torch.nn.Module) -> tuple[Any, list[str], Literal["mappi
     return text, layer_types, form
 
 
+def _text_positions(position_ids: Any) -> torch.Tensor | None:
+    """The 1-D positions per row the text model detects packed sequences from (Qwen: the text plane)."""
+    if not torch.is_tensor(position_ids):
+        return None
+    if position_ids.ndim == 3 and position_ids.shape[0] == 4:
+        return position_ids[0]
+    return position_ids if position_ids.ndim == 2 else None
+
+
 def prepares_text_masks(model: torch.nn.Module, inputs: dict[str, Any] | None = None) -> bool:
-    """Whether ``host_decided_masks`` prepares this model's text masks (for these ``inputs``, when given)."""
+    """Whether ``host_decided_masks`` prepares this model's text masks (for these ``inputs``, when given):
+    a 2-D padding mask, or packed rows (no mask; positions that restart per sample)."""
     if _text_layout(model) is None:
         return False
     if inputs is None:
         return True
     mask = inputs.get("attention_mask")
+    if mask is None:  # packed rows
+        return _text_positions(inputs.get("position_ids")) is not None
     if not torch.is_tensor(mask) or mask.ndim != 2:
-        return False  # packed rows, generation: no 2-D mask
+        return False  # a 4-D or prepared mask already
     # the model's own position index still reads the 2-D mask
     return not (model.config.model_type in MASK_READ_BY_POSITIONS and inputs.get("position_ids") is None)
 
 
-def host_decided_masks(model: torch.nn.Module, inputs: dict[str, Any], padded: bool) -> dict[str, Any]:
-    """``inputs`` with its 2-D ``attention_mask`` replaced by the text model's prepared masks.
+def packed_sequence_ids(inputs: dict[str, Any]) -> torch.Tensor | None:
+    """The sample index of each token of packed rows, found on the CPU copy by the library's own
+    ``find_packed_sequence_indices`` (on a GPU batch it asks whether any row packs two samples: a sync);
+    None when no row does."""
+    positions = _text_positions(inputs.get("position_ids"))
+    if positions is None:
+        return None
+    return masking_utils.find_packed_sequence_indices(positions.expand(inputs["input_ids"].shape[0], -1))
 
-    ``padded``: ``padded_rows`` of the CPU copy of that mask. Unchanged when the model's masks cannot be
-    prepared here (``prepares_text_masks``), without a 2-D mask (packed rows, generation), or when the
-    model still reads it to build its positions (``MASK_READ_BY_POSITIONS`` without ``position_ids``).
+
+def host_decided_masks(
+    model: torch.nn.Module,
+    inputs: dict[str, Any],
+    padded: bool = False,
+    sequence_ids: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """``inputs`` with the text model's masks prepared: its 2-D ``attention_mask`` replaced, or (packed rows)
+    block-causal masks added.
+
+    ``padded``: ``padded_rows`` of the CPU copy of the 2-D mask. ``sequence_ids``: packed rows'
+    ``packed_sequence_ids`` (None: no row holds two samples). Unchanged when the model's masks cannot be
+    prepared here (``prepares_text_masks``), and where no 4-D mask stands for what the library would do.
     """
     layout = _text_layout(model)
     if layout is None or not prepares_text_masks(model, inputs):
         return inputs
-    mask = inputs["attention_mask"]
     text, layer_types, form = layout
-    if form == "4d" and not padded:
+    mask = inputs.get("attention_mask")
+    packed = mask is None
+    if form == "4d" and not (sequence_ids is not None if packed else padded):
         return inputs  # no 4-D stand-in for "no mask" (dropping the mask would change other readers of it)
     embeddings = model.get_input_embeddings().weight
+    rows = inputs["input_ids"] if packed else mask
     # the factories read only the batch size, length, dtype and device of the embeddings
-    shape_of_embeddings = torch.empty((*mask.shape, 0), dtype=embeddings.dtype, device=mask.device)
+    shape_of_embeddings = torch.empty((*rows.shape[:2], 0), dtype=embeddings.dtype, device=rows.device)
+    if packed and sequence_ids is not None:
+        # what the library builds from positions restarting per sample: causal within each sample
+        ids = sequence_ids.to(rows.device, non_blocking=True)
+        options: dict[str, Any] = {
+            "attention_mask": None,
+            "and_mask_function": masking_utils.packed_sequence_mask_function(ids),
+            "allow_is_causal_skip": False,
+        }
+    else:  # padded rows: the mask, never dropped; unpadded rows or one sample per packed row: none
+        options = {"attention_mask": mask if padded else None, "allow_is_causal_skip": not padded}
     masks: dict[str, Any] = {}
     for kind in dict.fromkeys(layer_types):
         if kind in _RECURRENT:  # what create_recurrent_attention_mask returns for a full-length forward
-            masks[kind] = mask.contiguous() if padded else None
+            masks[kind] = mask.contiguous() if padded and not packed else None
             continue
         masks[kind] = _CAUSAL_FACTORIES[kind](
-            config=text,
-            inputs_embeds=shape_of_embeddings,
-            attention_mask=mask if padded else None,
-            past_key_values=None,
-            position_ids=None,
-            allow_is_causal_skip=not padded,
+            config=text, inputs_embeds=shape_of_embeddings, past_key_values=None, position_ids=None, **options
         )
     return {**inputs, "attention_mask": masks if form == "mapping" else masks["full_attention"]}
 
 
 __all__ = [
+    "packed_sequence_ids",
     "MASK_READ_BY_POSITIONS",
     "PREPARED_MASK_FORMS",
     "host_decided_masks",

@@ -9,7 +9,7 @@ import torch
 
 from vlm_lightning.models.families import FamilyFacts
 from vlm_lightning.models.host_inputs import split_host_inputs
-from vlm_lightning.models.host_masks import padded_rows, prepares_text_masks
+from vlm_lightning.models.host_masks import packed_sequence_ids, padded_rows, prepares_text_masks
 from vlm_lightning.models.host_precompute import host_rope_inputs, kept_on_host
 from vlm_lightning.models.packed_positions import packed_inputs
 from vlm_lightning.training.loss import labelled_positions, labelled_rows
@@ -28,7 +28,8 @@ class BatchTransfer:
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Find the labelled positions and rows on the CPU copy (on the GPU each is a sync: ``nonzero``), and
         build the family's host-computed inputs there (packed positions, ``models/host_precompute.py``), and
-        whether the rows hold padding (``models/host_masks.py``: the text masks are then built without asking)."""
+        the answers to the text masks' questions (``models/host_masks.py``: the masks are then built without
+        asking them on the GPU)."""
         if (
             isinstance(batch, dict)
             and torch.is_tensor(batch.get("labels"))
@@ -49,14 +50,22 @@ class BatchTransfer:
             and self.hparams.get("host_built_inputs", True)
         ):
             batch["inputs"].update(host_rope_inputs(self.model, self.facts, batch["inputs"]))
-            mask = batch["inputs"].get("attention_mask")
-            if (
-                torch.is_tensor(mask)
-                and mask.device.type == "cpu"
-                and prepares_text_masks(self.model, batch["inputs"])
-            ):
-                batch["padded_rows"] = padded_rows(mask)  # the text masks' question, answered here
+            batch.update(self._text_mask_answers(batch["inputs"]))
         return batch
+
+    def _text_mask_answers(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The text masks' questions answered on the CPU batch (``models/host_masks.py``): do the rows hold
+        padding (``padded_rows``), which sample is each token of packed rows (``packed_sequence_ids``)."""
+        ids = inputs.get("input_ids")
+        if (
+            not torch.is_tensor(ids)
+            or ids.device.type != "cpu"
+            or not prepares_text_masks(self.model, inputs)
+        ):
+            return {}
+        if inputs.get("attention_mask") is None:
+            return {"packed_sequence_ids": packed_sequence_ids(inputs)}
+        return {"padded_rows": padded_rows(inputs["attention_mask"])}
 
     @functools.cached_property
     def _host_built_kept(self) -> tuple[str, ...]:

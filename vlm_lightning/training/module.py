@@ -204,8 +204,10 @@ class VLMFineTuner(BatchTransfer, EvaluationSteps, CheckpointHooks, L.LightningM
     def model_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward; return mean loss over labelled tokens, labelled-token count and correct-token count."""
         inputs = batch["inputs"]
-        if "padded_rows" in batch:  # decided on the CPU copy (training/batch_transfer.py)
-            inputs = host_decided_masks(self.model, inputs, batch["padded_rows"])
+        if "padded_rows" in batch or "packed_sequence_ids" in batch:  # answered on the CPU copy
+            inputs = host_decided_masks(
+                self.model, inputs, batch.get("padded_rows", False), batch.get("packed_sequence_ids")
+            )
         return causal_lm_loss(
             self.model,
             inputs,
