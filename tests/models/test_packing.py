@@ -208,3 +208,29 @@ def test_packed_rows_are_exact_with_the_eager_kernel_too(family: str, tiny_repli
         alone = model(**single["inputs"], use_cache=False).logits
     first = _sample_losses(alone, single["labels"], [[single["labels"].shape[1]]])[0]
     torch.testing.assert_close(before[0], first, rtol=1e-5, atol=1e-5)
+
+
+def test_filler_batches_train_nothing_and_still_touch_every_adapter(tiny_replica) -> None:  # noqa: ANN001
+    """The packed sampler's fillers (DDP ranks kept in step at an epoch's end) hold no labelled token and add
+    no real tokens; their step gives a zero loss and a zero gradient for every trainable weight (DDP's reducer
+    waits for all of them), so no sample trains twice."""
+    import dataclasses
+
+    from fit_helpers import lora_module
+
+    from vlm_lightning.data.sampling import FILLER
+
+    path = str(tiny_replica("lfm2_vl"))
+    module = lora_module(path, dtype="float32")
+    collator = make_collator(load_processor(path, image_max_tokens=16), family_of(path), max_length=400)
+    fillers = [(dataclasses.replace(r, meta={FILLER: True}), images) for r, images in _items(ANSWERS)]
+    real = collator.pack(_items(ANSWERS), budget=None)
+    batch = collator.pack(fillers, budget=None)
+    assert torch.equal(batch["inputs"]["input_ids"], real["inputs"]["input_ids"])
+    assert (batch["labels"] == IGNORE_INDEX).all() and (real["labels"] != IGNORE_INDEX).any()
+    assert batch["real_tokens"] == 0 < real["real_tokens"]
+    loss, n_tokens, _ = module.model_step(module.on_before_batch_transfer(batch, 0))
+    loss.backward()
+    trainable = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    assert float(loss) == 0.0 and int(n_tokens) == 0 and trainable
+    assert all(p.grad is not None and not p.grad.any() for p in trainable.values())

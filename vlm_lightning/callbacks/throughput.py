@@ -13,6 +13,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from vlm_lightning.data.sampling import FILLER
+
 
 class Throughput(Callback):
     """Samples/s and tokens/s over optimizer steps after ``warmup_steps``, across all ranks; peak GPU memory.
@@ -42,9 +44,10 @@ class Throughput(Callback):
                 self._start = time.perf_counter()
                 self._steps_at_start = step
             return
-        self._samples += (
-            len(batch["ids"]) if "ids" in batch else int(batch["labels"].shape[0])
-        )  # packed: rows != samples
+        if "meta" in batch:  # packed: rows != samples; fillers (ranks kept in step) are not trained on
+            self._samples += sum(not meta.get(FILLER) for meta in batch["meta"])
+        else:
+            self._samples += len(batch["ids"]) if "ids" in batch else int(batch["labels"].shape[0])
         if "real_tokens" in batch:  # packed rows: the samples' lengths, counted by the collator
             self._tokens = self._tokens + batch["real_tokens"]
         else:

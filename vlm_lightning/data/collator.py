@@ -298,7 +298,8 @@ class ChatCollator(CollatorBase):
             "inputs": {**tokens, **image_tensors},
             "labels": labels,
             "packed_segments": segments,
-            "real_tokens": sum(len(s.input_ids) for s in samples),  # host number: no row padding
+            # host number: no row padding, no filler (a repeated sample that keeps DDP ranks in step)
+            "real_tokens": sum(len(s.input_ids) for s, r in zip(samples, records) if not r.meta.get(FILLER)),
             **record_fields(records),
         }
 

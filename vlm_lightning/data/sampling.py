@@ -102,8 +102,10 @@ class PackedBatchSampler(EpochShuffleSampler):
     ``fill_rows`` from the samples' token ``lengths``; consecutive ``rows`` rows make one batch, so every
     step holds about ``rows * budget`` real tokens whatever the samples' lengths. Batches are dealt to
     ranks in turn (batch ``k`` to rank ``k % num_replicas``), so the ranks' token budgets are equal; an
-    epoch whose batch count does not divide by the ranks repeats its first batches, as
-    ``DistributedSampler`` repeats samples. An item is a list of rows (lists of sample indices): use it
+    epoch whose batch count does not divide by the ranks fills the last round with its first batches again
+    as fillers (negative indices: samples marked ``FILLER``, whose labels are ignored), so every rank steps
+    as often as the others and no sample trains twice (a filler adds no token to the step's token mean and
+    zero gradients). An item is a list of rows (lists of sample indices): use it
     with ``batch_size=None`` over ``RowsView(dataset)``. ``start_index`` skips this rank's first batches.
     """
 
@@ -132,8 +134,10 @@ class PackedBatchSampler(EpochShuffleSampler):
             rows = fill_rows(order, self.token_lengths, self.budget, gen=gen)
             batches = [rows[k : k + self.rows] for k in range(0, len(rows), self.rows)]
             per_rank = math.ceil(len(batches) / self.num_replicas)
+            real = list(batches)
             while batches and len(batches) < per_rank * self.num_replicas:
-                batches += batches[: per_rank * self.num_replicas - len(batches)]
+                short = per_rank * self.num_replicas - len(batches)
+                batches += [_as_fillers(batch) for batch in real[:short]]
             self._epoch_batches = (epoch, batches[self.rank :: self.num_replicas])
         return self._epoch_batches[1]
 
@@ -142,6 +146,11 @@ class PackedBatchSampler(EpochShuffleSampler):
 
     def __len__(self) -> int:
         return len(self.batches(self.epoch))
+
+
+def _as_fillers(batch: list[list[int]]) -> list[list[int]]:
+    """``batch`` again as fillers: index ``-1 - i`` is sample ``i`` marked ``FILLER`` (no loss)."""
+    return [[-1 - i if i >= 0 else i for i in row] for row in batch]
 
 
 class RowsView(Dataset):
