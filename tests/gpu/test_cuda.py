@@ -24,6 +24,35 @@ from vlm_lightning.training.sharding import is_sharded
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
+def _step_with_syncs(module, batch: dict) -> tuple[float, dict[str, torch.Tensor], int]:  # noqa: ANN001
+    """One fp32 ``model_step`` + backward on CUDA: loss, LoRA gradients, and the host syncs torch reported."""
+    moved = module.transfer_batch_to_device(batch, torch.device("cuda"), 0)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            module.zero_grad(set_to_none=True)
+            loss, _, _ = module.model_step(moved)
+            loss.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+    return loss.item(), grads, sum("synchroniz" in str(w.message) for w in caught)
+
+
+def _same_numbers_fewer_syncs(module, reference: dict, faster: dict) -> tuple[int, int]:  # noqa: ANN001
+    """``faster`` gives ``reference``'s loss (rel 1e-6) and gradients (rel 1e-5) with fewer host syncs."""
+    loss_r, grads_r, syncs_r = _step_with_syncs(module, reference)
+    loss_f, grads_f, syncs_f = _step_with_syncs(module, faster)
+    assert loss_f == pytest.approx(loss_r, rel=1e-6)
+    assert grads_f.keys() == grads_r.keys() and grads_r
+    for name, grad in grads_r.items():
+        torch.testing.assert_close(grads_f[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert syncs_f < syncs_r, (syncs_r, syncs_f)
+    return syncs_r, syncs_f
+
+
 def _batch(path: str) -> dict:
     collator = ChatCollator(load_processor(path, image_max_tokens=16), family_of(path), max_length=300)
     recs = [
@@ -370,28 +399,8 @@ def test_qwen_inputs_built_on_the_host_keep_the_numbers_with_fewer_syncs(tiny_re
     collated = set(raw["inputs"])
     hooked = module.on_before_batch_transfer(raw, 0)
     plain = {**hooked, "inputs": {k: v for k, v in hooked["inputs"].items() if k in collated}}
-    runs = []
-    for batch in (plain, hooked):
-        moved = module.transfer_batch_to_device(batch, torch.device("cuda"), 0)
-        torch.cuda.synchronize()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                module.zero_grad(set_to_none=True)
-                loss, _, _ = module.model_step(moved)
-                loss.backward()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
-        runs.append((loss.item(), grads, sum("synchroniz" in str(w.message) for w in caught)))
-    (loss_p, grads_p, syncs_p), (loss_h, grads_h, syncs_h) = runs
+    syncs_p, syncs_h = _same_numbers_fewer_syncs(module, plain, hooked)
     print(f"{family} host syncs per step: library path {syncs_p}, host-built inputs {syncs_h}")
-    assert loss_h == pytest.approx(loss_p, rel=1e-6)
-    assert grads_h.keys() == grads_p.keys() and grads_p
-    for name, grad in grads_p.items():
-        torch.testing.assert_close(grads_h[name], grad, rtol=1e-5, atol=1e-7, msg=name)
-    assert syncs_h < syncs_p
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
@@ -453,28 +462,9 @@ def test_host_decided_masks_keep_the_numbers_with_fewer_syncs(tiny_replica, fami
     module = lora_module(path, dtype="float32").cuda()
     hooked = module.on_before_batch_transfer(chat_batch(path, sizes=((64, 80), (96, 48), (40, 40))), 0)
     assert hooked["padded_rows"] is True
-    runs = []
-    for batch in ({k: v for k, v in hooked.items() if k != "padded_rows"}, hooked):
-        moved = module.transfer_batch_to_device(batch, torch.device("cuda"), 0)
-        torch.cuda.synchronize()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                module.zero_grad(set_to_none=True)
-                loss, _, _ = module.model_step(moved)
-                loss.backward()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
-        runs.append((loss.item(), grads, sum("synchroniz" in str(w.message) for w in caught)))
-    (loss_l, grads_l, syncs_l), (loss_h, grads_h, syncs_h) = runs
+    library = {k: v for k, v in hooked.items() if k != "padded_rows"}
+    syncs_l, syncs_h = _same_numbers_fewer_syncs(module, library, hooked)
     print(f"{family} host syncs per step: library masks {syncs_l}, host-decided masks {syncs_h}")
-    assert loss_h == pytest.approx(loss_l, rel=1e-6)
-    assert grads_h.keys() == grads_l.keys() and grads_l
-    for name, grad in grads_l.items():
-        torch.testing.assert_close(grads_h[name], grad, rtol=1e-5, atol=1e-7, msg=name)
-    assert syncs_h < syncs_l
 
 
 @pytest.mark.parametrize("family", ["lfm2_vl", "qwen2_vl"])
@@ -502,25 +492,6 @@ def test_packed_rows_with_host_decided_block_masks_keep_the_numbers_with_fewer_s
     ]
     hooked = module.on_before_batch_transfer(collator.pack(items, budget=None), 0)
     assert hooked["packed_sequence_ids"] is not None
-    runs = []
-    for batch in ({k: v for k, v in hooked.items() if k != "packed_sequence_ids"}, hooked):
-        moved = module.transfer_batch_to_device(batch, torch.device("cuda"), 0)
-        torch.cuda.synchronize()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                module.zero_grad(set_to_none=True)
-                loss, _, _ = module.model_step(moved)
-                loss.backward()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
-        runs.append((loss.item(), grads, sum("synchroniz" in str(w.message) for w in caught)))
-    (loss_l, grads_l, syncs_l), (loss_h, grads_h, syncs_h) = runs
+    library = {k: v for k, v in hooked.items() if k != "packed_sequence_ids"}
+    syncs_l, syncs_h = _same_numbers_fewer_syncs(module, library, hooked)
     print(f"{family} packed host syncs per step: library masks {syncs_l}, host-decided masks {syncs_h}")
-    assert loss_h == pytest.approx(loss_l, rel=1e-6)
-    assert grads_h.keys() == grads_l.keys() and grads_l
-    for name, grad in grads_l.items():
-        torch.testing.assert_close(grads_h[name], grad, rtol=1e-5, atol=1e-7, msg=name)
-    assert syncs_h < syncs_l

@@ -28,6 +28,32 @@ def _never_asked(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
     raise AssertionError("the padding mask's values were read on the host (a GPU sync)")
 
 
+def _assert_library_masks(kinds: dict, text, embeds: torch.Tensor, **mask_inputs) -> None:  # noqa: ANN001, ANN003
+    """Each prepared mask equals what the library's factory for its layer type builds from ``mask_inputs``."""
+    for kind, ours in kinds.items():
+        factory = masking_utils.LAYER_PATTERN_TO_MASK_FUNCTION_MAPPING[kind]
+        theirs = factory(config=text, inputs_embeds=embeds, past_key_values=None, **mask_inputs)
+        if theirs is None:
+            assert ours is None, kind
+        else:
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=kind)
+
+
+def _assert_library_step(module, hooked: dict, answer: str, never_asked: str | None, monkeypatch) -> None:  # noqa: ANN001
+    """The step with the CPU batch's ``answer`` gives the library path's loss and LoRA gradients bit for bit,
+    and never calls ``masking_utils.<never_asked>`` (which would read the mask's values on the device)."""
+    library = {k: v for k, v in hooked.items() if k != answer}
+    loss_l, grads_l = loss_and_grads(module, library, autocast=False)
+    with monkeypatch.context() as patched:
+        if never_asked:
+            patched.setattr(masking_utils, never_asked, _never_asked)
+        loss_h, grads_h = loss_and_grads(module, hooked, autocast=False)
+    assert loss_h == loss_l
+    assert grads_h.keys() == grads_l.keys() and grads_l
+    for name, grad in grads_l.items():
+        torch.testing.assert_close(grads_h[name], grad, rtol=0, atol=0, msg=name)
+
+
 def test_padded_rows_answers_on_the_cpu_mask() -> None:
     assert padded_rows(torch.tensor([[1, 1, 0], [1, 1, 1]])) is True
     assert padded_rows(torch.ones(2, 3, dtype=torch.long)) is False
@@ -62,19 +88,7 @@ def test_prepared_masks_equal_the_library_masks(tiny_replica, family: str, kerne
             if not padded_rows(mask):  # 4-D form: an unpadded mask is left to the library
                 assert prepared is mask
                 continue
-        for kind, ours in kinds.items():
-            factory = masking_utils.LAYER_PATTERN_TO_MASK_FUNCTION_MAPPING[kind]
-            theirs = factory(
-                config=text,
-                inputs_embeds=embeds,
-                attention_mask=mask,
-                past_key_values=None,
-                position_ids=None,
-            )
-            if theirs is None:
-                assert ours is None, kind
-            else:
-                torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=kind)
+        _assert_library_masks(kinds, text, embeds, attention_mask=mask, position_ids=None)
 
 
 @pytest.mark.parametrize("family", REPLICAS)
@@ -90,17 +104,9 @@ def test_training_step_with_host_decided_masks_gives_the_library_numbers(
             assert family in ("qwen3_5", "paddleocr_vl") and "padded_rows" not in hooked
             return
         assert hooked["padded_rows"] is (len(sizes) > 1)
-        library = {k: v for k, v in hooked.items() if k != "padded_rows"}
-        loss_l, grads_l = loss_and_grads(module, library, autocast=False)
-        with monkeypatch.context() as patched:
-            form = PREPARED_MASK_FORMS[module.model.config.get_text_config().model_type]
-            if hooked["padded_rows"] or form == "mapping":
-                patched.setattr(masking_utils, "fast_all", _never_asked)
-            loss_h, grads_h = loss_and_grads(module, hooked, autocast=False)
-        assert loss_h == loss_l
-        assert grads_h.keys() == grads_l.keys() and grads_l
-        for name, grad in grads_l.items():
-            torch.testing.assert_close(grads_h[name], grad, rtol=0, atol=0, msg=name)
+        form = PREPARED_MASK_FORMS[module.model.config.get_text_config().model_type]
+        never_asked = "fast_all" if hooked["padded_rows"] or form == "mapping" else None
+        _assert_library_step(module, hooked, "padded_rows", never_asked, monkeypatch)
 
 
 def test_models_without_a_prepared_form_keep_their_mask(tiny_replica) -> None:  # noqa: ANN001
@@ -187,25 +193,7 @@ def test_packed_rows_get_the_library_block_masks_without_asking(
         positions = hooked["inputs"]["position_ids"]
         positions = positions[0] if positions.ndim == 3 else positions
         embeds = torch.zeros((*hooked["inputs"]["input_ids"].shape, 8))
-        for kind, ours in kinds.items():
-            factory = masking_utils.LAYER_PATTERN_TO_MASK_FUNCTION_MAPPING[kind]
-            theirs = factory(
-                config=text,
-                inputs_embeds=embeds,
-                attention_mask=None,
-                past_key_values=None,
-                position_ids=positions,
-            )
-            if theirs is None:
-                assert ours is None, kind
-            else:
-                torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=kind)
-        library = {k: v for k, v in hooked.items() if k != "packed_sequence_ids"}
-        loss_l, grads_l = loss_and_grads(module, library, autocast=False)
-        with monkeypatch.context() as patched:
-            patched.setattr(masking_utils, "find_packed_sequence_indices", _never_asked)
-            loss_h, grads_h = loss_and_grads(module, hooked, autocast=False)
-        assert loss_h == loss_l
-        assert grads_h.keys() == grads_l.keys() and grads_l
-        for name, grad in grads_l.items():
-            torch.testing.assert_close(grads_h[name], grad, rtol=0, atol=0, msg=name)
+        _assert_library_masks(kinds, text, embeds, attention_mask=None, position_ids=positions)
+        _assert_library_step(
+            module, hooked, "packed_sequence_ids", "find_packed_sequence_indices", monkeypatch
+        )
