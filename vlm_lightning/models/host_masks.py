@@ -1,14 +1,16 @@
 """Text attention masks whose padding decision is taken on the CPU copy of a batch: no host sync per forward.
 
 Before it builds a mask, transformers asks on the host whether the 2-D padding mask holds any zero: can the
-mask be dropped (sdpa then runs ``is_causal``), does the recurrent (convolution / linear-attention) layer need one (``masking_utils.
-_ignore_causal_mask_sdpa``'s ``fast_all`` and ``create_recurrent_attention_mask``'s ``torch.all``)? On a GPU
-batch each question is a sync: the host waits for every queued kernel before it can launch the forward's
-(measured on LFM2-VL-1.6B: 4.2 % of the step's host time). The trainer answers it on the CPU batch
-(``padded_rows``) and hands the text model masks built by the library's own factories without the question
-(``allow_is_causal_skip=False`` when padded, no mask when not), through the library's own entry for prepared
-masks: a per-layer-type mapping, or a 4-D mask (every mask factory returns one as-is). Same masks, so the
-same numbers (``tests/models/test_host_masks.py`` compares them with the library's on every model type here).
+mask be dropped (sdpa then runs ``is_causal``), does the recurrent (convolution / linear-attention) layer need
+one (``masking_utils._ignore_causal_mask_sdpa``'s ``fast_all``, ``create_recurrent_attention_mask``'s
+``torch.all``)? Packed rows (no mask) ask which rows pack several samples (``find_packed_sequence_indices``).
+On a GPU batch each question is a sync: the host waits for every queued kernel before it can launch the
+forward's (measured on LFM2-VL-1.6B: 4.2 % of the step's host time). The trainer answers them on the CPU batch
+(``padded_rows``, ``packed_sequence_ids``) and hands the text model masks built by the library's own factories
+without the questions (``allow_is_causal_skip=False`` when padded, no mask when not, the block-causal mask of
+the packed samples), through the library's own entry for prepared masks: a per-layer-type mapping, or a 4-D
+mask (every mask factory returns one as-is). Same masks, so the same numbers
+(``tests/models/test_host_masks.py`` compares them with the library's on every model type here).
 """
 
 from __future__ import annotations
