@@ -2,7 +2,7 @@
 
 Two processes shard the tiny Qwen2-VL replica layer by layer. Training losses and trained weights equal
 DDP's (the same data split and gradient average; only the reduction order differs: float32 tolerance
-1e-5 relative); test metrics and predictions from the FSDP checkpoint equal one process's exactly, also when
+1e-5 relative), clipped by the same gradient norm; test metrics and predictions from the FSDP checkpoint equal one process's exactly, also when
 run as two "nodes" on localhost (one process each, ``NODE_RANK`` set); every output is written once. A sharded
 checkpoint (one shard per process) resumes exactly and exports the same adapter folder.
 """
@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 LOSS_RTOL, LOSS_ATOL = 1e-5, 1e-6
 WEIGHT_ATOL = 1e-5
+CLIP = 0.05  # gradient_clip_val: below the replica's gradient norms
 
 
 def _args(model: Path, data: dict[str, Path], root: Path, *extra: str) -> list[str]:
@@ -44,6 +45,7 @@ def _args(model: Path, data: dict[str, Path], root: Path, *extra: str) -> list[s
         "--data.image_max_tokens", "16",
         "--trainer.accelerator", "cpu",
         "--trainer.log_every_n_steps", "1",
+        "--trainer.gradient_clip_val", str(CLIP),  # clipped by norm: the sharded norm and scaling too
         "--trainer.default_root_dir", str(root),
         "--trainer.enable_progress_bar", "false",
         *extra,
@@ -72,9 +74,9 @@ def _only_run(root: Path) -> Path:
     return runs[0]
 
 
-def _losses(run: Path) -> dict[int, float]:
+def _losses(run: Path, key: str = "train/loss") -> dict[int, float]:
     with (run / "metrics.csv").open() as fh:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(fh) if r.get("train/loss")}
+        return {int(r["step"]): float(r[key]) for r in csv.DictReader(fh) if r.get(key)}
 
 
 def _trained(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -124,6 +126,9 @@ def test_fsdp_lora_fit_matches_ddp(lora_runs) -> None:  # noqa: ANN001
     _, runs, _ = lora_runs
     _assert_same_losses(_losses(runs["ddp"]), _losses(runs["fsdp"]))
     assert len(_losses(runs["fsdp"])) == 4
+    norms = _losses(runs["fsdp"], "train/grad_norm")
+    _assert_same_losses(_losses(runs["ddp"], "train/grad_norm"), norms)
+    assert max(norms.values()) > CLIP  # clipping scaled the gradients at least once
     ddp, fsdp = _trained(runs["ddp"] / "last.ckpt"), _trained(runs["fsdp"] / "last.ckpt")
     assert ddp and set(ddp) == set(fsdp) and all("lora_" in k for k in fsdp)  # adapter-sized, as one process
     for key in ddp:

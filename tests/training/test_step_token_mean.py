@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from vlm_lightning.training.loss import StepTokenMean
+from vlm_lightning.training.loss import LOSS_SUM_UNIT, StepTokenMean
 
 
 def _token_losses(weight: torch.Tensor, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -39,11 +40,12 @@ def test_accumulated_and_ranked_micro_batches_give_the_token_mean_gradient() -> 
     summed = sum(s.totals for s in rank_totals)  # what the strategy's all-reduce returns on every rank
     averaged = sum(rank_grads) / world
     grads = [averaged.clone()]
-    loss, _, n_tokens = rank_totals[0].finish(grads, lambda _t, reduce_op: summed, world, accumulate)
+    loss, _, n_tokens, factor = rank_totals[0].finish(grads, lambda _t, reduce_op: summed, world, accumulate)
 
     torch.testing.assert_close(grads[0], ref_w.grad, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(loss, ref_loss.detach(), rtol=1e-6, atol=1e-7)
     assert int(n_tokens) == 23
+    assert float(factor) == pytest.approx(world * accumulate * LOSS_SUM_UNIT / 23)
     # the old definition (each micro-batch's mean, averaged with equal weight) gives another gradient
     equal_weight = (
         sum(

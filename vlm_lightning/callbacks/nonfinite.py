@@ -134,6 +134,10 @@ class NonFiniteGuard(Callback):
         self._pending: list[tuple[torch.Tensor, torch.Tensor, int, list[Any]]] = []
         self._unread: list[_StepCheck] = []  # deferred verdicts, oldest first
         self._optimizers_flagged: list[torch.optim.Optimizer] = []
+        #: (global step, total gradient norm) of the last optimizer step checked, as the guard saw the
+        #: gradients (before the trainer's token-mean rescale): the trainer logs and clips with it
+        #: instead of computing the norm a second time
+        self.step_grad_norm: tuple[int, torch.Tensor] | None = None
 
     # --- detection ----------------------------------------------------------------------------
     def on_train_batch_start(
@@ -161,7 +165,9 @@ class NonFiniteGuard(Callback):
         if self.check_grads:
             grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
             if grads:
-                grads_bad = ~torch.isfinite(full_value(torch.nn.utils.get_total_norm(grads, foreach=True)))
+                norm = full_value(torch.nn.utils.get_total_norm(grads, foreach=True))
+                self.step_grad_norm = (trainer.global_step, norm)
+                grads_bad = ~torch.isfinite(norm)
                 flags.append(grads_bad)
         device = pl_module.device
         flag = torch.stack([f.to(device) for f in flags]).any() if flags else torch.zeros((), device=device)

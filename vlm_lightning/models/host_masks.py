@@ -77,8 +77,10 @@ def prepares_text_masks(model: torch.nn.Module, inputs: dict[str, Any] | None = 
     a 2-D padding mask, or packed rows (no mask; positions that restart per sample)."""
     if _text_layout(model) is None:
         return False
-    if inputs is None:
-        return True
+    return inputs is None or _inputs_take_prepared_masks(model, inputs)
+
+
+def _inputs_take_prepared_masks(model: torch.nn.Module, inputs: dict[str, Any]) -> bool:
     mask = inputs.get("attention_mask")
     if mask is None:  # packed rows
         return _text_positions(inputs.get("position_ids")) is not None
@@ -112,7 +114,7 @@ def host_decided_masks(
     prepared here (``prepares_text_masks``), and where no 4-D mask stands for what the library would do.
     """
     layout = _text_layout(model)
-    if layout is None or not prepares_text_masks(model, inputs):
+    if layout is None or not _inputs_take_prepared_masks(model, inputs):
         return inputs
     text, layer_types, form = layout
     mask = inputs.get("attention_mask")

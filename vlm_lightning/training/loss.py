@@ -3,7 +3,7 @@ the training loss's definition: the mean over the labelled tokens of an optimize
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -115,6 +115,15 @@ def causal_lm_loss(
 LOSS_SUM_UNIT = 1024.0
 
 
+class StepTotals(NamedTuple):
+    """One optimizer step's values over all ranks (``StepTokenMean.finish``)."""
+
+    loss: torch.Tensor  # the mean over the step's labelled tokens
+    token_acc: torch.Tensor
+    tokens: torch.Tensor  # labelled tokens
+    grad_factor: torch.Tensor  # what the gradients were multiplied by
+
+
 class StepTokenMean:
     """The training loss of an optimizer step: the mean over the labelled tokens of all its micro-batches on
     all ranks, packed or not (so a micro-batch or rank with more answer tokens weighs more).
@@ -137,16 +146,16 @@ class StepTokenMean:
 
     def finish(
         self, grads: list[torch.Tensor], reduce: Any, world: int, accumulate: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """Rescale ``grads`` in place to the step's token mean; returns (loss, token accuracy, tokens), the
-        step's values over all ranks, or None when no micro-batch was counted. ``reduce``: the strategy's
-        ``reduce(tensor, reduce_op="sum")``."""
+    ) -> StepTotals | None:
+        """Rescale ``grads`` in place to the step's token mean; returns the step's values over all ranks,
+        or None when no micro-batch was counted. ``reduce``: the strategy's ``reduce(tensor, reduce_op="sum")``."""
         if self.totals is None:
             return None
         totals, self.totals = reduce(self.totals, reduce_op="sum"), None
         tokens = totals[1].clamp(min=1)
-        scale_gradients(grads, world * accumulate * LOSS_SUM_UNIT / tokens)
-        return totals[0] / tokens, totals[2] / tokens, totals[1]
+        factor = world * accumulate * LOSS_SUM_UNIT / tokens
+        scale_gradients(grads, factor)
+        return StepTotals(totals[0] / tokens, totals[2] / tokens, totals[1], factor)
 
 
 def scale_gradients(grads: list[torch.Tensor], factor: torch.Tensor) -> None:

@@ -36,6 +36,7 @@ from vlm_lightning.training.loss import (
     StepTokenMean,
     causal_lm_loss,
     fusable_head,
+    scale_gradients,
 )
 from vlm_lightning.training.sharding import full_value, is_sharded, shard_model
 
@@ -81,8 +82,9 @@ class VLMFineTuner(BatchTransfer, EvaluationSteps, CheckpointHooks, L.LightningM
             (``false``: PEFT's own mask and GEMM per adapter).
         host_built_inputs: Qwen2 / 2.5 / 3-VL: build the M-RoPE index and the vision tower's positions and
             boundaries on the CPU copy of each training / validation batch (fewer host syncs per step;
-            ``models/host_precompute.py``), and (those and LFM2-VL) answer the text masks' padding question
-            there (``models/host_masks.py``); ``false`` leaves both to transformers' forward.
+            ``models/host_precompute.py``), and (every text model in ``PREPARED_MASK_FORMS``) answer the
+            text masks' padding / packed-row question there (``models/host_masks.py``); ``false`` leaves
+            both to transformers' forward.
         merge_lora_for_generation: generate with each LoRA projection folded into one temporary merged
             linear layer (faster decoding; the trained weights are untouched; needs memory for one copy of
             the merged weights; 4-bit QLoRA bases keep the adapter path).
@@ -166,6 +168,7 @@ class VLMFineTuner(BatchTransfer, EvaluationSteps, CheckpointHooks, L.LightningM
         self.strict_loading = False
         self.val_loss = TokenMean()
         self.step_loss = StepTokenMean()
+        self._grad_norm: torch.Tensor | None = None  # this optimizer step's, before clipping
         self.val_token_acc = TokenMean()
         self.last_val_samples: list[dict[str, Any]] = []  # first val batch, for tracking.PredictionTable
 
@@ -236,11 +239,23 @@ class VLMFineTuner(BatchTransfer, EvaluationSteps, CheckpointHooks, L.LightningM
     def _progress_bar_shown(self) -> bool:
         return self._trainer is not None and self.trainer.progress_bar_callback is not None
 
+    def _nonfinite_guard(self) -> NonFiniteGuard | None:
+        """The ``NonFiniteGuard`` callback that handles non-finite losses (it names step and batch ids)."""
+        if self._trainer is None:
+            return None
+        return next((c for c in self.trainer.callbacks if isinstance(c, NonFiniteGuard)), None)
+
     def _nonfinite_guarded(self) -> bool:
-        """Whether a ``NonFiniteGuard`` callback handles non-finite losses (it names step and batch ids)."""
-        return self._trainer is not None and any(
-            isinstance(c, NonFiniteGuard) for c in self.trainer.callbacks
-        )
+        return self._nonfinite_guard() is not None
+
+    def _step_grad_norm(self, grads: list[torch.Tensor], factor: torch.Tensor | None) -> torch.Tensor:
+        """The total norm of this step's (rescaled) gradients: the norm the guard computed before the
+        rescale, times the rescale ``factor`` (one norm per step, not two), else computed here."""
+        guard = self._nonfinite_guard()
+        seen = guard.step_grad_norm if guard is not None else None
+        if seen is not None and seen[0] == self.trainer.global_step:
+            return seen[1] if factor is None else seen[1] * factor.to(seen[1].device)
+        return full_value(torch.nn.utils.get_total_norm(grads, foreach=True))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Rescale the gradients to the step's token-mean loss (``StepTokenMean``), log it, then the norm."""
@@ -249,16 +264,14 @@ class VLMFineTuner(BatchTransfer, EvaluationSteps, CheckpointHooks, L.LightningM
             grads, self.trainer.strategy.reduce, self.trainer.world_size, self.trainer.accumulate_grad_batches
         )
         if step is not None:
-            loss, token_acc, tokens = step
             # Lightning turns progress-bar values into Python floats every step (a GPU sync): only with a bar
-            self.log("train/loss", loss, prog_bar=self._progress_bar_shown())
-            self.log("train/token_acc", token_acc)
-            self.log("train/tokens", tokens)
-        clip = self._trainer is not None and self.trainer.gradient_clip_val
-        if clip and self.trainer.gradient_clip_algorithm != "value":
-            return  # configure_gradient_clipping logs the norm it computes anyway
+            self.log("train/loss", step.loss, prog_bar=self._progress_bar_shown())
+            self.log("train/token_acc", step.token_acc)
+            self.log("train/tokens", step.tokens)
+        self._grad_norm = None
         if grads:  # one foreach kernel per dtype/device group, not one norm per parameter
-            self.log("train/grad_norm", full_value(torch.nn.utils.get_total_norm(grads, foreach=True)))
+            self._grad_norm = self._step_grad_norm(grads, step.grad_factor if step is not None else None)
+            self.log("train/grad_norm", self._grad_norm)  # before clipping (configure_gradient_clipping)
 
     # --- model set-up: mixed-precision casts, compilation, FSDP2 ------------------------------------
     def _trains_packed(self) -> bool:
@@ -338,16 +351,21 @@ class VLMFineTuner(BatchTransfer, EvaluationSteps, CheckpointHooks, L.LightningM
         """Clip with torch directly: Lightning's mixed-precision plugin refuses fused optimizers.
 
         Lightning has already unscaled fp16 gradients at this point (and fused AdamW is not requested
-        under ``16-mixed``), so clipping here is what the plugin would do.
+        under ``16-mixed``), so clipping here is what the plugin would do. By norm: with the norm
+        ``on_before_optimizer_step`` logged (``_step_grad_norm``), scaled as ``clip_grads_with_norm_`` does.
         """
         if not gradient_clip_val:
             return
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if gradient_clip_algorithm == "value":
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val, foreach=True)
-        else:
-            norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
-            self.log("train/grad_norm", full_value(norm))  # the norm before clipping, as without clipping
+            return
+        grads = [p.grad for p in params]
+        if not grads:
+            return
+        norm = self._grad_norm if self._grad_norm is not None else self._step_grad_norm(grads, None)
+        # torch's clip_grads_with_norm_ coefficient (tests compare); sharded gradients scale their shard
+        scale_gradients(grads, (gradient_clip_val / (norm + 1e-6)).clamp(max=1.0))
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
