@@ -208,6 +208,11 @@ def lora_module(path: str, dropout: float = 0.0, dtype: str = "auto") -> Any:
     return module
 
 
+def repeated_batch_loader(batch: dict, n: int) -> DataLoader:
+    """``n`` steps of the same ready-made batch (no collation)."""
+    return DataLoader([batch] * n, batch_size=None)
+
+
 def loss_and_grads(module: Any, batch: dict, autocast: bool) -> tuple[float, dict[str, torch.Tensor]]:
     """One ``model_step`` loss and its gradients (optionally under CPU bf16 autocast)."""
     module.zero_grad(set_to_none=True)

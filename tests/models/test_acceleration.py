@@ -9,7 +9,7 @@ import sys
 import lightning as L
 import pytest
 import torch
-from fit_helpers import lora_module, loss_and_grads
+from fit_helpers import lora_module, loss_and_grads, repeated_batch_loader
 from fixtures_data import chat_batch
 
 from vlm_lightning.models.acceleration import compile_decoder_layers, compile_vision_layers, decoder_layers
@@ -38,17 +38,6 @@ def test_compiled_layers_give_the_eagerloss_and_grads(tiny_replica) -> None:  # 
         torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-4, atol=1e-6)
 
 
-class _Batches(torch.utils.data.Dataset):
-    def __init__(self, batch: dict, n: int) -> None:
-        self.batch, self.n = batch, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict:
-        return self.batch
-
-
 def test_gradient_clipping_works_with_fused_adamw_under_bf16_mixed(tiny_replica) -> None:  # noqa: ANN001
     """Lightning's mixed-precision plugin refuses to clip for fused optimizers; the module clips itself."""
     path = str(tiny_replica("qwen2_vl"))
@@ -72,7 +61,7 @@ def test_gradient_clipping_works_with_fused_adamw_under_bf16_mixed(tiny_replica)
         enable_model_summary=False,
         callbacks=[RecordNorm()],
     )
-    loader = torch.utils.data.DataLoader(_Batches(chat_batch(path), 2), batch_size=None)
+    loader = repeated_batch_loader(chat_batch(path), 2)
     trainer.fit(module, train_dataloaders=loader)
     assert trainer.optimizers[0].defaults["fused"] is True
     assert float(trainer.callback_metrics["train/grad_norm"]) > 1e-3  # logged once, before clipping

@@ -6,21 +6,10 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from fit_helpers import lora_module
+from fit_helpers import lora_module, repeated_batch_loader
 from fixtures_data import chat_batch
 
 from vlm_lightning.callbacks.nonfinite import NonFiniteGuard
-
-
-class _Batches(torch.utils.data.Dataset):
-    def __init__(self, batch: dict, n: int) -> None:
-        self.batch, self.n = batch, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict:
-        return self.batch
 
 
 class _RecordClipping(L.Callback):
@@ -69,9 +58,7 @@ def _fit(path: str, clip: float | None, guard: bool, monkeypatch: pytest.MonkeyP
         enable_model_summary=False,
         callbacks=callbacks,
     )
-    trainer.fit(
-        module, train_dataloaders=torch.utils.data.DataLoader(_Batches(chat_batch(path), 2), batch_size=None)
-    )
+    trainer.fit(module, train_dataloaders=repeated_batch_loader(chat_batch(path), 2))
     return record, len(norms_computed), logged
 
 
