@@ -1,14 +1,17 @@
 """``test`` generation speed through the real CLI: the default decoding path vs plain HF ``generate``.
 
-Runs ``python -m vlm_lightning test`` once per variant, each in its own process, with a fit run's
+Runs ``python -m vlm_lightning test`` once per variant (``--repeat`` times), each in its own process with its
+own compiler cache (cold on a variant's first run, that variant's own on later ones), with a fit run's
 ``config.yaml`` and checkpoint on the first ``--prompts`` rows of ``--test`` (same batches for every variant),
 and reads the per-prompt latencies that ``test`` writes to ``predictions.jsonl`` (each row: its batch's
 ``generate`` time / batch size). Reported per variant: the generation seconds of all batches, of the first
 batch (where the static cache's decoding step compiles) and of the others, and how many predictions differ
 from plain HF ``generate``'s.
 
-Variants: the default (``generation_cache: auto`` = static cache on CUDA, LoRA merged while generating),
-merged + dynamic cache (the default before), and plain HF ``generate`` (dynamic cache, adapters unmerged).
+Variants: the default (``generation_cache: auto`` = static cache on CUDA, LoRA merged while generating), the
+same with the decoder / vision layers not compiled, merged + dynamic cache (the default before), dynamic cache
+with adapters unmerged (compiled layers), and plain HF ``generate`` (dynamic cache, adapters unmerged, eager
+layers: what ``model.generate`` gives without this trainer).
 
     python scripts/generation_speed.py --run RUN/version_0 --test data.jsonl --prompts 64 --batch-size 16
 """
@@ -17,22 +20,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+EAGER_LAYERS = ["--model.compile_language_model", "false", "--model.compile_vision_tower", "false"]
+PLAIN = ["--model.generation_cache", "dynamic", "--model.merge_lora_for_generation", "false"]
 VARIANTS: dict[str, list[str]] = {
     "default (static cache, LoRA merged)": [],
+    "static cache, LoRA merged, layers not compiled": EAGER_LAYERS,
     "LoRA merged, dynamic cache": ["--model.generation_cache", "dynamic"],
-    "plain HF generate (dynamic cache, adapters unmerged)": [
-        "--model.generation_cache",
-        "dynamic",
-        "--model.merge_lora_for_generation",
-        "false",
-    ],
+    "dynamic cache, adapters unmerged, compiled layers": PLAIN,
+    "plain HF generate (dynamic cache, adapters unmerged, layers not compiled)": PLAIN + EAGER_LAYERS,
 }
-REFERENCE = "plain HF generate (dynamic cache, adapters unmerged)"
+REFERENCE = "plain HF generate (dynamic cache, adapters unmerged, layers not compiled)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,6 +50,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, help="model.generate_max_new_tokens (default: the run's)")
     p.add_argument("--workdir", type=Path, default=Path("runs/generation_speed"))
     p.add_argument("--out", type=Path, help="also write the markdown table here")
+    p.add_argument(
+        "--variants", help="comma list of variant numbers (0-based, in the order above; default: all)"
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per variant, each in its own process; every variant has its own compiler cache, so the "
+        "first run compiles cold (as a new machine does) and later runs read that variant's cache",
+    )
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more CLI flags for every variant")
     return p.parse_args(argv)
 
@@ -77,13 +90,28 @@ def batch_seconds(rows: list[dict], batch_size: int) -> list[float]:
     ]
 
 
-def run_variant(args: argparse.Namespace, name: str, index: int) -> dict:
+def compiler_cache_env(cache: Path) -> dict[str, str]:
+    """The environment of a variant's process: inductor's and Triton's caches in the variant's own folder.
+
+    A shared cache makes the order of the variants matter (a later variant reads the kernels an earlier one
+    compiled for the same decoding graph), so every variant starts cold and its repeats read its own cache.
+    """
+    return {
+        **os.environ,
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+        "TRITON_CACHE_DIR": str(cache / "triton"),
+    }
+
+
+def run_variant(args: argparse.Namespace, name: str, index: int, repeat: int = 0) -> dict:
     """Run one variant's ``test`` in its own process; its timings and predictions."""
-    root = args.workdir / f"variant-{index}"
+    root = args.workdir / f"variant-{index}-run-{repeat}"
     command = test_command(args, name, root)
-    print(f"[generation_speed] {name}: {' '.join(command[1:])}", flush=True)
+    label = f"{name}, {'cold' if repeat == 0 else 'warm'} compiler cache"
+    print(f"[generation_speed] {label}: {' '.join(command[1:])}", flush=True)
+    env = compiler_cache_env(args.workdir / f"variant-{index}-cache")
     start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    proc = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     wall = time.perf_counter() - start
     root.mkdir(parents=True, exist_ok=True)
     (root / "test.log").write_text(proc.stdout + "\n----- stderr -----\n" + proc.stderr)
@@ -95,6 +123,7 @@ def run_variant(args: argparse.Namespace, name: str, index: int) -> dict:
     seconds = batch_seconds(rows, args.batch_size)
     return {
         "name": name,
+        "cache": "cold" if repeat == 0 else "warm",
         "prompts": len(rows),
         "total_s": sum(seconds),
         "first_s": seconds[0],
@@ -106,17 +135,19 @@ def run_variant(args: argparse.Namespace, name: str, index: int) -> dict:
 
 def table(results: list[dict], batch_size: int) -> str:
     """The markdown table; ratios against plain HF generate."""
-    reference = next(r for r in results if r["name"] == REFERENCE)
+    references = {r.get("cache", "cold"): r for r in results if r["name"] == REFERENCE}
     lines = [
-        f"| variant | prompts (batch {batch_size}) | generation s, all batches | first batch s | other batches s "
+        f"| variant | compiler cache | prompts (batch {batch_size}) | generation s, all batches | first batch s | other batches s "
         "| vs HF generate (all) | vs HF generate (after the first batch) | predictions != HF generate | process wall s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        reference = references.get(r.get("cache", "cold"), references["cold"])  # same cache state
         differ = sum(a != b for a, b in zip(r["predictions"], reference["predictions"], strict=True))
         rest = reference["rest_s"] / r["rest_s"] if r["rest_s"] else float("nan")
         lines.append(
-            f"| {r['name']} | {r['prompts']} | {r['total_s']:.2f} | {r['first_s']:.2f} | {r['rest_s']:.2f} | "
+            f"| {r['name']} | {r.get('cache', 'cold')} | {r['prompts']} | {r['total_s']:.2f} | "
+            f"{r['first_s']:.2f} | {r['rest_s']:.2f} | "
             f"{reference['total_s'] / r['total_s']:.2f}x | {rest:.2f}x | {differ}/{r['prompts']} | {r['wall_s']:.0f} |"
         )
     return "\n".join(lines) + "\n"
@@ -124,7 +155,11 @@ def table(results: list[dict], batch_size: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    results = [run_variant(args, name, i) for i, name in enumerate(VARIANTS)]
+    names = list(VARIANTS)
+    chosen = [int(i) for i in args.variants.split(",")] if args.variants else range(len(names))
+    if REFERENCE not in [names[i] for i in chosen]:
+        chosen = [*chosen, names.index(REFERENCE)]  # the ratios need it
+    results = [run_variant(args, names[i], i, r) for r in range(args.repeat) for i in chosen]
     report = table(results, args.batch_size)
     print(report)
     if args.out:

@@ -29,7 +29,8 @@ def test_batches_are_timed_from_the_rows_latencies_and_compared_with_hf_generate
     ]  # fmt: skip
     table = speed.table(results, 1)
     assert (
-        "| default (static cache, LoRA merged) | 2 | 2.00 | 1.50 | 0.50 | 2.00x | 4.00x | 1/2 | 8 |" in table
+        "| default (static cache, LoRA merged) | cold | 2 | 2.00 | 1.50 | 0.50 | 2.00x | 4.00x | 1/2 | 8 |"
+        in table
     )
 
 
@@ -43,9 +44,28 @@ def test_each_variant_is_the_test_command_with_its_settings(tmp_path: Path) -> N
     assert ["--trainer.limit_test_batches", "4"] == command[command.index("--trainer.limit_test_batches") :][
         :2
     ]
-    assert command[-4:] == [
+    assert command[-8:] == [
         "--model.generation_cache",
         "dynamic",
         "--model.merge_lora_for_generation",
         "false",
+        "--model.compile_language_model",
+        "false",
+        "--model.compile_vision_tower",
+        "false",
     ]
+
+
+def test_every_variant_compiles_into_its_own_cache_and_warm_runs_compare_with_warm(tmp_path: Path) -> None:
+    speed = _script()
+    env = speed.compiler_cache_env(tmp_path / "variant-0-cache")
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "variant-0-cache" / "inductor")
+    assert env["TRITON_CACHE_DIR"] == str(tmp_path / "variant-0-cache" / "triton")
+    row = {"prompts": 1, "first_s": 1.0, "rest_s": 1.0, "wall_s": 1, "predictions": ["a"]}
+    results = [
+        {**row, "name": speed.REFERENCE, "cache": "cold", "total_s": 4.0},
+        {**row, "name": speed.REFERENCE, "cache": "warm", "total_s": 2.0},
+        {**row, "name": "default (static cache, LoRA merged)", "cache": "warm", "total_s": 1.0},
+    ]
+    table = speed.table(results, 1)
+    assert "| default (static cache, LoRA merged) | warm | 1 | 1.00 | 1.00 | 1.00 | 2.00x |" in table
