@@ -38,6 +38,24 @@ VARIANTS: dict[str, list[str]] = {
 REFERENCE = "plain HF generate (dynamic cache, adapters unmerged, layers not compiled)"
 
 
+def variant_numbers(text: str) -> list[int]:
+    """``--variants``: comma-separated numbers of ``VARIANTS`` entries."""
+    try:
+        chosen = [int(part) for part in text.split(",")]
+    except ValueError:
+        chosen = []
+    if not chosen or any(not 0 <= i < len(VARIANTS) for i in chosen):
+        raise argparse.ArgumentTypeError(f"{text!r}: give numbers from 0 to {len(VARIANTS) - 1}, e.g. 0,1")
+    return chosen
+
+
+def positive_int(text: str) -> int:
+    """``--repeat``: at least one run per variant."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+    return int(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -51,11 +69,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=Path("runs/generation_speed"))
     p.add_argument("--out", type=Path, help="also write the markdown table here")
     p.add_argument(
-        "--variants", help="comma list of variant numbers (0-based, in the order above; default: all)"
+        "--variants",
+        type=variant_numbers,
+        help="comma list of variant numbers (default: all; plain HF generate always runs): "
+        + "; ".join(f"{i} = {name}" for i, name in enumerate(VARIANTS)),
     )
     p.add_argument(
         "--repeat",
-        type=int,
+        type=positive_int,
         default=1,
         help="runs per variant, each in its own process; every variant has its own compiler cache, so the "
         "first run compiles cold (as a new machine does) and later runs read that variant's cache",
@@ -107,8 +128,8 @@ def run_variant(args: argparse.Namespace, name: str, index: int, repeat: int = 0
     """Run one variant's ``test`` in its own process; its timings and predictions."""
     root = args.workdir / f"variant-{index}-run-{repeat}"
     command = test_command(args, name, root)
-    label = f"{name}, {'cold' if repeat == 0 else 'warm'} compiler cache"
-    print(f"[generation_speed] {label}: {' '.join(command[1:])}", flush=True)
+    cache = "cold" if repeat == 0 else "warm"
+    print(f"[generation_speed] {name}, {cache} compiler cache: {' '.join(command[1:])}", flush=True)
     env = compiler_cache_env(args.workdir / f"variant-{index}-cache")
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
@@ -123,7 +144,7 @@ def run_variant(args: argparse.Namespace, name: str, index: int, repeat: int = 0
     seconds = batch_seconds(rows, args.batch_size)
     return {
         "name": name,
-        "cache": "cold" if repeat == 0 else "warm",
+        "cache": cache,
         "prompts": len(rows),
         "total_s": sum(seconds),
         "first_s": seconds[0],
@@ -135,18 +156,18 @@ def run_variant(args: argparse.Namespace, name: str, index: int, repeat: int = 0
 
 def table(results: list[dict], batch_size: int) -> str:
     """The markdown table; ratios against plain HF generate."""
-    references = {r.get("cache", "cold"): r for r in results if r["name"] == REFERENCE}
+    references = {r["cache"]: r for r in results if r["name"] == REFERENCE}
     lines = [
-        f"| variant | compiler cache | prompts (batch {batch_size}) | generation s, all batches | first batch s | other batches s "
-        "| vs HF generate (all) | vs HF generate (after the first batch) | predictions != HF generate | process wall s |",
+        f"| variant | compiler cache | prompts (batch {batch_size}) | generation s, all batches | first batch s "
+        "| other batches s | vs HF generate (all) | vs HF generate (after the first batch) | predictions != HF generate | process wall s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        reference = references.get(r.get("cache", "cold"), references["cold"])  # same cache state
+        reference = references[r["cache"]]  # plain HF generate in the same cache state
         differ = sum(a != b for a, b in zip(r["predictions"], reference["predictions"], strict=True))
         rest = reference["rest_s"] / r["rest_s"] if r["rest_s"] else float("nan")
         lines.append(
-            f"| {r['name']} | {r.get('cache', 'cold')} | {r['prompts']} | {r['total_s']:.2f} | "
+            f"| {r['name']} | {r['cache']} | {r['prompts']} | {r['total_s']:.2f} | "
             f"{r['first_s']:.2f} | {r['rest_s']:.2f} | "
             f"{reference['total_s'] / r['total_s']:.2f}x | {rest:.2f}x | {differ}/{r['prompts']} | {r['wall_s']:.0f} |"
         )
@@ -156,8 +177,8 @@ def table(results: list[dict], batch_size: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = list(VARIANTS)
-    chosen = [int(i) for i in args.variants.split(",")] if args.variants else range(len(names))
-    if REFERENCE not in [names[i] for i in chosen]:
+    chosen = args.variants or list(range(len(names)))
+    if names.index(REFERENCE) not in chosen:
         chosen = [*chosen, names.index(REFERENCE)]  # the ratios need it
     results = [run_variant(args, names[i], i, r) for r in range(args.repeat) for i in chosen]
     report = table(results, args.batch_size)

@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "generation_speed.py"
 
 
@@ -22,9 +24,9 @@ def test_batches_are_timed_from_the_rows_latencies_and_compared_with_hf_generate
     rows = [{"latency_ms": ms} for ms in (500, 500, 100, 100, 50)]  # batches of 2: 1.0 s, 0.2 s, 0.05 s
     assert speed.batch_seconds(rows, 2) == [1.0, 0.2, 0.05]
     results = [
-        {"name": speed.REFERENCE, "prompts": 2, "total_s": 4.0, "first_s": 2.0, "rest_s": 2.0, "wall_s": 9,
+        {"name": speed.REFERENCE, "cache": "cold", "prompts": 2, "total_s": 4.0, "first_s": 2.0, "rest_s": 2.0, "wall_s": 9,
          "predictions": ["a", "b"]},
-        {"name": "default (static cache, LoRA merged)", "prompts": 2, "total_s": 2.0, "first_s": 1.5,
+        {"name": "default (static cache, LoRA merged)", "cache": "cold", "prompts": 2, "total_s": 2.0, "first_s": 1.5,
          "rest_s": 0.5, "wall_s": 8, "predictions": ["a", "c"]},
     ]  # fmt: skip
     table = speed.table(results, 1)
@@ -69,3 +71,13 @@ def test_every_variant_compiles_into_its_own_cache_and_warm_runs_compare_with_wa
     ]
     table = speed.table(results, 1)
     assert "| default (static cache, LoRA merged) | warm | 1 | 1.00 | 1.00 | 1.00 | 2.00x |" in table
+
+
+def test_unknown_variant_numbers_and_no_repeats_are_refused_by_the_parser(capsys) -> None:  # noqa: ANN001
+    speed = _script()
+    base = ["--run", "r", "--test", "t.jsonl"]
+    assert speed.parse_args([*base, "--variants", "0,1"]).variants == [0, 1]
+    for flag, value in (("--variants", "9"), ("--variants", "a"), ("--repeat", "0")):
+        with pytest.raises(SystemExit):
+            speed.parse_args([*base, flag, value])
+        assert f"argument {flag}" in capsys.readouterr().err
