@@ -10,8 +10,9 @@ from plain HF ``generate``'s.
 
 Variants: the default (``generation_cache: auto`` = static cache on CUDA, LoRA merged while generating), the
 same with the decoder / vision layers not compiled, merged + dynamic cache (the default before), dynamic cache
-with adapters unmerged (compiled layers), and plain HF ``generate`` (dynamic cache, adapters unmerged, eager
-layers: what ``model.generate`` gives without this trainer).
+with adapters unmerged (compiled layers), plain HF ``generate`` (dynamic cache, adapters unmerged, eager
+layers: what ``model.generate`` gives without this trainer), and the static cache with each decoding-step
+compiler (``--model.generation_compiler cudagraphs`` / ``inductor``).
 
     python scripts/generation_speed.py --run RUN/version_0 --test data.jsonl --prompts 64 --batch-size 16
 """
@@ -34,6 +35,11 @@ VARIANTS: dict[str, list[str]] = {
     "LoRA merged, dynamic cache": ["--model.generation_cache", "dynamic"],
     "dynamic cache, adapters unmerged, compiled layers": PLAIN,
     "plain HF generate (dynamic cache, adapters unmerged, layers not compiled)": PLAIN + EAGER_LAYERS,
+    "static cache, LoRA merged, decoding step as CUDA graphs of eager kernels": [
+        "--model.generation_compiler",
+        "cudagraphs",
+    ],
+    "static cache, LoRA merged, decoding step by inductor": ["--model.generation_compiler", "inductor"],
 }
 REFERENCE = "plain HF generate (dynamic cache, adapters unmerged, layers not compiled)"
 

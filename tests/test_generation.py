@@ -13,7 +13,13 @@ import torch
 from PIL import Image
 
 from vlm_lightning.data.records import Record
-from vlm_lightning.generation import end_of_turn_ids, generate_batch, static_cache_length, uses_static_cache
+from vlm_lightning.generation import (
+    decoding_compile_config,
+    end_of_turn_ids,
+    generate_batch,
+    static_cache_length,
+    uses_static_cache,
+)
 from vlm_lightning.models.acceleration import compile_decoder_layers
 from vlm_lightning.models.build import build_model
 from vlm_lightning.models.families import FAMILIES
@@ -128,3 +134,25 @@ def test_generation_keeps_a_cache_when_the_checkpoint_config_turns_it_off(tiny_r
         )
         assert len(caches) == 4 and all(cache is not None for cache in caches)
         assert type(caches[0]).__name__ == ("StaticCache" if static else "DynamicCache")
+
+
+def test_the_decoding_compiler_reaches_generate_with_a_static_cache_only(tiny_replica, monkeypatch) -> None:  # noqa: ANN001
+    path = str(tiny_replica("qwen2_vl"))
+    model = build_model(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0), dtype="float32").model.eval()
+    processor = load_processor(path, image_max_tokens=16)
+    facts = family_of(path)
+    inputs = make_collator(processor, facts, max_length=800)(_items())["generation_inputs"]
+    stops = end_of_turn_ids(processor.tokenizer, facts.end_of_turn)
+    seen: list = []
+    real_generate = model.generate
+    monkeypatch.setattr(
+        model, "generate", lambda **kw: seen.append(kw.get("compile_config")) or real_generate(**kw)
+    )
+    for static, compiler in ((True, "cudagraphs"), (True, "inductor"), (False, "cudagraphs")):
+        generate_batch(
+            model, inputs, processor.tokenizer, stops, max_new_tokens=2, static_cache=static,
+            decoding_compiler=compiler,
+        )  # fmt: skip
+    assert [c.backend if c else None for c in seen] == ["cudagraphs", "inductor", None]
+    assert seen[0].mode is None and seen[1].mode == "reduce-overhead"  # a mode is inductor's alone
+    assert decoding_compile_config("inductor") == type(seen[1])()  # transformers' own default

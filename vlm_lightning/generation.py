@@ -5,11 +5,16 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
+from transformers import CompileConfig
 
 from vlm_lightning.models.acceleration import uncompiled_layers
 from vlm_lightning.patches.merged_lora import merged_lora
 
 GenerationCache = Literal["auto", "static", "dynamic"]
+DecodingCompiler = Literal["inductor", "cudagraphs"]
+
+#: how the static-cache decoding step compiles unless a caller says otherwise
+DEFAULT_DECODING_COMPILER: DecodingCompiler = "inductor"
 
 #: static caches are sized in steps of this many positions, so that a run compiles its decoding step for a
 #: few cache lengths only (transformers keeps the longest cache length seen for later calls)
@@ -19,6 +24,18 @@ CACHE_LENGTH_STEP = 256
 def static_cache_length(prompt_width: int, max_new_tokens: int, step: int = CACHE_LENGTH_STEP) -> int:
     """The static cache length for a batch: prompt + new tokens, rounded up to a multiple of ``step``."""
     return -(-(prompt_width + max_new_tokens) // step) * step
+
+
+def decoding_compile_config(compiler: DecodingCompiler) -> CompileConfig:
+    """How transformers compiles the static-cache decoding step (``generate``'s ``compile_config``).
+
+    ``inductor`` is transformers' default: generated kernels replayed as CUDA graphs (``reduce-overhead``),
+    whose code generation takes seconds on a cold compiler cache. ``cudagraphs`` replays PyTorch's own eager
+    kernels as CUDA graphs: no kernels to generate, so the first batch is ready sooner.
+    """
+    if compiler == "cudagraphs":
+        return CompileConfig(backend="cudagraphs", mode=None)
+    return CompileConfig()
 
 
 def uses_static_cache(model: torch.nn.Module, setting: GenerationCache, collective: bool = False) -> bool:
@@ -83,6 +100,7 @@ def generate_batch(
     max_new_tokens: int = 256,
     merge_lora: bool = True,
     static_cache: bool = False,
+    decoding_compiler: DecodingCompiler = DEFAULT_DECODING_COMPILER,
     **generation_kwargs: Any,
 ) -> tuple[list[str], torch.Tensor]:
     """Generate for a left-padded batch; return decoded texts (special tokens removed) and new token ids.
@@ -91,7 +109,8 @@ def generate_batch(
     (``patches.merged_lora``: the stored weights are untouched; costs one copy of the merged weights).
     With ``static_cache`` the key / value cache has a fixed length (``static_cache_length``), so that
     transformers compiles the decoding step once per cache length on CUDA; greedy tokens equal the dynamic
-    cache's in fp32 (tests/test_generation.py). Regionally compiled layers run uncompiled while generating.
+    cache's in fp32 (tests/test_generation.py); ``decoding_compiler`` picks how
+    (``decoding_compile_config``). Regionally compiled layers run uncompiled while generating.
     """
     stops = with_checkpoint_stops(model, stop_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
@@ -102,6 +121,7 @@ def generate_batch(
     if static_cache:
         kwargs.setdefault("cache_implementation", "static")
         kwargs.setdefault("max_cache_len", static_cache_length(inputs["input_ids"].shape[1], max_new_tokens))
+        kwargs.setdefault("compile_config", decoding_compile_config(decoding_compiler))
     if not kwargs.get("do_sample"):
         kwargs.pop("temperature", None)
         kwargs.pop("top_p", None)

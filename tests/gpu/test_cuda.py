@@ -317,8 +317,8 @@ def test_static_cache_evaluation_is_the_default_and_decodes_the_dynamic_cache_to
     tiny_replica, tmp_path: Path, family: str, capsys: pytest.CaptureFixture
 ) -> None:  # noqa: ANN001
     """``test`` on CUDA decodes with the compiled static cache by default (validation inside ``fit`` too, with
-    the regionally compiled training layers around it); in float32 its predictions equal HF ``generate``'s
-    (dynamic cache, adapters unmerged) on the same checkpoint."""
+    the regionally compiled training layers around it); in float32 its predictions, with either decoding-step
+    compiler, equal HF ``generate``'s (dynamic cache, adapters unmerged) on the same checkpoint."""
     import json
 
     from vlm_lightning.cli.lightning_cli import build_cli
@@ -347,9 +347,13 @@ def test_static_cache_evaluation_is_the_default_and_decodes_the_dynamic_cache_to
     layers = decoder_layers(fit.model.model, fit.model.facts)
     assert all("forward" in layer.__dict__ for layer in layers)  # training layers compiled again after
     predictions = {}
-    for setting in ("auto", "dynamic"):
-        extra = [] if setting == "auto" else ["--model.generation_cache", "dynamic"]
-        extra += [] if setting == "auto" else ["--model.merge_lora_for_generation", "false"]
+    for setting in ("auto", "cudagraphs", "inductor", "dynamic"):
+        extra = {
+            "auto": [],
+            "cudagraphs": ["--model.generation_compiler", "cudagraphs"],
+            "inductor": ["--model.generation_compiler", "inductor"],
+            "dynamic": ["--model.generation_cache", "dynamic", "--model.merge_lora_for_generation", "false"],
+        }[setting]
         run = build_cli([
             "test", *common, *extra, "--ckpt_path", str(Path(fit.trainer.log_dir) / "last.ckpt"),
             "--trainer.default_root_dir", str(tmp_path / setting),
@@ -357,9 +361,10 @@ def test_static_cache_evaluation_is_the_default_and_decodes_the_dynamic_cache_to
         rows = (Path(run.trainer.log_dir) / "predictions.jsonl").read_text().splitlines()
         predictions[setting] = [json.loads(row)["prediction"] for row in rows]
     said = capsys.readouterr().out
-    assert said.count("generation: static cache") == 1  # the auto run only
+    assert said.count("generation: static cache") == 3  # the static-cache runs only
     assert len(predictions["auto"]) >= 4 and any(predictions["auto"])
-    assert predictions["auto"] == predictions["dynamic"]
+    for compiled in ("auto", "cudagraphs", "inductor"):
+        assert predictions[compiled] == predictions["dynamic"], compiled
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])

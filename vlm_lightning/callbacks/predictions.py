@@ -18,6 +18,7 @@ EVALUATION_SETTINGS = (
     "generate_max_new_tokens",
     "merge_lora_for_generation",
     "generation_cache",
+    "generation_compiler",
     "metrics",
 )
 

@@ -10,7 +10,7 @@ from torchmetrics import MeanMetric
 
 from vlm_lightning.data.sampling import FILLER
 from vlm_lightning.distributed import forward_is_collective
-from vlm_lightning.generation import StaticCacheChoice, generate_batch
+from vlm_lightning.generation import DEFAULT_DECODING_COMPILER, StaticCacheChoice, generate_batch
 from vlm_lightning.metrics import DocumentMetrics
 
 
@@ -141,6 +141,7 @@ class EvaluationSteps:
             self.stop_ids,
             merge_lora=self.hparams.merge_lora_for_generation,
             static_cache=static,
+            decoding_compiler=self.hparams.get("generation_compiler", DEFAULT_DECODING_COMPILER),
             synced_gpus=collective and self.trainer.world_size > 1,
             **kwargs,
         )

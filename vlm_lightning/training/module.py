@@ -18,7 +18,12 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from vlm_lightning.callbacks.nonfinite import NonFiniteGuard
 from vlm_lightning.errors import SettingError
-from vlm_lightning.generation import GenerationCache, end_of_turn_ids
+from vlm_lightning.generation import (
+    DEFAULT_DECODING_COMPILER,
+    DecodingCompiler,
+    GenerationCache,
+    end_of_turn_ids,
+)
 from vlm_lightning.metrics import build_metrics, metric_names
 from vlm_lightning.models.acceleration import compile_decoder_layers, compile_vision_layers
 from vlm_lightning.models.build import build_model
@@ -92,6 +97,9 @@ class VLMFineTuner(BatchTransfer, EvaluationSteps, CheckpointHooks, L.LightningM
             transformers compiles (with CUDA graphs) once per cache length; ``dynamic`` is HF ``generate``'s
             growing cache, eager; ``auto`` (the default): static on CUDA, except 4-bit bases, FSDP and a
             smaller last batch (which would compile once more).
+        generation_compiler: how the static cache's decoding step compiles: ``inductor`` (generated kernels
+            under CUDA graphs) or ``cudagraphs`` (PyTorch's eager kernels under CUDA graphs, nothing to
+            generate: a shorter first batch); see ``generation.decoding_compile_config``.
 
     Under mixed precision (``bf16-mixed`` / ``16-mixed``) PEFT's cast of every LoRA input to the float32
     adapter dtype is switched off: autocast runs the adapter matmuls in 16 bit either way, so the cast
@@ -123,6 +131,7 @@ class VLMFineTuner(BatchTransfer, EvaluationSteps, CheckpointHooks, L.LightningM
         host_built_inputs: bool = True,
         merge_lora_for_generation: bool = True,
         generation_cache: GenerationCache = "auto",
+        generation_compiler: DecodingCompiler = DEFAULT_DECODING_COMPILER,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
