@@ -318,26 +318,30 @@ def test_batch_inference_asks_for_a_static_cache_as_the_setting_and_batch_count_
     run, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # noqa: ANN001
     """``--cache static`` decodes every batch with a static cache (same predictions in fp32 on the CPU);
-    ``auto`` keeps the dynamic cache on the CPU."""
+    ``auto`` keeps the dynamic cache on the CPU; the decoding-step compiler setting reaches every batch."""
     from vlm_lightning.deploy import predictor as predictor_module
     from vlm_lightning.deploy.inference import GenerationSettings, Predictor
 
     predictor = Predictor.load(str(run["model"]), ckpt=run["best"], device="cpu")
     records = run["cli"].datamodule.datasets["val"].records
     asked: list[bool] = []
+    compilers: list[object] = []
     real = predictor_module.generate_batch
 
     def recording(*args: object, static_cache: bool = False, **kwargs: object) -> object:
         asked.append(static_cache)
+        compilers.append(kwargs.get("decoding_compiler"))
         return real(*args, static_cache=static_cache, **kwargs)
 
     monkeypatch.setattr(predictor_module, "generate_batch", recording)
     rows = {}
-    for cache in ("static", "auto", "dynamic"):
+    for cache, compiler in (("static", "cudagraphs"), ("auto", "inductor"), ("dynamic", "inductor")):
         asked.clear()
-        settings = GenerationSettings(max_new_tokens=6, cache=cache)
+        compilers.clear()
+        settings = GenerationSettings(max_new_tokens=6, cache=cache, compiler=compiler)
         rows[cache] = predictor.predict(records, settings, batch_size=1, progress=False)
         assert asked == [cache == "static"] * len(records)
+        assert compilers == [compiler] * len(records)
     assert [r["prediction"] for r in rows["static"]] == [r["prediction"] for r in rows["dynamic"]]
 
 

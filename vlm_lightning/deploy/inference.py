@@ -31,7 +31,7 @@ from vlm_lightning.data.records import DataValidationError, read_jsonl
 from vlm_lightning.deploy.prediction_files import IMAGE_SUFFIXES, records_from_folder, write_predictions
 from vlm_lightning.deploy.predictor import DEFAULT_PROMPT, GenerationSettings, Predictor
 from vlm_lightning.errors import UserError
-from vlm_lightning.generation import GenerationCache
+from vlm_lightning.generation import DEFAULT_DECODING_COMPILER, DecodingCompiler, GenerationCache
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="batch mode key/value cache: static (compiled decoding step, CUDA) or dynamic; auto: static on CUDA "
         "for 6 batches or more",
+    )
+    parser.add_argument(
+        "--decoding-compiler",
+        choices=get_args(DecodingCompiler),
+        default=DEFAULT_DECODING_COMPILER,
+        help="how the static cache's decoding step compiles: inductor (generated kernels, the fastest steps) or "
+        "cudagraphs (PyTorch's kernels as CUDA graphs: no code generation, a shorter first batch)",
     )
     parser.add_argument(
         "--on-bad-file",
@@ -120,7 +127,14 @@ def main(argv: list[str] | None = None) -> None:
         )
         torch.manual_seed(args.seed)
         budget = args.max_new_tokens or predictor.defaults.get("max_new_tokens") or 256  # as test generated
-        settings = GenerationSettings(budget, args.temperature, args.top_p, args.min_p, cache=args.cache)
+        settings = GenerationSettings(
+            budget,
+            args.temperature,
+            args.top_p,
+            args.min_p,
+            cache=args.cache,
+            compiler=args.decoding_compiler,
+        )
         if args.image is not None:
             _single(predictor, args, settings)
         else:

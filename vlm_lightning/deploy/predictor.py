@@ -29,7 +29,14 @@ from transformers import TextIteratorStreamer
 from vlm_lightning.data.dataset import RecordDataset
 from vlm_lightning.data.records import Record
 from vlm_lightning.deploy.export import EXPORT_INFO, ExportError, load_checkpoint, rebuild_model
-from vlm_lightning.generation import GenerationCache, StaticCacheChoice, end_of_turn_ids, generate_batch
+from vlm_lightning.generation import (
+    DEFAULT_DECODING_COMPILER,
+    DecodingCompiler,
+    GenerationCache,
+    StaticCacheChoice,
+    end_of_turn_ids,
+    generate_batch,
+)
 from vlm_lightning.models.build import build_model
 from vlm_lightning.models.families import FamilyFacts
 from vlm_lightning.models.loading import (
@@ -54,10 +61,12 @@ class GenerationSettings:
     min_p: float = 0.0
     #: batch mode (``predict``): ``auto`` = a static cache on CUDA from ``STATIC_CACHE_MIN_BATCHES`` batches on
     cache: GenerationCache = "auto"
+    #: how a static cache's decoding step compiles (``generation.decoding_compile_config``)
+    compiler: DecodingCompiler = DEFAULT_DECODING_COMPILER
 
     def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``generate_batch`` / ``model.generate``."""
-        out: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
+        """Keyword arguments for ``generate_batch``."""
+        out: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "decoding_compiler": self.compiler}
         if self.temperature > 0:
             out.update(do_sample=True, temperature=self.temperature)
             if self.top_p < 1:
