@@ -39,16 +39,19 @@ def write_receipt_dataset(folder: Path, n_train: int = 8, n_val: int = 3, n_test
     }
 
 
-def chat_batch(path: str, n: int = 3, sizes: tuple[tuple[int, int], ...] | None = None) -> dict:
+def chat_batch(
+    path: str, n: int = 3, sizes: tuple[tuple[int, int], ...] | None = None, image_max_tokens: int | None = 16
+) -> dict:
     """A collated training batch of ``n`` one-image records (answers ``{"n": 7i}``) for the replica at ``path``;
-    ``sizes``: the images' (width, height), one per record (default 64 x 80 each)."""
+    ``sizes``: the images' (width, height), one per record (default 64 x 80 each); ``image_max_tokens``: the
+    processor's image budget (Gemma 4 takes 70 at least)."""
     from PIL import Image
 
-    from vlm_lightning.data.collator import ChatCollator
     from vlm_lightning.data.records import Record
-    from vlm_lightning.models.loading import family_of, load_processor
+    from vlm_lightning.models.loading import family_of, load_processor, make_collator
 
-    collator = ChatCollator(load_processor(path, image_max_tokens=16), family_of(path), max_length=300)
+    processor = load_processor(path, image_max_tokens=image_max_tokens)
+    collator = make_collator(processor, family_of(path), max_length=300)  # PaliGemma: prompt + suffix
     records = [
         Record(
             str(i),

@@ -108,7 +108,7 @@ def training_table(rows: list[dict[str, Any]]) -> str:
         ratio = f"{r['samples_per_s'] / base:.2f}×" if base else "n/a"
         lines.append(
             f"| {r['side']} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.0f} | "
-            f"{r['peak_gib']:.1f} | {_percent(r['mfu'])} | {r['warmup_s']:.1f} | "
+            f"{r['peak_gib']:.2f} | {_percent(r['mfu'])} | {r['warmup_s']:.1f} | "
             f"{_losses(r)} | {ratio} |"
         )
     lines.append("")

@@ -16,6 +16,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from vlm_lightning.models.adapter_fusion import SharedInputAdapterFusion
 from vlm_lightning.models.families import FamilyFacts
+from vlm_lightning.models.sliced_mlp import slice_decoder_mlps
 
 log = logging.getLogger(__name__)
 
@@ -105,18 +106,24 @@ def compile_decoder_layers(
     only its inputs and recomputes the rest in backward (``activation_memory_budget = 0``), which
     works where transformers' checkpoint wrapper around compiled layers fails to compile.
     ``fuse_adapter_inputs``: one GEMM for the LoRA A projections that read one input
-    (``models/adapter_fusion.py``; with LoRA dropout, one mask per shared input).
+    (``models/adapter_fusion.py``; with LoRA dropout, one mask per shared input). With recomputation each
+    dense MLP also runs over slices of the sequence (``models/sliced_mlp.py``: a lower backward peak).
     """
+    layers = decoder_layers(model, facts)
+    sliced = 0
     if recompute_activations:
         torch._functorch.config.activation_memory_budget = 0.0
+        sliced = slice_decoder_mlps(layers, facts)
     graph_pass = SharedInputAdapterFusion() if fuse_adapter_inputs else None
-    n = compile_layers(decoder_layers(model, facts), dynamic=dynamic, backend=backend, graph_pass=graph_pass)
+    n = compile_layers(layers, dynamic=dynamic, backend=backend, graph_pass=graph_pass)
     log.info(
-        "torch.compile: %d decoder layers (dynamic=%s, backend=%s, fused LoRA A inputs: %s)",
+        "torch.compile: %d decoder layers (dynamic=%s, backend=%s, fused LoRA A inputs: %s, MLPs over "
+        "sequence slices: %d)",
         n,
         dynamic,
         backend,
         fuse_adapter_inputs,
+        sliced,
     )
     return n
 
