@@ -23,8 +23,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 
+from vlm_lightning.callbacks.step_window import StepWindow
 from vlm_lightning.errors import SettingError
 
 MIB = 2**20
@@ -146,7 +146,7 @@ def peak_report(peak: MemoryPeak, rows: int = 20, max_entries: int | None = None
     return lines
 
 
-class MemoryPeakReport(Callback):
+class MemoryPeakReport(StepWindow):
     """Record the allocator history over optimizer steps ``start_step`` .. ``start_step + steps`` (CUDA only).
 
     Args:
@@ -170,12 +170,10 @@ class MemoryPeakReport(Callback):
                 f"MemoryPeakReport needs start_step >= 0, steps >= 1, rows >= 1 and max_entries >= 1000; got "
                 f"start_step={start_step}, steps={steps}, rows={rows}, max_entries={max_entries}"
             )
-        self.start_step = start_step
-        self.steps = steps
+        super().__init__(start_step, steps)
         self.rows = rows
         self.keep_snapshot = keep_snapshot
         self.max_entries = max_entries
-        self._first_step: int | None = None
         self.report_path: Path | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -185,40 +183,22 @@ class MemoryPeakReport(Callback):
                 f"{trainer.strategy.root_device.type}: run it with --trainer.accelerator gpu, or drop the callback"
             )
 
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self._first_step is not None or self.report_path is not None or trainer.global_rank != 0:
-            return
-        if trainer.global_step < self.start_step:
-            return
+    def begin(self, trainer: L.Trainer) -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.memory._record_memory_history(max_entries=self.max_entries, stacks="python")
-        self._first_step = trainer.global_step
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if self._first_step is not None and trainer.global_step - self._first_step >= self.steps:
-            self._finish(trainer)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._first_step is not None:
-            self._finish(trainer)
-
-    def _finish(self, trainer: L.Trainer) -> None:
+    def end(self, trainer: L.Trainer, first_step: int) -> None:
         torch.cuda.synchronize()
         device = torch.cuda.current_device()
         snapshot = torch.cuda.memory._snapshot()
         torch.cuda.memory._record_memory_history(enabled=None)
         measured = torch.cuda.max_memory_allocated(device)
-        first, self._first_step = self._first_step, None
         folder = Path(trainer.log_dir or trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         peak = find_peak(snapshot, device)
         lines = [
-            f"optimizer steps {first}..{trainer.global_step} on cuda:{device}; "
+            f"optimizer steps {first_step}..{trainer.global_step} on cuda:{device}; "
             f"torch.cuda.max_memory_allocated over them: {measured / GIB:.3f} GiB",
             *peak_report(peak, self.rows, self.max_entries),
         ]

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 
+from vlm_lightning.callbacks.step_window import StepWindow
 from vlm_lightning.errors import SettingError
 
 
-class StepProfiler(Callback):
+class StepProfiler(StepWindow):
     """Record optimizer steps ``start_step`` .. ``start_step + steps`` (after compilation and warm-up).
 
     Args:
@@ -39,45 +38,27 @@ class StepProfiler(Callback):
                 f"StepProfiler needs start_step >= 0, steps >= 1 and rows >= 1; got start_step={start_step}, "
                 f"steps={steps}, rows={rows}"
             )
-        self.start_step = start_step
-        self.steps = steps
+        super().__init__(start_step, steps)
         self.rows = rows
         self.trace = trace
         self._profiler: torch.profiler.profile | None = None
         self._started_at = 0.0
         self.report_path: Path | None = None
 
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self._profiler is not None or self.report_path is not None or trainer.global_rank != 0:
-            return
-        if trainer.global_step < self.start_step:
-            return
+    def begin(self, trainer: L.Trainer) -> None:
         activities = [torch.profiler.ProfilerActivity.CPU]
         if torch.cuda.is_available():
             activities.append(torch.profiler.ProfilerActivity.CUDA)
             torch.cuda.synchronize()
         self._profiler = torch.profiler.profile(activities=activities)
         self._profiler.__enter__()
-        self._first_step = trainer.global_step
         self._started_at = time.perf_counter()
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if self._profiler is not None and trainer.global_step - self._first_step >= self.steps:
-            self._finish(trainer)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._profiler is not None:
-            self._finish(trainer)
-
-    def _finish(self, trainer: L.Trainer) -> None:
+    def end(self, trainer: L.Trainer, first_step: int) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         wall = time.perf_counter() - self._started_at
-        steps = max(1, trainer.global_step - self._first_step)
+        steps = max(1, trainer.global_step - first_step)
         profiler, self._profiler = self._profiler, None
         assert profiler is not None
         profiler.__exit__(None, None, None)
@@ -92,7 +73,7 @@ class StepProfiler(Callback):
         folder = Path(trainer.log_dir or trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         lines = [
-            f"steps {self._first_step}..{trainer.global_step} ({steps} optimizer steps)",
+            f"steps {first_step}..{trainer.global_step} ({steps} optimizer steps)",
             f"wall per step {1000 * wall / steps:.1f} ms; device (kernel) time per step "
             f"{device_us / 1000 / steps:.1f} ms; host operator time per step {host_us / 1000 / steps:.1f} ms",
             "",
