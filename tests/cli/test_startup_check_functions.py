@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from vlm_lightning.cli.startup_checks import (
@@ -12,6 +14,7 @@ from vlm_lightning.cli.startup_checks import (
 )
 from vlm_lightning.data.records import Record
 from vlm_lightning.errors import SettingError
+from vlm_lightning.models.peft_setup import LoraSettings
 
 
 def _record(answer: str, line: int) -> Record:
@@ -49,3 +52,18 @@ def test_monitor_checks() -> None:
     check_monitor(None, ["anls"], True, answers)
     with pytest.raises(SettingError, match="monitor one of val/loss, val/token_acc, val/anls"):
         check_monitor("val/exact_match", ["anls"], True, answers)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dropout": -0.1}, "model.lora.dropout must be in [0, 1)"),
+        ({"dropout": 1.0}, "model.lora.dropout must be in [0, 1)"),
+        ({"r": 0}, "model.lora.r must be a whole number >= 1, got 0"),
+        ({"alpha": 0}, "model.lora.alpha must be a number > 0, got 0"),
+    ],
+)
+def test_lora_settings_out_of_range_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(SettingError, match=re.escape(message)):
+        LoraSettings(**kwargs)
+    assert LoraSettings(r=8, alpha=16, dropout=0.05).dropout == 0.05

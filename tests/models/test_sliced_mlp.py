@@ -58,18 +58,23 @@ def test_a_layer_without_the_family_mlp_is_left_alone() -> None:
     assert mlp_container(moe_like, facts) is None
 
 
-@pytest.mark.parametrize("family", ["lfm2_vl", "qwen2_vl"])
+@pytest.mark.parametrize(("family", "dynamic"), [("lfm2_vl", True), ("qwen2_vl", None)])
 def test_recompute_with_sliced_mlps_gives_the_eager_loss_and_grads(
-    tiny_replica, family: str, monkeypatch: pytest.MonkeyPatch
+    tiny_replica, family: str, dynamic: bool | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # noqa: ANN001
     """Compiled layers with compiler recomputation (MLPs sliced) vs the eager model: same loss and LoRA
-    gradients in fp32 (the replica's short batch is sliced: the length floor is lowered for the test)."""
+    gradients in fp32; with ``dynamic=True`` (the shape-generic graph layers get after a second shape) for two
+    sequence lengths through one graph, else one batch (the replica's short batches are sliced: the length
+    floor is lowered). Shape-generic compilation is slow on the CPU: one family takes that case."""
     monkeypatch.setattr(sliced_mlp, "MIN_SLICED_POSITIONS", 8)
     path = str(tiny_replica(family))
     eager = lora_module(path)
     compiled = copy.deepcopy(eager)
-    batch = chat_batch(path, n=3)
-    assert batch["inputs"]["input_ids"].shape[1] >= 8, "the batch must be long enough to be sliced"
+    batches = [chat_batch(path, n=3), chat_batch(path, n=2, sizes=((96, 128), (64, 64)))][
+        : 2 if dynamic else 1
+    ]
+    lengths = {b["inputs"]["input_ids"].shape[1] for b in batches}
+    assert len(lengths) == len(batches) and min(lengths) >= 8, "other lengths, each long enough to be sliced"
     budget = torch._functorch.config.activation_memory_budget
     try:
         graphs: list[torch.fx.GraphModule] = []
@@ -79,24 +84,31 @@ def test_recompute_with_sliced_mlps_gives_the_eager_loss_and_grads(
             return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
 
         compile_decoder_layers(
-            compiled.model, compiled.facts, backend=recording_backend, recompute_activations=True
+            compiled.model,
+            compiled.facts,
+            dynamic=True,
+            backend=recording_backend,
+            recompute_activations=True,
         )
         layers = decoder_layers(compiled.model, compiled.facts)
         assert all(
             hasattr(mlp_container(x, compiled.facts).__dict__["forward"], "sliced_forward_of") for x in layers
         )
-        loss_e, grads_e = loss_and_grads(eager, batch, autocast=False)
-        loss_c, grads_c = loss_and_grads(compiled, batch, autocast=False)
+        results = [
+            (loss_and_grads(eager, batch, autocast=False), loss_and_grads(compiled, batch, autocast=False))
+            for batch in batches
+        ]
     finally:
         torch._functorch.config.activation_memory_budget = budget
     split_calls = [
         n for gm in graphs for n in gm.graph.nodes if n.target in (torch.tensor_split, "tensor_split")
     ]
     assert graphs and split_calls, "the compiled layers traced no sliced MLP"
-    assert loss_c == pytest.approx(loss_e, rel=1e-5)
-    assert grads_c.keys() == grads_e.keys()
-    for name in grads_e:
-        torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-4, atol=1e-6)
+    for (loss_e, grads_e), (loss_c, grads_c) in results:
+        assert loss_c == pytest.approx(loss_e, rel=1e-5)
+        assert grads_c.keys() == grads_e.keys()
+        for name in grads_e:
+            torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

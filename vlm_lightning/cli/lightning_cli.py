@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import Any
@@ -53,8 +54,11 @@ from vlm_lightning.errors import SettingError, UserError, missing_package_messag
 from vlm_lightning.metrics import build_metrics, metric_names
 from vlm_lightning.models.loading import family_of
 from vlm_lightning.models.packed_positions import packing_attention_problem
+from vlm_lightning.models.peft_setup import LoraSettings
 from vlm_lightning.training.module import VLMFineTuner
 from vlm_lightning.training.sharding import check_strategy, resolve_strategy
+
+LORA_FIELDS = {f.name for f in dataclasses.fields(LoraSettings)}
 
 
 class VLMLightningCLI(TrackingChecks, LightningCLI):
@@ -104,8 +108,12 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
                 file=sys.stderr,
             )
         lora = model.get("lora") or {}
-        if isinstance(lora, dict) and isinstance(lora.get("targets"), str):
-            check_lora_targets(lora["targets"])
+        if isinstance(lora, dict):
+            LoraSettings(
+                **{k: v for k, v in lora.items() if k in LORA_FIELDS}
+            )  # rank, alpha, dropout in range
+            if isinstance(lora.get("targets"), str):
+                check_lora_targets(lora["targets"])
         names = metric_names(model.get("metrics"))  # a list, one name or a comma list
         build_metrics(names)  # an unknown name is a SettingError listing the known ones
         data = DocumentDataModule(**(_plain(section.get("data")) or {}))

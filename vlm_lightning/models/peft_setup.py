@@ -34,6 +34,23 @@ class LoraSettings:
     use_rslora: bool = False
     extra_modules_to_save: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        problems = []
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            problems.append(f"model.lora.r must be a whole number >= 1, got {self.r!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or self.alpha <= 0:
+            problems.append(f"model.lora.alpha must be a number > 0, got {self.alpha!r}")
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, int | float)
+            or not 0 <= self.dropout < 1
+        ):
+            problems.append(
+                f"model.lora.dropout must be in [0, 1) (the share of adapter inputs dropped), got {self.dropout!r}"
+            )
+        if problems:
+            raise SettingError("; ".join(problems))
+
 
 def qlora_config() -> object:
     """4-bit NF4 with double quantization and bf16 compute (bitsandbytes)."""
