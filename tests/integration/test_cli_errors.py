@@ -147,23 +147,6 @@ def test_bad_callback_or_profiler_setting(tiny_replica, data, tmp_path, setting,
     assert proc.returncode == 2 and "Union subtypes" not in proc.stderr
 
 
-def test_lora_numbers_out_of_range_are_refused_before_the_model_loads(tiny_replica, data, tmp_path) -> None:  # noqa: ANN001
-    proc = run_cli(
-        "fit",
-        *common(tiny_replica("qwen2_vl"), data, tmp_path),
-        "--model.lora.r",
-        "0",
-        "--model.lora.dropout",
-        "1.5",
-    )
-    assert_clean_error(
-        proc,
-        "model.lora.r must be a whole number >= 1, got 0",
-        "model.lora.dropout must be in [0, 1) (the share of adapter inputs dropped), got 1.5",
-    )
-    assert "trainable params" not in proc.stdout  # refused before PEFT wrapped the model
-
-
 def test_wrong_model_path(data, tmp_path) -> None:  # noqa: ANN001
     proc = run_cli("fit", *common(tmp_path / "no-such-model", data, tmp_path))
     assert_clean_error(proc, "no such folder")

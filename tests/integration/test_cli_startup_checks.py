@@ -119,6 +119,16 @@ CASES = {
         ["fit", "--model.lora.rank", "8"],
         "option 'rank' is not accepted by --model.lora\n  valid keys of model.lora: r, alpha, dropout,",
     ),
+    "callback option of the wrong type": (
+        ["fit", "--trainer.callbacks+=vlm_lightning.callbacks.step_profile.StepProfiler",
+         "--trainer.callbacks.start_step=abc"],
+        "--trainer.callbacks.start_step: the value given is not valid for StepProfiler's argument start_step: int = 50",
+    ),
+    "LoRA rank and dropout out of range": (
+        ["fit", "--model.lora.r", "0", "--model.lora.dropout", "1.5"],
+        "model.lora.r must be a whole number >= 1, got 0; model.lora.dropout must be in [0, 1) (the share of "
+        "adapter inputs dropped), got 1.5",
+    ),
 }  # fmt: skip
 
 

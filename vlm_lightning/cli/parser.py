@@ -30,14 +30,25 @@ _YAML_BOOLEAN = re.compile(
 )
 
 
-def _class_options(class_path: str) -> list[str]:
+def _class_parameters(class_path: str) -> dict[str, inspect.Parameter]:
     """The constructor parameters of ``package.module.Class`` (empty when it cannot be imported)."""
     module, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
-        return []
-    return [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+        return {}
+    return {n: p for n, p in inspect.signature(cls).parameters.items() if n not in ("self", "args", "kwargs")}
+
+
+def _described(parameter: inspect.Parameter) -> str:
+    """``name: type = default`` as the signature reads (string annotations unquoted)."""
+    annotation = parameter.annotation
+    if annotation is inspect.Parameter.empty:
+        text = parameter.name
+    else:
+        kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+        text = f"{parameter.name}: {kind}"
+    return text if parameter.default is inspect.Parameter.empty else f"{text} = {parameter.default!r}"
 
 
 class ConciseArgumentParser(LightningArgumentParser):
@@ -67,8 +78,15 @@ class ConciseArgumentParser(LightningArgumentParser):
         group, wrong, valid = None, None, []
         if match := _NOT_ACCEPTED.search(message):
             group, class_path, wrong = match.groups()
-            valid = _class_options(class_path)
+            parameters = _class_parameters(class_path)
+            valid = list(parameters)
             message = f"option '{wrong}' is not accepted by --{group}"
+            if wrong in parameters:  # a known option whose value failed its type check
+                message = (
+                    f"--{group}.{wrong}: the value given is not valid for {class_path.rpartition('.')[2]}'s "
+                    f"argument {_described(parameters[wrong])}"
+                )
+                valid = []
         elif match := _REQUIRED.search(message):
             example = " (a hub id such as Qwen/Qwen2-VL-2B-Instruct, or a local model folder)"
             message = f"--{match.group(1)} is required" + (
