@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 from fit_helpers import WorseningModule, tensor_loader
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
+from tqdm import tqdm
 
+from vlm_lightning.callbacks.progress import announce
 from vlm_lightning.callbacks.run_summary import RunSummary
 
 
@@ -99,3 +103,16 @@ def test_the_copies_of_augmentation_are_counted_as_augmented_and_plain() -> None
         f"train 30 samples (10 rows + 20 copies: {augmented} augmented, {20 - augmented} plain repeats)"
         in line
     )
+
+
+def test_announcements_go_through_a_drawing_progress_bar_on_their_own_line(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    bar = TQDMProgressBar()
+    drawing = tqdm(total=3, file=io.StringIO())  # the training bar, mid-run
+    bar._train_progress_bar = drawing
+    announce(SimpleNamespace(progress_bar_callback=bar), "[vlm_lightning] training stopped: reached max")
+    drawing.close()
+    assert capsys.readouterr().out == "[vlm_lightning] training stopped: reached max\n"
+    announce(SimpleNamespace(progress_bar_callback=None), "plain")  # no bar: a plain print
+    assert capsys.readouterr().out == "plain\n"

@@ -270,6 +270,19 @@ def test_32_bit_precision_with_16_bit_weights_is_said_at_start(
     assert "trainer.precision 32-true with model.dtype bfloat16: the base weights stay 16-bit" in err
 
 
+def test_bf16_mixed_on_the_cpu_is_said_at_start(tiny_replica, data, tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    def no_model(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("stop after the start-up checks")
+
+    monkeypatch.setattr("vlm_lightning.models.build.load_model", no_model)
+    args = _args(tiny_replica("qwen2_vl"), data, tmp_path, "--trainer.precision", "bf16-mixed")
+    with pytest.raises((RuntimeError, SystemExit)):
+        main(["fit", *args])
+    err = capsys.readouterr().err
+    assert "trainer.precision bf16-mixed on the CPU: bf16 autocast runs there" in err
+    assert "--trainer.precision 32-true --model.dtype float32" in err
+
+
 def test_a_missing_base_model_names_the_setting_and_the_commands_help(capsys) -> None:  # noqa: ANN001
     with pytest.raises(SystemExit) as info:
         main(["fit", "--data.train", "t.jsonl"])

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from vlm_lightning.callbacks.progress import announce
 from vlm_lightning.distributed import gather_lists
 from vlm_lightning.evaluation.report import write_reports
 
@@ -109,4 +110,4 @@ class PredictionWriter(Callback):
         if listed:
             self.written["skipped_rows"] = listed
         for name, path in self.written.items():
-            print(f"[vlm_lightning] {name}: {path}")
+            announce(trainer, f"[vlm_lightning] {name}: {path}")

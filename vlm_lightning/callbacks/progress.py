@@ -14,6 +14,16 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 
+def announce(trainer: L.Trainer, text: str) -> None:
+    """Print ``text`` on its own line: through the progress bar when one is drawing (tqdm would otherwise leave
+    the text at the end of the bar's line), else plainly."""
+    bar = trainer.progress_bar_callback
+    if isinstance(bar, TQDMProgressBar):
+        bar.print(text)
+    else:
+        print(text, flush=True)
+
+
 def total_steps(trainer: L.Trainer) -> int | None:
     """Optimizer steps the fit will run (``max_steps``, else epochs x steps per epoch), or None."""
     if trainer.max_steps and trainer.max_steps > 0:

@@ -16,6 +16,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
+from vlm_lightning.callbacks.progress import announce
+
 
 def start_summary(trainer: L.Trainer, datamodule: Any) -> str:
     """One line on what ``fit`` will train on."""
@@ -84,12 +86,12 @@ class RunSummary(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            print(f"[vlm_lightning] {start_summary(trainer, trainer.datamodule)}", flush=True)
+            announce(trainer, f"[vlm_lightning] {start_summary(trainer, trainer.datamodule)}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         preempted = any(getattr(c, "saved_path", None) for c in trainer.callbacks)
         if trainer.is_global_zero and not preempted:
-            print(f"[vlm_lightning] training stopped: {stop_reason(trainer)}", flush=True)
+            announce(trainer, f"[vlm_lightning] training stopped: {stop_reason(trainer)}")
 
 
 __all__ = ["RunSummary", "start_summary", "stop_reason"]

@@ -107,6 +107,15 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
                 "the base weights stay 16-bit (set --model.dtype float32 for 32-bit weights)",
                 file=sys.stderr,
             )
+        on_cpu = trainer.get("accelerator") == "cpu" or (
+            trainer.get("accelerator", "auto") == "auto" and not torch.cuda.is_available()
+        )
+        if on_cpu and str(trainer.get("precision")).startswith("bf16"):
+            print(
+                f"[vlm_lightning] trainer.precision {trainer.get('precision')} on the CPU: bf16 autocast runs "
+                "there, slowly and not as a GPU rounds (--trainer.precision 32-true --model.dtype float32 for float32)",
+                file=sys.stderr,
+            )
         lora = model.get("lora") or {}
         if isinstance(lora, dict):
             LoraSettings(
