@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 from fit_helpers import WorseningModule, tensor_loader
-from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping
 from tqdm import tqdm
 
 from vlm_lightning.callbacks.progress import announce
@@ -67,7 +67,6 @@ def test_early_stopping_at_the_max_steps_step_names_both(
 
 @pytest.mark.parametrize("packing", [False, True])
 def test_tokens_per_step_are_an_epochs_tokens_over_its_steps(packing: bool) -> None:
-    from types import SimpleNamespace
 
     from vlm_lightning.callbacks.run_summary import start_summary
 
@@ -83,7 +82,6 @@ def test_tokens_per_step_are_an_epochs_tokens_over_its_steps(packing: bool) -> N
 
 
 def test_the_copies_of_augmentation_are_counted_as_augmented_and_plain() -> None:
-    from types import SimpleNamespace
 
     from vlm_lightning.callbacks.run_summary import start_summary
     from vlm_lightning.data.augment import expand_with_copies
@@ -105,14 +103,10 @@ def test_the_copies_of_augmentation_are_counted_as_augmented_and_plain() -> None
     )
 
 
-def test_announcements_go_through_a_drawing_progress_bar_on_their_own_line(
-    capsys: pytest.CaptureFixture,
-) -> None:
-    bar = TQDMProgressBar()
-    drawing = tqdm(total=3, file=io.StringIO())  # the training bar, mid-run
-    bar._train_progress_bar = drawing
-    announce(SimpleNamespace(progress_bar_callback=bar), "[vlm_lightning] training stopped: reached max")
+def test_announcements_print_on_their_own_line_around_a_drawing_bar(capsys: pytest.CaptureFixture) -> None:
+    drawing = tqdm(total=3, file=io.StringIO())  # a bar mid-run (drawn elsewhere)
+    announce("[vlm_lightning] training stopped: reached max")
     drawing.close()
     assert capsys.readouterr().out == "[vlm_lightning] training stopped: reached max\n"
-    announce(SimpleNamespace(progress_bar_callback=None), "plain")  # no bar: a plain print
+    announce("plain")  # no bar at all
     assert capsys.readouterr().out == "plain\n"

@@ -124,6 +124,7 @@ CASES = {
          "--trainer.callbacks.start_step=abc"],
         "--trainer.callbacks.start_step: the value given is not valid for StepProfiler's argument start_step: int = 50",
     ),
+    "LoRA rank of the wrong type": (["fit", "--model.lora.r", "abc"], "--model.lora.r must be an int, got 'abc'"),
     "LoRA rank and dropout out of range": (
         ["fit", "--model.lora.r", "0", "--model.lora.dropout", "1.5"],
         "model.lora.r must be a whole number >= 1, got 0; model.lora.dropout must be in [0, 1) (the share of "

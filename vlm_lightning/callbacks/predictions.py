@@ -110,4 +110,4 @@ class PredictionWriter(Callback):
         if listed:
             self.written["skipped_rows"] = listed
         for name, path in self.written.items():
-            announce(trainer, f"[vlm_lightning] {name}: {path}")
+            announce(f"[vlm_lightning] {name}: {path}")

@@ -8,20 +8,19 @@ whole run (continuing from the resumed step), so tqdm's ETA is the time to the e
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
+from tqdm import tqdm
 
 
-def announce(trainer: L.Trainer, text: str) -> None:
-    """Print ``text`` on its own line: through the progress bar when one is drawing (tqdm would otherwise leave
-    the text at the end of the bar's line), else plainly."""
-    bar = trainer.progress_bar_callback
-    if isinstance(bar, TQDMProgressBar):
-        bar.print(text)
-    else:
-        print(text, flush=True)
+def announce(text: str) -> None:
+    """Print ``text`` on its own line to stdout: tqdm clears any bar it is drawing first and redraws it after
+    (a plain print would leave the text at the end of the bar's line)."""
+    tqdm.write(text)
+    sys.stdout.flush()
 
 
 def total_steps(trainer: L.Trainer) -> int | None:

@@ -86,12 +86,12 @@ class RunSummary(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            announce(trainer, f"[vlm_lightning] {start_summary(trainer, trainer.datamodule)}")
+            announce(f"[vlm_lightning] {start_summary(trainer, trainer.datamodule)}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         preempted = any(getattr(c, "saved_path", None) for c in trainer.callbacks)
         if trainer.is_global_zero and not preempted:
-            announce(trainer, f"[vlm_lightning] training stopped: {stop_reason(trainer)}")
+            announce(f"[vlm_lightning] training stopped: {stop_reason(trainer)}")
 
 
 __all__ = ["RunSummary", "start_summary", "stop_reason"]

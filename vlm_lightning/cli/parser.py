@@ -24,6 +24,11 @@ _REQUIRED = re.compile(r"Parser key \"([\w.]+)\":\s*Expected a <class '\w+'>\. G
 _NOT_ACCEPTED = re.compile(
     r"Parser key \"([\w.]+)\".*?class_path '([\w.]+)'.*?Option '(\w+)' is not accepted", re.S
 )
+# a value of the wrong type inside a dataclass or class group: the outer key, the inner key, the type, the value
+_NESTED_WRONG_TYPE = re.compile(
+    r"Parser key \"([\w.]+)\":.*?Parser key \"(\w+)\":\s*Expected a <class '(\w+)'>\. Got value: ([^\n]*)",
+    re.S,
+)
 _NOT_IN_COMMAND = re.compile(r"Subcommand '\w+' does not accept option '([\w.]+)'")  # a key of a config file
 _YAML_BOOLEAN = re.compile(
     r"Parser key \"([\w.]+)\":\s*Expected a typing\.Literal\[([^\]]*)\]\. Got value: (True|False)"
@@ -87,6 +92,9 @@ class ConciseArgumentParser(LightningArgumentParser):
                     f"argument {_described(parameters[wrong])}"
                 )
                 valid = []
+        elif (match := _NESTED_WRONG_TYPE.search(message)) and match.group(4) != "None":
+            outer, inner, kind, value = match.groups()
+            message = f"--{outer}.{inner} must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}, got {value!r}"
         elif match := _REQUIRED.search(message):
             example = " (a hub id such as Qwen/Qwen2-VL-2B-Instruct, or a local model folder)"
             message = f"--{match.group(1)} is required" + (
