@@ -12,7 +12,12 @@ import torch
 from fit_helpers import lora_module, loss_and_grads, repeated_batch_loader
 from fixtures_data import chat_batch
 
-from vlm_lightning.models.acceleration import compile_decoder_layers, compile_vision_layers, decoder_layers
+from vlm_lightning.models.acceleration import (
+    compile_decoder_layers,
+    compile_notice,
+    compile_vision_layers,
+    decoder_layers,
+)
 
 
 def test_decoder_and_vision_layers_are_found_under_peft(tiny_replica) -> None:  # noqa: ANN001
@@ -107,3 +112,14 @@ def test_uncompiled_layers_run_the_class_forward_and_put_the_compiled_one_back()
     assert [layer.__dict__["forward"] for layer in layers] == wrappers  # also after an exception
     with uncompiled_layers(torch.nn.Linear(2, 2)) as none:  # a model without compiled layers
         assert none == 0
+
+
+def test_the_compile_line_names_what_compiles_and_the_recomputation() -> None:
+    plain = compile_notice(16, vision=True, recompute=False)
+    assert plain.startswith(
+        "[vlm_lightning] torch.compile of 16 decoder layers and the vision tower's layers: "
+    )
+    assert "recomputed" not in plain and "--model.compile_language_model false turns it off" in plain
+    recompute = compile_notice(16, vision=False, recompute=True)
+    assert "activations recomputed by the compiler (each dense MLP over 4 sequence slices)" in recompute
+    assert "vision tower" not in recompute

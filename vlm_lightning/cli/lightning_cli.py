@@ -46,6 +46,7 @@ from vlm_lightning.cli.startup_checks import (
     check_run_folder,
     check_val_check_interval,
     first_answers,
+    precision_notes,
 )
 from vlm_lightning.data.datamodule import DocumentDataModule
 from vlm_lightning.data.leakage import evaluated_on_training_file
@@ -98,29 +99,11 @@ class VLMLightningCLI(TrackingChecks, LightningCLI):
         check_val_check_interval(trainer.get("val_check_interval"))
         model = _plain(section.get("model")) or {}
         check_strategy(trainer.get("strategy"), model.get("mode"), trainer.get("accelerator", "auto"))
-        if str(trainer.get("precision")) in ("32", "32-true", "64", "64-true") and model.get("dtype") in (
-            "bfloat16",
-            "float16",
-        ):
-            print(
-                f"[vlm_lightning] trainer.precision {trainer.get('precision')} with model.dtype {model['dtype']}: "
-                "the base weights stay 16-bit (set --model.dtype float32 for 32-bit weights)",
-                file=sys.stderr,
-            )
-        on_cpu = trainer.get("accelerator") == "cpu" or (
-            trainer.get("accelerator", "auto") == "auto" and not torch.cuda.is_available()
-        )
-        if on_cpu and str(trainer.get("precision")).startswith("bf16"):
-            print(
-                f"[vlm_lightning] trainer.precision {trainer.get('precision')} on the CPU: bf16 autocast runs "
-                "there, slowly and not as a GPU rounds (--trainer.precision 32-true --model.dtype float32 for float32)",
-                file=sys.stderr,
-            )
+        for note in precision_notes(trainer, model, torch.cuda.is_available()):
+            print(f"[vlm_lightning] {note}", file=sys.stderr)
         lora = model.get("lora") or {}
         if isinstance(lora, dict):
-            LoraSettings(
-                **{k: v for k, v in lora.items() if k in LORA_FIELDS}
-            )  # rank, alpha, dropout in range
+            LoraSettings(**{k: v for k, v in lora.items() if k in LORA_FIELDS})  # numbers in range
             if isinstance(lora.get("targets"), str):
                 check_lora_targets(lora["targets"])
         names = metric_names(model.get("metrics"))  # a list, one name or a comma list

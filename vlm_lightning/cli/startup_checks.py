@@ -40,6 +40,24 @@ def check_lora_targets(targets: str) -> None:
     )
 
 
+def precision_notes(trainer: Mapping[str, object], model: Mapping[str, object], cuda: bool) -> list[str]:
+    """What the start of a run says about its precision settings (no error: they run, not as one may expect)."""
+    precision, dtype = str(trainer.get("precision")), model.get("dtype")
+    notes = []
+    if precision in ("32", "32-true", "64", "64-true") and dtype in ("bfloat16", "float16"):
+        notes.append(
+            f"trainer.precision {precision} with model.dtype {dtype}: the base weights stay 16-bit (set "
+            "--model.dtype float32 for 32-bit weights)"
+        )
+    accelerator = trainer.get("accelerator", "auto")
+    if precision.startswith("bf16") and (accelerator == "cpu" or (accelerator == "auto" and not cuda)):
+        notes.append(
+            f"trainer.precision {precision} on the CPU: bf16 autocast runs there, slowly and not as a GPU rounds "
+            "(--trainer.precision 32-true --model.dtype float32 for float32)"
+        )
+    return notes
+
+
 def check_run_folder(root: str) -> None:
     """Refuse a ``trainer.default_root_dir`` that cannot be created or written (checked by writing a file).
 
@@ -146,4 +164,5 @@ __all__ = [
     "check_monitor",
     "first_answers",
     "logged_metric_keys",
+    "precision_notes",
 ]

@@ -16,7 +16,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from vlm_lightning.models.adapter_fusion import SharedInputAdapterFusion
 from vlm_lightning.models.families import FamilyFacts
-from vlm_lightning.models.sliced_mlp import slice_decoder_mlps
+from vlm_lightning.models.sliced_mlp import RECOMPUTE_MLP_SLICES, slice_decoder_mlps
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +135,18 @@ def compile_vision_layers(
     n = compile_layers(repeated_layers(model, facts.vision_tower), dynamic=dynamic, backend=backend)
     log.info("torch.compile: %d vision encoder layers (dynamic=%s, backend=%s)", n, dynamic, backend)
     return n
+
+
+def compile_notice(layers: int, vision: bool, recompute: bool) -> str:
+    """The start-up line of a run with compiled layers: what compiles, how long it takes, how to turn it off."""
+    return (
+        f"[vlm_lightning] torch.compile of {layers} decoder layers"
+        + (" and the vision tower's layers" if vision else "")
+        + (
+            f", activations recomputed by the compiler (each dense MLP over {RECOMPUTE_MLP_SLICES} sequence slices)"
+            if recompute
+            else ""
+        )
+        + ": the first steps compile (about 10-80 s on a GPU machine, minutes on a small CPU; cached on disk for "
+        "later runs); --model.compile_language_model false turns it off"
+    )

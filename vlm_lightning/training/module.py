@@ -25,7 +25,7 @@ from vlm_lightning.generation import (
     end_of_turn_ids,
 )
 from vlm_lightning.metrics import build_metrics, metric_names
-from vlm_lightning.models.acceleration import compile_decoder_layers, compile_vision_layers
+from vlm_lightning.models.acceleration import compile_decoder_layers, compile_notice, compile_vision_layers
 from vlm_lightning.models.build import build_model
 from vlm_lightning.models.compile_support import compile_problem
 from vlm_lightning.models.families import FamilyFacts
@@ -33,7 +33,6 @@ from vlm_lightning.models.host_masks import host_decided_masks
 from vlm_lightning.models.loading import Dtype
 from vlm_lightning.models.packed_positions import packing_attention_problem
 from vlm_lightning.models.peft_setup import LoraSettings, Mode, parameter_report
-from vlm_lightning.models.sliced_mlp import RECOMPUTE_MLP_SLICES
 from vlm_lightning.patches.peft_lora_cast import skip_lora_input_cast
 from vlm_lightning.training.batch_transfer import BatchTransfer
 from vlm_lightning.training.checkpoint_state import CheckpointHooks, CheckpointMismatchError
@@ -329,19 +328,8 @@ class VLMFineTuner(BatchTransfer, EvaluationSteps, CheckpointHooks, L.LightningM
             )
             self._compiled = True
             if self._trainer is not None and self.trainer.is_global_zero:
-                print(
-                    f"[vlm_lightning] torch.compile of {n} decoder layers"
-                    + (" and the vision tower's layers" if self.compiled_vision else "")
-                    + (
-                        ", activations recomputed by the compiler (each dense MLP over "
-                        f"{RECOMPUTE_MLP_SLICES} sequence slices)"
-                        if self.hparams.gradient_checkpointing
-                        else ""
-                    )
-                    + ": the first steps compile (about 10-80 s on a GPU machine, minutes on a small CPU; cached "
-                    "on disk for later runs); --model.compile_language_model false turns it off"
-                    + self._dropout_mask_note()
-                )
+                recompute = self.hparams.gradient_checkpointing
+                print(compile_notice(n, self.compiled_vision, recompute) + self._dropout_mask_note())
         if self.compiled_vision and not getattr(self, "_vision_compiled", False):
             compile_vision_layers(self.model, self.facts)
             self._vision_compiled = True
