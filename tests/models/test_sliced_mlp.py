@@ -29,6 +29,10 @@ def test_sliced_forward_runs_each_piece_and_concatenates_in_order() -> None:
     calls.clear()
     short = torch.ones(2, 100, 3)  # below MIN_SLICED_POSITIONS: one call
     assert torch.equal(sliced_forward(forward, 4)(short), short * 2) and calls == [(2, 100, 3)]
+    calls.clear()
+    with torch.no_grad():  # no backward to lower the peak of (generation, validation loss): one call
+        assert torch.equal(sliced_forward(forward, 4)(hidden), hidden * 2)
+    assert calls == [(2, 300, 3)]
 
 
 def test_a_token_mixing_forward_would_change_under_slicing() -> None:

@@ -40,9 +40,8 @@ class MemoryPeak:
     peak_bytes: int
     peak_event: int  # index in the trace of the allocation that reached the peak (-1: none did)
     events: int
-    live_at_peak: list[dict[str, Any]] = field(
-        default_factory=list
-    )  # trace entries allocated since the start
+    #: the trace's allocations since the start that were live at the peak (each with its trace ``index``)
+    live_at_peak: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _allocated_at_snapshot(snapshot: dict[str, Any], device: int) -> int:

@@ -25,10 +25,15 @@ MIN_SLICED_POSITIONS = 256
 
 
 def sliced_forward(forward: Callable[..., torch.Tensor], slices: int) -> Callable[..., torch.Tensor]:
-    """``forward(hidden_states)`` run on ``slices`` pieces of dim 1 (the sequence), concatenated back."""
+    """``forward(hidden_states)`` run on ``slices`` pieces of dim 1 (the sequence), concatenated back.
+
+    Only with autograd recording: slicing lowers the backward's peak, so a forward without one (generation,
+    validation loss) runs whole, with its larger GEMMs.
+    """
 
     def run(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if hidden_states.dim() < 3 or hidden_states.shape[1] < max(slices, MIN_SLICED_POSITIONS):
+        short = hidden_states.dim() < 3 or hidden_states.shape[1] < max(slices, MIN_SLICED_POSITIONS)
+        if short or not torch.is_grad_enabled():
             return forward(hidden_states, *args, **kwargs)
         parts = [forward(part, *args, **kwargs) for part in hidden_states.tensor_split(slices, dim=1)]
         return torch.cat(parts, dim=1)
